@@ -1,0 +1,49 @@
+# The two commands: `make serve` and `make test`. Each builds its own virtual environment.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+TEST_VENV ?= .venv-test
+# torch for the transformers engine. On this project's CI machines pip finds a CPU build locally; elsewhere set
+# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu to avoid the multi-GB CUDA build on a CPU-only box.
+TORCH ?= torch==2.13.0
+CONSTRAINTS := constraints.txt
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PROFILE ?= auto
+PYTEST_ARGS ?=
+
+.PHONY: serve test test-fast lint typecheck tiny-model clean
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) "$(TORCH)"
+	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) -e ".[hf]"
+	touch $@
+
+$(TEST_VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install -q --upgrade pip
+	$(TEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) "$(TORCH)"
+	$(TEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -e ".[hf,azure,dev]"
+	touch $@
+
+## serve: run the server (Mistral Small 3.1 on a CUDA GPU, else the tiny CPU demo model)
+serve: $(VENV)/.installed
+	$(VENV)/bin/msserve serve --profile $(PROFILE) --host $(HOST) --port $(PORT)
+
+tiny-model: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python scripts/make_tiny_model.py
+
+## test: the whole suite on CPU (tiny model, real engines, real clients)
+test: tiny-model
+	$(TEST_VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
+
+lint: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/ruff check server scripts tests
+
+typecheck: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/mypy server
+
+clean:
+	rm -rf $(VENV) $(TEST_VENV) models/tiny-mistral3

@@ -1,0 +1,34 @@
+"""POST /v1/chat/completions: a thin router; the work is in chat_service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from server.api import chat_service
+from server.api.deps import Services, get_services
+from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse
+
+router = APIRouter()
+
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 429, 502, 503, 504)}
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    request: Request,
+    services: Annotated[Services, Depends(get_services)],
+    x_msserve_route: Annotated[str | None, Header()] = None,
+) -> JSONResponse | StreamingResponse:
+    request_id = request.headers.get("x-request-id") or chat_service.new_request_id()
+    chat_service.check_request(body, services)
+    generation = await chat_service.to_generation_request(body, services, request_id)
+    routed = await services.dispatcher.dispatch(generation, x_msserve_route, stream=body.stream)
+    headers = chat_service.routing_headers(routed.decision, request_id)
+    if body.stream:
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(chat_service.stream(routed, body), media_type="text/event-stream", headers=headers)
+    return JSONResponse(await chat_service.complete(routed, body), headers=headers)

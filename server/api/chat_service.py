@@ -1,0 +1,246 @@
+"""Chat completions: OpenAI request -> normalized GenerationRequest -> routed engine stream -> OpenAI response."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from server.api.deps import Services
+from server.api.protocol import ChatCompletionRequest, ChatMessage, ImageContentPart, completion_id
+from server.api.sse import DONE, error_event
+from server.engines.base import (
+    ContentPart,
+    GenerationChunk,
+    GenerationRequest,
+    Message,
+    SamplingParams,
+    TextPart,
+    ToolCall,
+    Usage,
+)
+from server.errors import InvalidRequestError, MSServeError, NotFoundError
+from server.media import ImageBudget
+from server.routing.decision import Decision
+from server.routing.dispatch import Routed
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_request(body: ChatCompletionRequest, services: Services) -> None:
+    unknown = body.unknown_fields()
+    if unknown:
+        raise InvalidRequestError(f"unknown parameter: {unknown[0]}", param=unknown[0], code="unknown_parameter")
+    if body.n is not None and body.n > 1:
+        raise InvalidRequestError("n > 1 is not supported: send one request per completion", param="n",
+                                  code="unsupported_n")
+    if body.model and body.model not in served_names(services):
+        raise NotFoundError(
+            f"model {body.model!r} is not served here; available: {', '.join(served_names(services))}",
+            param="model",
+            code="model_not_found",
+        )
+    if body.top_logprobs and not body.logprobs:
+        raise InvalidRequestError("top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
+
+
+def served_names(services: Services) -> list[str]:
+    names = [services.engine.name, services.profile.name]
+    return list(dict.fromkeys(names))
+
+
+async def to_generation_request(
+    body: ChatCompletionRequest, services: Services, request_id: str
+) -> GenerationRequest:
+    budget = services.intake.budget()
+    messages = [await _normalize(message, index, services, budget) for index, message in enumerate(body.messages)]
+    settings = services.settings
+    max_tokens = body.max_completion_tokens or body.max_tokens or settings.default_max_tokens
+    sampling = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=0.15 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=body.stop_list(),
+        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        logprobs=bool(body.logprobs),
+        top_logprobs=body.top_logprobs or 0,
+    )
+    tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
+    if body.tool_choice == "none":
+        tools = None  # the model may not call tools, so it need not see them
+    return GenerationRequest(
+        request_id=request_id,
+        messages=messages,
+        sampling=sampling,
+        tools=tools,
+        tool_choice=body.tool_choice if tools else None,
+        response_format=body.response_format.model_dump(exclude_none=True)
+        if body.response_format and body.response_format.type != "text"
+        else None,
+        deadline=time.monotonic() + settings.request_timeout_s,
+    )
+
+
+async def _normalize(message: ChatMessage, index: int, services: Services, budget: ImageBudget) -> Message:
+    role = "system" if message.role == "developer" else message.role
+    parts: list[ContentPart] = []
+    if isinstance(message.content, str):
+        parts.append(TextPart(text=message.content))
+    elif message.content is not None:
+        for part_index, part in enumerate(message.content):
+            if isinstance(part, ImageContentPart):
+                if role != "user":
+                    raise InvalidRequestError(
+                        f"images are only accepted in user messages (messages[{index}] is {message.role})",
+                        param=f"messages[{index}].content[{part_index}]",
+                        code="invalid_image_placement",
+                    )
+                try:
+                    parts.append(await services.intake.from_url(part.image_url.url, budget))
+                except MSServeError as exc:
+                    exc.param = exc.param or f"messages[{index}].content[{part_index}].image_url"
+                    raise
+            else:
+                parts.append(TextPart(text=part.text))
+    calls = [ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
+             for call in message.tool_calls or []]
+    return Message(role=role, content=parts, name=message.name, tool_calls=calls, tool_call_id=message.tool_call_id)
+
+
+def routing_headers(decision: Decision, request_id: str) -> dict[str, str]:
+    headers = {"x-request-id": request_id, "x-msserve-tier": decision.tier, "x-msserve-reason": _header_safe(decision.reason)}
+    if decision.score is not None:
+        headers["x-msserve-score"] = f"{decision.score:.3f}"
+    return headers
+
+
+def _header_safe(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")[:512]
+
+
+# -- responses -------------------------------------------------------------------------------------
+
+
+class _Collected:
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.logprobs: list[dict[str, Any]] = []
+        self.finish_reason: str | None = None
+        self.usage = Usage()
+        self.model: str | None = None
+
+    def add(self, chunk: GenerationChunk) -> None:
+        self.text.append(chunk.text)
+        for delta in chunk.tool_calls:
+            call = self.tool_calls.setdefault(delta.index, {"id": delta.id, "name": delta.name, "arguments": ""})
+            call["id"] = call["id"] or delta.id
+            call["name"] = call["name"] or delta.name
+            call["arguments"] += delta.arguments
+        self.logprobs.extend(_logprob_entry(item.token, item.logprob) for item in chunk.logprobs)
+        self.finish_reason = chunk.finish_reason or self.finish_reason
+        self.usage = chunk.usage or self.usage
+        self.model = chunk.model or self.model
+
+
+async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any]:
+    collected = _Collected()
+    collected.add(routed.first)
+    try:
+        async for chunk in routed.rest:
+            collected.add(chunk)
+    finally:
+        await routed.rest.aclose()  # type: ignore[attr-defined]  # client gone mid-answer: abort the engine
+    tool_calls = [
+        {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+        for _, call in sorted(collected.tool_calls.items())
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(collected.text) if not tool_calls or any(
+        collected.text) else None, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    usage = collected.usage
+    return {
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": collected.model or routed.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": {"content": collected.logprobs} if body.logprobs else None,
+                "finish_reason": collected.finish_reason or "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                  "total_tokens": usage.total_tokens},
+        "system_fingerprint": None,
+    }
+
+
+async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    """OpenAI's chunk sequence: role first, content deltas, a finish chunk, the usage chunk if asked, [DONE]."""
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    base = {"id": completion_id(), "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": routed.model, "system_fingerprint": None}
+    usage = Usage()
+
+    def frame(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+        payload = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
+        if include_usage:
+            payload["usage"] = None
+        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+    try:
+        yield frame({"role": "assistant", "content": "", "refusal": None})
+        chunk: GenerationChunk | None = routed.first
+        rest = routed.rest
+        while chunk is not None:
+            if chunk.model:
+                base["model"] = chunk.model
+            delta: dict[str, Any] = {}
+            if chunk.text:
+                delta["content"] = chunk.text
+            if chunk.tool_calls:
+                delta["tool_calls"] = [_tool_call_delta(call) for call in chunk.tool_calls]
+            logprobs = ({"content": [_logprob_entry(i.token, i.logprob) for i in chunk.logprobs]}
+                        if body.logprobs and chunk.logprobs else None)
+            if delta or logprobs:
+                yield frame(delta, logprobs=logprobs)
+            if chunk.usage:
+                usage = chunk.usage
+            if chunk.finish_reason:
+                yield frame({}, finish=chunk.finish_reason)
+            chunk = await anext(rest, None)
+        if include_usage:
+            payload = {**base, "choices": [], "usage": {"prompt_tokens": usage.prompt_tokens,
+                                                        "completion_tokens": usage.completion_tokens,
+                                                        "total_tokens": usage.total_tokens}}
+            yield b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+        yield DONE
+    except MSServeError as exc:
+        yield error_event(exc)
+        yield DONE
+    finally:
+        await routed.rest.aclose()  # type: ignore[attr-defined]
+
+
+def _tool_call_delta(call: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": call.index, "function": {"arguments": call.arguments}}
+    if call.id:
+        out["id"] = call.id
+        out["type"] = "function"
+    if call.name:
+        out["function"]["name"] = call.name
+    return out
+
+
+def _logprob_entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}

@@ -1,0 +1,77 @@
+"""The FastAPI factory and its lifespan: build services, start the engine in the background, drain on exit.
+
+The engine loads in the background so that /health answers at once and /ready says 503
+until the model is in memory, which is what load balancers and Kubernetes probes expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from server import __version__
+from server.api import chat, health, models
+from server.api.deps import Services
+from server.api.errors import install_error_handlers
+from server.config import ModelProfile, Settings, load_profile
+from server.engines import build_engine
+from server.engines.base import Engine
+from server.media import ImageIntake
+from server.routing.dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, profile: ModelProfile | None = None, engine: Engine | None = None) -> FastAPI:
+    profile = profile or load_profile(settings.profile, settings.profiles_dir)
+    engine = engine or build_engine(profile, settings)
+    services = Services(
+        settings=settings,
+        profile=profile,
+        engine=engine,
+        dispatcher=Dispatcher(engine),
+        intake=ImageIntake(settings),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.started_at = time.time()
+        app.state.services = services
+        loading = asyncio.create_task(_start_engine(engine), name="engine-start")
+        try:
+            yield
+        finally:
+            services.draining = True
+            if not loading.done():
+                loading.cancel()
+            with contextlib.suppress(BaseException):
+                await loading
+            await engine.stop()
+
+    app = FastAPI(
+        title="mistral-small-server",
+        version=__version__,
+        description="OpenAI-compatible server for Mistral Small 3.1 with an Azure escalation router.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(chat.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app
+
+
+async def _start_engine(engine: Engine) -> None:
+    started = time.monotonic()
+    try:
+        await engine.start()
+    except Exception:
+        log.exception("engine %s failed to start", engine.name)
+        return
+    log.info("engine %s ready in %.1fs", engine.name, time.monotonic() - started)

@@ -1,0 +1,186 @@
+"""Settings (environment ``MSSERVE_*`` and an optional YAML file) and model profiles (``models/*.yaml``).
+
+Precedence, highest first: explicit arguments (CLI flags) > environment > YAML file > defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from server.errors import InvalidRequestError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PROFILES_DIR = REPO_ROOT / "models"
+DEFAULT_PROFILE = "tiny-mistral3"
+
+
+class ModelProfile(BaseModel):
+    """One way to serve one model: which engine, which weights, which options."""
+
+    name: str
+    description: str = ""
+    engine: Literal["hf", "vllm"]
+    model: str  # Hugging Face hub id, or a path (relative paths are relative to the repository root)
+    revision: str | None = None  # pinned hub revision (commit sha or tag)
+    format: Literal["hf", "mistral"] = "hf"  # checkpoint layout: HF (config.json) or Mistral-native (params.json)
+    tokenizer_file: str = "tekken.json"  # mistral_common tokenizer inside the model folder
+    served_model_name: str | None = None
+    max_model_len: int = 131072
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    quantization: str | None = None  # fp8, compressed-tensors, bnb-4bit, bnb-8bit, ...
+    requires_gpu: bool = False
+    demo: bool = False  # random weights: answers are meaningless, say so loudly
+    build_script: str | None = None  # script under scripts/ that builds a local model on demand
+    gated: bool = False  # hub repo needs an accepted licence and HF_TOKEN
+    gpu_memory_gib: float | None = None  # documented need, for README and start-up checks
+    engine_options: dict[str, Any] = Field(default_factory=dict)  # passed to the engine as is
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.name
+
+    def local_path(self) -> Path | None:
+        """The model folder when ``model`` names a path on disk, else None (a hub id)."""
+        candidate = Path(self.model)
+        if not candidate.is_absolute():
+            candidate = REPO_ROOT / candidate
+        if self.model.startswith((".", "/")) or candidate.exists():
+            return candidate
+        return None
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Environment: ``MSSERVE_<FIELD>`` (e.g. ``MSSERVE_PORT=9000``)."""
+
+    model_config = SettingsConfigDict(env_prefix="MSSERVE_", extra="ignore", yaml_file=None)
+
+    profile: str = DEFAULT_PROFILE
+    profiles_dir: Path = DEFAULT_PROFILES_DIR
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Request limits
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_queue: int = 64  # requests waiting for the local engine beyond those running
+    request_timeout_s: float = 600.0
+    default_max_tokens: int | None = None  # None: what the context window leaves
+
+    # Images
+    max_images_per_request: int = 8
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_total_image_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+
+    # Remote image fetch (server.media): SSRF guard and limits. Added for issue 5.
+    image_fetch_enabled: bool = True  # false: only data: URLs and uploads
+    allow_http: bool = False  # plain http:// image URLs (https:// is always allowed when fetching is enabled)
+    # Hosts ("images.internal", "*.corp.example") and networks ("10.1.0.0/16", "::1") that may be fetched even
+    # though they are not public. Env: JSON list or comma-separated, e.g. MSSERVE_IMAGE_FETCH_ALLOWLIST=127.0.0.1,::1
+    image_fetch_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    image_fetch_connect_timeout_s: float = 5.0
+    image_fetch_read_timeout_s: float = 10.0  # between two reads
+    image_fetch_total_timeout_s: float = 30.0  # whole fetch, all redirects included (slow-drip servers)
+    image_fetch_max_redirects: int = 3
+
+    @field_validator("image_fetch_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    # Hugging Face hub
+    hf_token: SecretStr | None = None  # falls back to HF_TOKEN
+
+    # --- Azure escalation and routing policy (server.engines.azure, server.routing.policy/dispatch) ---
+    # Names promised to users: MSSERVE_AZURE_ENDPOINT, _API_KEY, _DEPLOYMENT, _API_VERSION.
+    azure_endpoint: str | None = None  # https://RES.openai.azure.com[/openai/v1] or https://RES.services.ai.azure.com/models
+    azure_api_key: SecretStr | None = None
+    azure_deployment: str | None = None  # deployment name (Azure OpenAI) or model name (Foundry models endpoint)
+    azure_api_version: str | None = None  # None: the v1 API (no api-version); else the deployments form
+    azure_api_style: Literal["auto", "v1", "deployments", "foundry"] = "auto"  # auto: inferred from endpoint/version
+    azure_auth: Literal["key", "entra"] = "key"  # entra: azure-identity, scope https://ai.azure.com/.default
+    azure_timeout_s: float = 60.0  # per Azure call (connect + until the stream starts and between chunks)
+    azure_max_attempts: int = 3  # calls per request, 429 retries included
+    azure_max_retry_wait_s: float = 10.0  # total time one request may wait on 429 retry-after
+    azure_daily_budget_usd: float | None = None  # None: no cap; the day is UTC
+    azure_price_input_per_mtok: float = 2.50  # USD per million prompt tokens
+    azure_price_output_per_mtok: float = 10.00  # USD per million completion tokens
+    local_price_input_per_mtok: float = 0.0  # what a local token costs you (GPU amortised), for savings accounting
+    local_price_output_per_mtok: float = 0.0
+    azure_breaker_failures: int = 5  # consecutive Azure failures that open the circuit
+    azure_breaker_cooldown_s: float = 30.0  # open circuit lets one probe through after this long
+    escalate_when_queue_over: int | None = 16  # local waiting queue above this sends auto requests to Azure
+    cascade_threshold: float = 0.60  # cascade: escalate when local confidence (geometric-mean token prob) is below
+    cascade_default: bool = False  # treat route "auto" as "cascade" for non-streamed requests
+
+    @field_validator("port")
+    @classmethod
+    def _valid_port(cls, port: int) -> int:
+        if not 0 <= port <= 65535:
+            raise ValueError("port must be between 0 and 65535")
+        return port
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = settings_cls.model_config.get("yaml_file")
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return (*sources, file_secret_settings)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from env, an optional YAML file, and explicit overrides (None values are ignored)."""
+    explicit = {key: value for key, value in overrides.items() if value is not None}
+    if config_file is None:
+        return Settings(**explicit)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(env_prefix="MSSERVE_", extra="ignore", yaml_file=str(config_file))
+
+    loaded = FileSettings(**explicit)
+    return Settings.model_validate(loaded.model_dump())
+
+
+def list_profiles(profiles_dir: Path = DEFAULT_PROFILES_DIR) -> list[ModelProfile]:
+    return [load_profile_file(path) for path in sorted(profiles_dir.glob("*.yaml"))]
+
+
+def load_profile_file(path: Path) -> ModelProfile:
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("name", path.stem)
+    return ModelProfile.model_validate(data)
+
+
+def load_profile(name: str, profiles_dir: Path = DEFAULT_PROFILES_DIR) -> ModelProfile:
+    path = profiles_dir / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(p.name for p in list_profiles(profiles_dir)) or "none"
+        raise InvalidRequestError(f"unknown profile {name!r}; known profiles: {known}", code="unknown_profile")
+    return load_profile_file(path)

@@ -1,0 +1,345 @@
+"""The transformers engine: Mistral3 on CPU or one GPU, bitsandbytes 4/8-bit on CUDA.
+
+transformers has no continuous batching, so requests run one at a time behind a bounded
+wait queue: past ``max_queue`` waiting requests, new ones are refused with 429 instead of
+piling up. Generation runs in a worker thread; tokens cross to the event loop through a
+thread-safe queue. Closing the stream sets an abort flag that a StoppingCriteria checks
+after every token, so a client that leaves frees the model within one decoding step.
+
+torch and transformers are imported only inside this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from server.config import ModelProfile
+from server.engines.base import (
+    EngineCapabilities,
+    EngineHealth,
+    GenerationChunk,
+    GenerationRequest,
+    TokenLogprob,
+    Usage,
+)
+from server.engines.mistral_format import EncodedPrompt, MistralChatFormat
+from server.engines.stops import StopMatcher
+from server.hub import resolve_model_dir
+from server.errors import DeadlineExceededError, EngineUnavailableError, InvalidRequestError, RateLimitError
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+class HFEngine:
+    def __init__(self, profile: ModelProfile, *, model_dir: Path | None = None, max_queue: int = 64,
+                 hf_token: str | None = None) -> None:
+        self.profile = profile
+        self.name = profile.model_name
+        self.model_dir = model_dir
+        self.hf_token = hf_token
+        self.max_queue = max_queue
+        self.capabilities = EngineCapabilities(images=True, tools=False, response_format=False, logprobs=True)
+        self._state = "starting"
+        self._detail = ""
+        self._model: Any = None
+        self._format: MistralChatFormat | None = None
+        self._device = "cpu"
+        self._slot = asyncio.Semaphore(1)
+        self._waiting = 0
+        self._running = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await asyncio.to_thread(self._load)
+        except Exception as exc:
+            self._state, self._detail = "failed", str(exc)
+            raise
+        self._state = "ready"
+
+    def _load(self) -> None:
+        import torch
+        from transformers import Mistral3ForConditionalGeneration
+
+        if self.model_dir is None:
+            self.model_dir = resolve_model_dir(self.profile, token=self.hf_token)
+        tokenizer_path = self.model_dir / self.profile.tokenizer_file
+        if not tokenizer_path.is_file():
+            raise EngineUnavailableError(f"{tokenizer_path} is missing: mistral_common needs the Tekken tokenizer file")
+        self._format = MistralChatFormat.from_file(tokenizer_path)
+        cuda = torch.cuda.is_available()
+        self._device = "cuda" if cuda else "cpu"
+        kwargs: dict[str, Any] = {"dtype": _torch_dtype(self.profile.dtype, cuda)}
+        quantization = self.profile.quantization
+        if quantization in ("bnb-4bit", "bnb-8bit"):
+            kwargs["quantization_config"] = _bitsandbytes_config(quantization, cuda)
+            kwargs["device_map"] = "auto"
+        elif quantization:
+            raise EngineUnavailableError(
+                f"quantization {quantization!r} is not available in the transformers engine; "
+                "use bnb-4bit or bnb-8bit here, or the vllm engine for fp8 / compressed-tensors"
+            )
+        started = time.monotonic()
+        model = Mistral3ForConditionalGeneration.from_pretrained(str(self.model_dir), **kwargs)
+        if "device_map" not in kwargs:
+            model = model.to(self._device)
+        model.eval()
+        self._model = model
+        log.info("loaded %s on %s in %.1fs", self.name, self._device, time.monotonic() - started)
+
+    async def stop(self) -> None:
+        self._state = "stopped"
+        self._model = None
+
+    def health(self) -> EngineHealth:
+        ready = self._state == "ready"
+        return EngineHealth(
+            ready=ready, state=self._state, detail=self._detail, running=self._running, waiting=self._waiting  # type: ignore[arg-type]
+        )
+
+    # -- generation ------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        if self._state != "ready" or self._model is None or self._format is None:
+            raise EngineUnavailableError(f"engine is {self._state}", code="engine_not_ready")
+        chat_format = self._format
+        prompt = await asyncio.to_thread(chat_format.encode, request.messages, request.tools)
+        max_new = self._max_new_tokens(request, prompt)
+
+        await self._acquire_slot(request)
+        abort = threading.Event()
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue[Any] = asyncio.Queue()
+        self._running += 1
+        worker = loop.run_in_executor(None, self._run, request, prompt, max_new, abort, loop, tokens)
+        worker.add_done_callback(self._release_slot)
+        try:
+            async for chunk in self._stream(request, prompt, max_new, abort, tokens):
+                yield chunk
+        finally:
+            abort.set()  # client gone or done: the StoppingCriteria ends generation at the next token
+
+    async def _acquire_slot(self, request: GenerationRequest) -> None:
+        if self._slot.locked() and self._waiting >= self.max_queue:
+            raise RateLimitError(
+                f"the local engine queue is full ({self.max_queue} waiting); retry shortly",
+                code="queue_full",
+                headers={"retry-after": "1"},
+            )
+        self._waiting += 1
+        try:
+            timeout = None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
+            await asyncio.wait_for(self._slot.acquire(), timeout)
+        except TimeoutError as exc:
+            raise DeadlineExceededError("request timed out waiting for the engine", code="queue_timeout") from exc
+        finally:
+            self._waiting -= 1
+
+    def _release_slot(self, _future: asyncio.Future[None]) -> None:
+        self._running -= 1
+        self._slot.release()
+
+    def _max_new_tokens(self, request: GenerationRequest, prompt: EncodedPrompt) -> int:
+        room = self.profile.max_model_len - len(prompt.tokens)
+        if room <= 0:
+            raise InvalidRequestError(
+                f"the prompt is {len(prompt.tokens)} tokens; this model's context is {self.profile.max_model_len}",
+                code="context_length_exceeded",
+                param="messages",
+            )
+        wanted = request.sampling.max_tokens
+        if wanted is not None and wanted > room:
+            raise InvalidRequestError(
+                f"max_tokens {wanted} + prompt {len(prompt.tokens)} tokens exceed the context of "
+                f"{self.profile.max_model_len} tokens",
+                code="context_length_exceeded",
+                param="max_tokens",
+            )
+        return wanted or room
+
+    async def _stream(
+        self,
+        request: GenerationRequest,
+        prompt: EncodedPrompt,
+        max_new: int,
+        abort: threading.Event,
+        tokens: asyncio.Queue[Any],
+    ) -> AsyncIterator[GenerationChunk]:
+        assert self._format is not None
+        decoder = self._format.decoder()
+        stops = StopMatcher(request.sampling.stop)
+        eos = self._format.eos_id
+        generated = 0
+        finish: str | None = None
+        while finish is None:
+            item = await tokens.get()
+            if item is _DONE:
+                finish = "length" if generated >= max_new else "stop"
+                break
+            if isinstance(item, BaseException):
+                raise EngineUnavailableError(f"generation failed: {item}", code="generation_failed") from item
+            token_id, logprob = item
+            generated += 1
+            if token_id == eos:
+                finish = "stop"
+                break
+            text, matched = stops.feed(decoder.push(token_id))
+            logprobs = [TokenLogprob(token=decoder.piece(token_id), logprob=logprob)] if logprob is not None else []
+            if matched:
+                abort.set()
+                finish = "stop"
+            elif generated >= max_new:
+                finish = "length"
+            if text or logprobs:
+                yield GenerationChunk(text=text, logprobs=logprobs)
+        tail = stops.flush(decoder.flush())
+        usage = Usage(prompt_tokens=len(prompt.tokens), completion_tokens=generated)
+        yield GenerationChunk(text=tail, finish_reason=finish, usage=usage)  # type: ignore[arg-type]
+
+    def _run(
+        self,
+        request: GenerationRequest,
+        prompt: EncodedPrompt,
+        max_new: int,
+        abort: threading.Event,
+        loop: asyncio.AbstractEventLoop,
+        out: asyncio.Queue[Any],
+    ) -> None:
+        """Worker thread: run model.generate and push (token_id, logprob) pairs to the event loop."""
+        import torch
+
+        def emit(item: Any) -> None:
+            loop.call_soon_threadsafe(out.put_nowait, item)
+
+        try:
+            inputs = self._model_inputs(prompt, torch)
+            sampling = request.sampling
+            recorder = _LogprobRecorder() if sampling.logprobs else None
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            do_sample = sampling.temperature > 0
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": max_new,
+                "do_sample": do_sample,
+                "eos_token_id": self._format.eos_id if self._format else None,
+                "streamer": _QueueStreamer(emit, recorder),
+                "stopping_criteria": [_AbortCriteria(abort)],
+                "pad_token_id": self._format.eos_id if self._format else None,
+            }
+            if do_sample:
+                kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
+            if sampling.frequency_penalty > 0:
+                kwargs["repetition_penalty"] = 1.0 + sampling.frequency_penalty / 2
+            if recorder is not None:
+                kwargs["logits_processor"] = [recorder]
+            with torch.inference_mode():
+                self._model.generate(**inputs, **kwargs)
+        except Exception as exc:  # surfaced to the client as a stream error, never a dead worker
+            log.exception("generation failed for %s", request.request_id)
+            emit(exc)
+        finally:
+            emit(_DONE)
+
+    def _model_inputs(self, prompt: EncodedPrompt, torch: Any) -> dict[str, Any]:
+        device = self._model.device
+        inputs: dict[str, Any] = {"input_ids": torch.tensor([prompt.tokens], device=device)}
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        if prompt.images:
+            # Pad images of different sizes to one batch tensor; image_sizes tells the vision tower the real sizes.
+            height = max(image.shape[1] for image in prompt.images)
+            width = max(image.shape[2] for image in prompt.images)
+            batch = torch.zeros((len(prompt.images), 3, height, width), dtype=self._model.dtype)
+            for index, image in enumerate(prompt.images):
+                batch[index, :, : image.shape[1], : image.shape[2]] = torch.from_numpy(image)
+            inputs["pixel_values"] = batch.to(device)
+            inputs["image_sizes"] = torch.tensor([[image.shape[1], image.shape[2]] for image in prompt.images])
+        return inputs
+
+
+class _QueueStreamer:
+    """transformers streamer protocol: the first put() is the prompt, later ones are new tokens."""
+
+    def __init__(self, emit: Any, recorder: _LogprobRecorder | None) -> None:
+        self._emit = emit
+        self._recorder = recorder
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        for token_id in value.reshape(-1).tolist():
+            logprob = self._recorder.logprob_of(token_id) if self._recorder else None
+            self._emit((int(token_id), logprob))
+
+    def end(self) -> None:
+        return None
+
+
+class _LogprobRecorder:
+    """A logits processor that keeps the last step's log-probabilities, so the streamer can look up
+    the chosen token's. It sees the scores after the other processors (temperature, top-p)."""
+
+    def __init__(self) -> None:
+        self._last: Any = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        self._last = scores[0].float().log_softmax(dim=-1)
+        return scores
+
+    def logprob_of(self, token_id: int) -> float | None:
+        if self._last is None:
+            return None
+        value = float(self._last[token_id])
+        return value if math.isfinite(value) else -9999.0
+
+
+class _AbortCriteria:
+    def __init__(self, abort: threading.Event) -> None:
+        self._abort = abort
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self._abort.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _torch_dtype(name: str, cuda: bool) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if cuda else torch.float32
+    return getattr(torch, name)
+
+
+def _bitsandbytes_config(quantization: str, cuda: bool) -> Any:
+    if not cuda:
+        raise EngineUnavailableError(f"{quantization} needs a CUDA GPU; bitsandbytes does not run on this machine")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise EngineUnavailableError(
+            "bitsandbytes is not installed: pip install 'mistral-small-server[bnb]'"
+        ) from exc
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "bnb-8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["vision_tower", "multi_modal_projector"])
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+        llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],
+    )

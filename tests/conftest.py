@@ -1,0 +1,95 @@
+"""Shared fixtures: the tiny model, and a live server (a real `msserve serve` process on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = REPO / "models" / "tiny-mistral3"
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--out", str(TINY_MODEL)], check=True)
+    return TINY_MODEL
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def v1(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None, *, profile: str = "tiny-mistral3",
+                 ready_timeout: float = 240.0) -> LiveServer:
+    port = free_port()
+    env = {**os.environ, "MSSERVE_LOG_LEVEL": "info", **(env_overrides or {})}
+    log_path = tmp_dir / f"server-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve", "--profile", profile, "--host", LOOPBACK, "--port", str(port)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(f"http://{LOOPBACK}:{port}", process, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.base_url}/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    stop_server(server)
+    raise RuntimeError(f"server not ready after {ready_timeout}s:\n{server.log()}")
+
+
+def stop_server(server: LiveServer) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = start_server(tmp_path_factory.mktemp("live"))
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def openai_client(live_server: LiveServer):  # type: ignore[no-untyped-def]
+    from openai import OpenAI
+
+    with OpenAI(base_url=live_server.v1, api_key="not-needed", max_retries=0, timeout=120) as client:
+        yield client
