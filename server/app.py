@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from server import __version__
-from server.api import chat, health, models
+from server.api import captions, chat, health, models
 from server.api.deps import Services
 from server.api.errors import install_error_handlers
 from server.config import ModelProfile, Settings, load_profile
@@ -62,6 +62,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
     app.state.services = services
     install_error_handlers(app)
     app.include_router(chat.router)
+    app.include_router(captions.router)
     app.include_router(models.router)
     app.include_router(health.router)
     return app

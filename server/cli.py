@@ -106,6 +106,59 @@ def profiles(
     Console().print(table)
 
 
+@app.command()
+def caption(
+    paths: Annotated[list[Path] | None, typer.Argument(help="image files or folders (searched recursively)")] = None,
+    url: Annotated[list[str] | None, typer.Option("--url", help="image URL to caption (repeatable)")] = None,
+    server: Annotated[str, typer.Option(help="base URL of a running server")] = "http://127.0.0.1:8000",
+    out: Annotated[Path, typer.Option(help="JSONL results; images already captioned there are skipped")] = Path(
+        "captions.jsonl"),
+    style: Annotated[str, typer.Option(help="short, detailed or alt_text")] = "short",
+    prompt: Annotated[str | None, typer.Option(help="instruction replacing the built-in one")] = None,
+    language: Annotated[str | None, typer.Option(help="language of the captions")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="cap per caption")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="requests in flight")] = 4,
+    api_key: Annotated[str | None, typer.Option(envvar="MSSERVE_API_KEY", help="API key for the server")] = None,
+) -> None:
+    """Caption images through a running server, with a progress bar and resume."""
+    import asyncio
+
+    from server.caption_cli import caption_all, find_images
+
+    try:
+        files = find_images(paths or [])
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    sources = [str(path) for path in files] + list(url or [])
+    if not sources:
+        console.print("[red]error:[/red] give image files, folders or --url")
+        raise typer.Exit(2)
+    options = {"style": style, "prompt": prompt, "language": language, "max_tokens": max_tokens}
+    ok, failed = asyncio.run(caption_all(sources, server=server, out=out, options=options, concurrency=concurrency,
+                                         api_key=api_key))
+    console.print(f"captioned {ok}, failed {failed}, results in {out}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def download(
+    profile: Annotated[str, typer.Option(help="profile whose weights to fetch")] = GPU_PROFILE,
+    token: Annotated[str | None, typer.Option(envvar="HF_TOKEN", help="Hugging Face token (gated models)")] = None,
+) -> None:
+    """Download a profile's weights from the Hugging Face hub (resumable, with progress)."""
+    from server.hub import ModelUnavailableError, resolve_model_dir
+
+    chosen = load_profile(profile, Settings().profiles_dir)
+    try:
+        path = resolve_model_dir(chosen, token=token)
+    except ModelUnavailableError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"{chosen.name}: weights in {path}")
+
+
 def main() -> None:
     app()
 

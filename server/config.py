@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     # Hugging Face hub
     hf_token: SecretStr | None = None  # falls back to HF_TOKEN
 
+    # Router (server.routing.router): weights, threshold or target escalation rate, image policy
+    router_weights: Path = DEFAULT_PROFILES_DIR / "router" / "mmlu-lr-v1.json"
+    router_threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # escalate when score > this; wins over rate
+    router_target_rate: float | None = Field(default=None, ge=0.0, le=1.0)  # share to escalate (weights' quantiles)
+    router_image_policy: Literal["score", "local", "azure"] = "score"  # requests with images: score, or force a tier
+
     # --- Azure escalation and routing policy (server.engines.azure, server.routing.policy/dispatch) ---
     # Names promised to users: MSSERVE_AZURE_ENDPOINT, _API_KEY, _DEPLOYMENT, _API_VERSION.
     azure_endpoint: str | None = None  # https://RES.openai.azure.com[/openai/v1] or https://RES.services.ai.azure.com/models

@@ -114,13 +114,13 @@ async def _normalize(message: ChatMessage, index: int, services: Services, budge
 
 
 def routing_headers(decision: Decision, request_id: str) -> dict[str, str]:
-    headers = {"x-request-id": request_id, "x-msserve-tier": decision.tier, "x-msserve-reason": _header_safe(decision.reason)}
+    headers = {"x-request-id": request_id, "x-msserve-tier": decision.tier, "x-msserve-reason": header_safe(decision.reason)}
     if decision.score is not None:
         headers["x-msserve-score"] = f"{decision.score:.3f}"
     return headers
 
 
-def _header_safe(text: str) -> str:
+def header_safe(text: str) -> str:
     return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")[:512]
 
 
@@ -149,7 +149,8 @@ class _Collected:
         self.model = chunk.model or self.model
 
 
-async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any]:
+async def collect(routed: Routed) -> _Collected:
+    """Read a routed stream to its end; the stream is closed even if the caller is cancelled."""
     collected = _Collected()
     collected.add(routed.first)
     try:
@@ -157,6 +158,11 @@ async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any
             collected.add(chunk)
     finally:
         await routed.rest.aclose()  # type: ignore[attr-defined]  # client gone mid-answer: abort the engine
+    return collected
+
+
+async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any]:
+    collected = await collect(routed)
     tool_calls = [
         {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
         for _, call in sorted(collected.tool_calls.items())

@@ -1,0 +1,87 @@
+"""Labelled routing data: a prompt and whether the weak and the strong model answered it correctly.
+
+Two formats: RouteLLM's per-subject CSV (``prompt,<weak model>,<strong model>`` with ``True``/``False``), and
+JSONL lines ``{"prompt": ..., "weak": bool|float, "strong": bool|float}``. A folder means all its ``*.csv``
+files; a ``contaminated_prompts.jsonl`` beside them lists prompts to leave out of evaluation (``eval_prompt``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.errors import InvalidRequestError
+
+CONTAMINATED_FILE = "contaminated_prompts.jsonl"
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    weak: float  # 1.0 when the weak (local) model was right
+    strong: float
+    group: str  # subject or source file: the unit held out in grouped cross-validation
+
+
+def _truth(value: object) -> float:
+    if isinstance(value, bool | int | float):
+        return float(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return 1.0
+    if text in ("false", "0", "no"):
+        return 0.0
+    raise InvalidRequestError(f"not a correctness label: {value!r}", code="invalid_label")
+
+
+def _group(path: Path) -> str:
+    return path.stem.removeprefix("mmlu_")
+
+
+def read_csv(path: Path) -> list[Example]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or len(rows[0]) < 3:
+        raise InvalidRequestError(f"{path}: expected columns prompt,<weak>,<strong>", code="invalid_label_file")
+    return [Example(row[0], _truth(row[1]), _truth(row[2]), _group(path)) for row in rows[1:] if row]
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            examples.append(
+                Example(item["prompt"], _truth(item["weak"]), _truth(item["strong"]), str(item.get("group", path.stem)))
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InvalidRequestError(f"{path}:{number}: need prompt, weak, strong", code="invalid_label_file") from exc
+    return examples
+
+
+def contaminated_prompts(folder: Path) -> set[str]:
+    path = folder / CONTAMINATED_FILE
+    if not path.is_file():
+        return set()
+    return {json.loads(line)["eval_prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
+def load(paths: list[Path]) -> tuple[list[Example], set[str]]:
+    """All examples under ``paths`` (files or folders) and the contaminated prompts found beside them."""
+    examples: list[Example] = []
+    contaminated: set[str] = set()
+    for path in paths:
+        if path.is_dir():
+            contaminated |= contaminated_prompts(path)
+            files = sorted(path.glob("*.csv")) + sorted(p for p in path.glob("*.jsonl") if p.name != CONTAMINATED_FILE)
+        elif path.is_file():
+            files = [path]
+        else:
+            raise InvalidRequestError(f"no such file or folder: {path}", code="invalid_label_file")
+        for file in files:
+            examples += read_jsonl(file) if file.suffix == ".jsonl" else read_csv(file)
+    return examples, contaminated

@@ -1,0 +1,156 @@
+"""The router: features -> score -> Decision(local | azure) with a reason a person can read.
+
+The score estimates how likely the local model is to get the request wrong (see the weights' card). A request
+goes to Azure when its score is above the threshold: set directly, or derived from a target escalation rate via
+the score quantiles stored with the weights (``msserve router calibrate`` derives it from your own traffic).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from server.engines.base import GenerationRequest
+from server.errors import InvalidRequestError
+from server.routing.decision import Decision
+from server.routing.features import Features, extract
+from server.routing.model import RouterModel, Scored
+
+if TYPE_CHECKING:
+    from server.config import Settings
+
+ImagePolicy = Literal["score", "local", "azure"]
+Override = Literal["auto", "local", "azure"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_WEIGHTS = REPO_ROOT / "models" / "router" / "mmlu-lr-v1.json"
+
+# Only contributions at least this large (in logit units) are named in a reason.
+_MIN_CONTRIBUTION = 0.03
+_MAX_NAMED = 3
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def describe(name: str, features: Features, up: bool) -> str:
+    """Words for one feature's push; ``up``: it raised the score."""
+    c = features.counts
+    v = features.values
+    labels = {
+        "chars_log": f"{'long' if up else 'short'} prompt ({c.get('chars', 0):,} chars)",
+        "last_user_chars_log": f"{'long' if up else 'short'} question ({c.get('last_chars', 0):,} chars)",
+        "lines_log": f"{'many' if up else 'few'} lines",
+        "turns": f"follow-up turn {c.get('turns', 0) + 1}",
+        "has_system": "system prompt" if v["has_system"] else "no system prompt",
+        "code": f"code ({_plural(c.get('code', 0), 'signal')})" if c.get("code") else "no code",
+        "math": f"math ({_plural(c.get('math', 0), 'signal')})" if c.get("math") else "no math",
+        "numbers_log": _plural(c.get("numbers", 0), "number"),
+        "reasoning": f"multi-step reasoning ({_plural(c.get('reasoning', 0), 'cue')})"
+        if c.get("reasoning")
+        else "no reasoning cues",
+        "constraints": f"constraints ({_plural(c.get('constraints', 0), 'cue')})"
+        if c.get("constraints")
+        else "no constraints",
+        "negation": f"negative framing ({_plural(c.get('negation', 0), 'cue')})"
+        if c.get("negation")
+        else "plain framing",
+        "questions": _plural(c.get("questions", 0), "question"),
+        "choices": "multiple choice" if v["choices"] else "open-ended",
+        "long_words": f"{'technical' if up else 'plain'} vocabulary ({v['long_words']:.0%} long words)",
+        "non_ascii": "non-English text" if up else "English text",
+        "images_log": _plural(c.get("images", 0), "image"),
+        "tools_log": _plural(c.get("tools", 0), "tool"),
+        "structured_output": "JSON output" if v["structured_output"] else "free-form output",
+        "long_output": f"long answer (max_tokens {c.get('max_tokens', 0)})",
+    }
+    return labels.get(name, name)
+
+
+def explain(features: Features, scored: Scored, escalate: bool) -> str:
+    """The top contributions in the direction of the decision, in words."""
+    sign = 1.0 if escalate else -1.0
+    ranked = sorted(scored.contributions.items(), key=lambda item: -sign * item[1])
+    named = []
+    for name, value in ranked[:_MAX_NAMED]:
+        if value * sign < _MIN_CONTRIBUTION:
+            break
+        if name == "wording":
+            words = ", ".join(repr(w) for w in scored.top_words)
+            named.append(f"wording ({words})" if words else "wording")
+        else:
+            named.append(describe(name, features, up=value > 0))
+    return " + ".join(named) if named else "no strong signal"
+
+
+class Router:
+    """Decides local | azure for one request. Pure and fast: safe to call on the event loop."""
+
+    def __init__(
+        self,
+        model: RouterModel,
+        *,
+        threshold: float | None = None,
+        target_rate: float | None = None,
+        image_policy: ImagePolicy = "score",
+    ) -> None:
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise InvalidRequestError("router threshold must be between 0 and 1", code="invalid_router_threshold")
+        if image_policy not in ("score", "local", "azure"):
+            raise InvalidRequestError(f"unknown image policy {image_policy!r}", code="invalid_image_policy")
+        self.model = model
+        self.image_policy = image_policy
+        self.target_rate = target_rate
+        # An explicit threshold wins over a target rate; neither: the threshold the weights were shipped with.
+        if threshold is not None:
+            self.threshold = threshold
+        elif target_rate is not None:
+            self.threshold = model.threshold_for_rate(target_rate)
+        else:
+            self.threshold = model.weights.default_threshold
+
+    @classmethod
+    def from_weights(cls, path: Path = DEFAULT_WEIGHTS, **options: object) -> Router:
+        return cls(RouterModel.load(path), **options)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Router:
+        return cls(
+            RouterModel.load(settings.router_weights),
+            threshold=settings.router_threshold,
+            target_rate=settings.router_target_rate,
+            image_policy=settings.router_image_policy,
+        )
+
+    def score(self, request: GenerationRequest) -> tuple[Features, Scored]:
+        features = extract(request)
+        return features, self.model.score(features)
+
+    def decide(self, request: GenerationRequest, override: Override | None = None) -> Decision:
+        """``override``: the parsed ``x-msserve-route`` header ("auto" or None: let the score decide)."""
+        features, scored = self.score(request)
+        score = round(scored.score, 4)
+        if override in ("local", "azure"):
+            return Decision(
+                tier=override,
+                score=score,
+                reason=f"x-msserve-route: {override} (score {score:.2f} not used)",
+                reason_class="override",
+            )
+        if override not in (None, "auto"):
+            raise InvalidRequestError(f"unknown route override {override!r}", code="invalid_route")
+        images = features.counts.get("images", 0)
+        if images and self.image_policy != "score":
+            tier: Literal["local", "azure"] = self.image_policy  # type: ignore[assignment]
+            reason = f"{_plural(images, 'image')}: image policy sends images to {tier} (score {score:.2f})"
+            return Decision(tier=tier, score=score, reason=reason, reason_class="images-policy")
+        escalate = scored.score > self.threshold
+        why = explain(features, scored, escalate)
+        comparison = ">" if escalate else "<="
+        return Decision(
+            tier="azure" if escalate else "local",
+            score=score,
+            reason=f"{why}; score {score:.2f} {comparison} threshold {self.threshold:.2f}",
+            reason_class="score-high" if escalate else "score-low",
+        )

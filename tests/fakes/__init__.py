@@ -1,0 +1,1 @@
+"""Test doubles: a fake Azure endpoint and a scripted local engine."""

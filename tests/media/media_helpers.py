@@ -1,0 +1,179 @@
+"""Image makers and a loopback-only HTTP(S) test server for the media tests."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import ssl
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Coroutine
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+from PIL import Image
+
+from server.errors import ImageError
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Gradients plus noise: compresses like a real photo, not like a flat colour."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 200, width, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 200, height, dtype=np.float32)[:, None, None]
+    base = np.concatenate([np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)),
+                           (x + y) / 2], axis=2)
+    tile = rng.integers(0, 40, size=(min(height, 256), min(width, 256), 3), dtype=np.uint8)  # cheap noise, tiled
+    noise = np.tile(tile, (-(-height // tile.shape[0]), -(-width // tile.shape[1]), 1))[:height, :width]
+    return Image.fromarray((base.astype(np.uint8) + noise).astype(np.uint8), "RGB")
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares a huge size and carries almost no data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def png_bomb(side: int) -> bytes:
+    """A real, valid greyscale PNG of side x side black pixels: tiny file, huge bitmap."""
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (side + 1)  # filter byte + pixels
+    parts = [compressor.compress(row) for _ in range(side)]
+    idat = b"".join(parts) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def jpeg_with_orientation(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, "JPEG", quality=92, exif=exif.tobytes())
+
+
+def expect_error(exc_info: Any, status: int, code: str) -> ImageError:
+    error = exc_info.value
+    assert isinstance(error, ImageError)
+    assert (error.status_code, error.code) == (status, code), error.message
+    body = error.to_body()["error"]
+    assert body["code"] == code and body["type"] == "invalid_request_error" and body["message"]
+    return error
+
+
+# ---------------------------------------------------------------- loopback server
+
+PNG_BYTES = encode(photo(64, 48), "PNG")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: LoopbackServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def do_GET(self) -> None:
+        self.server.seen.append((self.path, self.headers.get("Host", "")))
+        url = urlparse(self.path)
+        query = parse_qs(url.query)
+        route = url.path
+        if route == "/img.png":
+            self._send(200, PNG_BYTES, "image/png")
+        elif route == "/redirect":
+            self._redirect(query["to"][0])
+        elif route == "/loop":
+            self._redirect("/loop")
+        elif route == "/html":
+            self._send(200, b"<html><body>not an image</body></html>", "text/html")
+        elif route == "/missing":
+            self._send(404, b"no", "text/plain")
+        elif route == "/slow":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(PNG_BYTES)))
+            self.end_headers()
+            time.sleep(2.0)
+        elif route == "/endless":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            chunk = b"\x00" * 65536
+            try:
+                for _ in range(1024):  # 64 MiB at most, should the client fail to stop
+                    self.wfile.write(chunk)
+            except OSError:
+                pass
+            self.close_connection = True
+        elif route == "/huge-declared":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(10**10))
+            self.end_headers()
+            self.close_connection = True
+        else:
+            self._send(404, b"unknown route", "text/plain")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, host: str, tls: ssl.SSLContext | None = None) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        assert host in ("127.0.0.1", "::1"), "test servers live on loopback only"
+        super().__init__((host, 0), _Handler)
+        self.seen: list[tuple[str, str]] = []
+        self.sni: list[str | None] = []
+        if tls is not None:
+            tls.sni_callback = lambda sock, name, ctx: self.sni.append(name)  # type: ignore[assignment,misc]
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def base(self, host: str | None = None, scheme: str = "http") -> str:
+        name = host or (f"[{self.server_address[0]}]" if self.address_family == socket.AF_INET6 else "127.0.0.1")
+        return f"{scheme}://{name}:{self.port}"
+
+    def __enter__(self) -> LoopbackServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()

@@ -1,0 +1,138 @@
+"""The routing policy: circuit breaker, daily spend cap, prices and cost counters, cascade confidence."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+
+import pytest
+
+from server.config import Settings
+from server.engines.base import TokenLogprob, Usage
+from server.routing.policy import CircuitBreaker, Prices, RoutingPolicy, SpendCap, confidence
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_n_consecutive_failures() -> None:
+    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=Clock())
+    breaker.record_failure()
+    breaker.record_failure()
+    breaker.record_success()  # a success in between resets the count
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state == "closed" and breaker.allow()
+    breaker.record_failure()
+    assert breaker.state == "open"
+    assert not breaker.allow()
+
+
+def test_breaker_half_opens_after_cooldown_and_lets_one_probe_through() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=30, clock=clock)
+    breaker.record_failure()
+    clock.now += 29.9
+    assert not breaker.allow()
+    clock.now += 0.2
+    assert breaker.state == "half_open"
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # only one at a time
+    breaker.record_success()
+    assert breaker.state == "closed" and breaker.allow()
+
+
+def test_failed_probe_reopens_for_a_full_cooldown() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=5, cooldown_s=10, clock=clock)
+    for _ in range(5):
+        breaker.record_failure()
+    clock.now += 10
+    assert breaker.allow()
+    breaker.record_failure()  # one failed probe is enough, whatever the threshold
+    assert breaker.state == "open"
+    clock.now += 9
+    assert not breaker.allow()
+    clock.now += 1
+    assert breaker.allow()
+
+
+def test_spend_cap_is_per_utc_day() -> None:
+    day = [date(2026, 1, 1)]
+    cap = SpendCap(1.0, today=lambda: day[0])
+    cap.add(0.6)
+    assert not cap.exhausted()
+    cap.add(0.4)
+    assert cap.exhausted()
+    day[0] = date(2026, 1, 2)
+    assert not cap.exhausted() and cap.spent_today == 0.0
+
+
+def test_no_cap_is_never_exhausted() -> None:
+    cap = SpendCap(None)
+    cap.add(1e9)
+    assert not cap.exhausted()
+
+
+def test_prices_per_million_tokens() -> None:
+    prices = Prices(azure_input=2.0, azure_output=8.0, local_input=0.1, local_output=0.2)
+    usage = Usage(prompt_tokens=500_000, completion_tokens=250_000)
+    assert prices.cost("azure", usage) == pytest.approx(1.0 + 2.0)
+    assert prices.cost("local", usage) == pytest.approx(0.05 + 0.05)
+
+
+def test_cost_accounting_and_savings() -> None:
+    policy = RoutingPolicy(prices=Prices(azure_input=2.0, azure_output=8.0), spend_cap=SpendCap(10.0))
+    million = Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000)
+    policy.account([("local", million)])
+    assert policy.counters.savings_usd == pytest.approx(10.0)  # what Azure would have charged
+    policy.account([("azure", million)])
+    assert policy.counters.spend_azure_usd == pytest.approx(10.0)
+    assert policy.counters.savings_usd == pytest.approx(10.0)  # an Azure answer saves nothing
+    assert policy.spend_cap.exhausted()
+    assert policy.azure_blocked() == "daily budget spent"
+    # A cascade that escalated paid for both calls: its savings are negative (the local call's cost).
+    policy.prices = Prices(azure_input=2.0, azure_output=8.0, local_input=1.0, local_output=1.0)
+    policy.account([("local", million), ("azure", million)])
+    assert policy.counters.savings_usd == pytest.approx(10.0 - 2.0)
+    assert policy.counters.requests_local == 2 and policy.counters.requests_azure == 2
+
+
+def test_blocked_by_open_circuit() -> None:
+    policy = RoutingPolicy(breaker=CircuitBreaker(failure_threshold=1, clock=Clock()))
+    assert policy.azure_blocked() is None
+    policy.record_azure_failure()
+    assert policy.azure_blocked() == "circuit open"
+
+
+def test_overload_limit() -> None:
+    assert RoutingPolicy(escalate_when_queue_over=4).overloaded(5)
+    assert not RoutingPolicy(escalate_when_queue_over=4).overloaded(4)
+    assert not RoutingPolicy(escalate_when_queue_over=None).overloaded(10_000)
+
+
+def test_confidence_is_geometric_mean_probability() -> None:
+    logprobs = [TokenLogprob(token="a", logprob=math.log(0.9)), TokenLogprob(token="b", logprob=math.log(0.4))]
+    assert confidence(logprobs) == pytest.approx(math.sqrt(0.9 * 0.4))
+    assert confidence([]) is None
+
+
+def test_from_settings() -> None:
+    settings = Settings(
+        azure_daily_budget_usd=5.0,
+        azure_price_input_per_mtok=1.0,
+        azure_breaker_failures=2,
+        cascade_threshold=0.7,
+        escalate_when_queue_over=3,
+    )
+    policy = RoutingPolicy.from_settings(settings)
+    assert policy.spend_cap.daily_usd == 5.0
+    assert policy.prices.azure_input == 1.0
+    assert policy.breaker.failure_threshold == 2
+    assert policy.cascade_threshold == 0.7
+    assert policy.escalate_when_queue_over == 3
