@@ -163,10 +163,14 @@ def cross_validate(
         weights = fit([feats[i] for i in train], y[train], [groups[i] for i in train], cfg)
         oof[test] = scores_of(weights, [feats[i] for i in test])
         keep = [i for i in test if examples[i].prompt not in bad]
-        fold = metrics.evaluate([oof[i] for i in keep], [examples[i].weak for i in keep], [examples[i].strong for i in keep])
+        fold = metrics.evaluate(
+            [oof[i] for i in keep], [examples[i].weak for i in keep], [examples[i].strong for i in keep]
+        )
         fold_apgr.append(fold.apgr)
     keep = [i for i in range(len(examples)) if examples[i].prompt not in bad]
-    pooled = metrics.evaluate([oof[i] for i in keep], [examples[i].weak for i in keep], [examples[i].strong for i in keep])
+    pooled = metrics.evaluate(
+        [oof[i] for i in keep], [examples[i].weak for i in keep], [examples[i].strong for i in keep]
+    )
     return pooled, fold_apgr, [float(oof[i]) for i in keep]
 
 
@@ -190,7 +194,10 @@ def main() -> None:
 
     examples, bad = labelled.load([args.data])
     feats = featurize(examples)
-    print(f"{len(examples)} examples, {len({e.group for e in examples})} subjects, {len(bad)} contaminated left out of eval")
+    print(
+        f"{len(examples)} examples, {len({e.group for e in examples})} subjects, "
+        f"{len(bad)} contaminated left out of eval"
+    )
     print("baselines:", {k: round(v, 4) for k, v in baselines(examples, feats, bad).items()})
 
     if args.grid:
@@ -203,7 +210,10 @@ def main() -> None:
         for cfg in grid:
             g, _, _ = cross_validate(examples, feats, bad, cfg, grouped=True)
             r, _, _ = cross_validate(examples, feats, bad, cfg, grouped=False)
-            print(f"{cfg.target:10s} alpha={cfg.vocab_alpha:<4} excluded={len(cfg.exclude)} subject-held-out {g.apgr:.4f}  random {r.apgr:.4f}")
+            print(
+                f"{cfg.target:10s} alpha={cfg.vocab_alpha:<4} excluded={len(cfg.exclude)} "
+                f"subject-held-out {g.apgr:.4f}  random {r.apgr:.4f}"
+            )
         return
 
     cfg = Config()

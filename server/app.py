@@ -15,14 +15,20 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from server import __version__
-from server.api import captions, chat, health, models
+from server import middleware
+from server.api import captions, chat, dashboard, health, metrics, models
 from server.api.deps import Services
 from server.api.errors import install_error_handlers
 from server.config import ModelProfile, Settings, load_profile
 from server.engines import build_engine
+from server.engines.azure import AzureEngine
 from server.engines.base import Engine
 from server.media import ImageIntake
 from server.routing.dispatch import Dispatcher
+from server.routing.policy import RoutingPolicy
+from server.routing.router import Router
+from server.shutdown import begin_drain
+from server.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -30,28 +36,40 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, *, profile: ModelProfile | None = None, engine: Engine | None = None) -> FastAPI:
     profile = profile or load_profile(settings.profile, settings.profiles_dir)
     engine = engine or build_engine(profile, settings)
+    azure = AzureEngine.from_settings(settings)
+    dispatcher = Dispatcher(engine, azure, router=Router.from_settings(settings),
+                            policy=RoutingPolicy.from_settings(settings))
     services = Services(
         settings=settings,
         profile=profile,
         engine=engine,
-        dispatcher=Dispatcher(engine),
-        intake=ImageIntake(settings),
+        dispatcher=dispatcher,
+        # Re-encoded bytes are only needed when images may be forwarded to Azure.
+        intake=ImageIntake(settings, reencode=azure is not None),
     )
+    telemetry = Telemetry(settings, services)  # ops (issue 4): metrics, request log, recent requests
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.started_at = time.time()
         app.state.services = services
+        telemetry.start()
+        middleware.warn_if_exposed(settings, app.state.api_keys, log)
         loading = asyncio.create_task(_start_engine(engine), name="engine-start")
+        if azure is not None:
+            await azure.start()
         try:
             yield
         finally:
             services.draining = True
+            begin_drain(app)
             if not loading.done():
                 loading.cancel()
             with contextlib.suppress(BaseException):
                 await loading
             await engine.stop()
+            if azure is not None:
+                await azure.stop()
 
     app = FastAPI(
         title="mistral-small-server",
@@ -60,11 +78,15 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.telemetry = telemetry
+    middleware.install(app, settings, telemetry)  # the order is written down in server/middleware/__init__.py
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(captions.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(dashboard.router)
     return app
 
 

@@ -15,9 +15,11 @@ from rich.table import Table
 
 from server.config import ModelProfile, Settings, list_profiles, load_profile, load_settings
 from server.errors import MSServeError
+from server.routing.cli import app as router_app
 
 app = typer.Typer(help="mistral-small-server: serve Mistral Small 3.1 with an OpenAI-compatible API.",
                   no_args_is_help=True)
+app.add_typer(router_app, name="router", help="Score, evaluate and calibrate the escalation router.")
 console = Console(stderr=True)
 
 AUTO = "auto"

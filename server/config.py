@@ -136,6 +136,20 @@ class Settings(BaseSettings):
     cascade_threshold: float = 0.60  # cascade: escalate when local confidence (geometric-mean token prob) is below
     cascade_default: bool = False  # treat route "auto" as "cascade" for non-streamed requests
 
+    # --- Operations (server.middleware, server.telemetry, server.shutdown, dashboard). Added for issue 4. ---
+    # Named API keys "alice:sk-abc,bob:sk-def" (a bare "sk-abc" is named key1, key2, ...). None: no auth (open).
+    api_keys: SecretStr | None = None
+    metrics_open: bool = False  # /metrics without a key (when keys are configured)
+    dashboard_open: bool = False  # the dashboard at / without a key (when keys are configured)
+    max_concurrent_requests: int = 256  # model requests (POST /v1/*) running at once, all keys together
+    max_concurrent_per_key: int | None = None  # running + waiting per API key; None: no per-key cap
+    max_waiting_requests: int = 256  # beyond max_concurrent_requests, wait up to queue_timeout_s; past it: 429
+    queue_timeout_s: float = 30.0  # longest wait for a slot before a 429
+    retry_after_s: int = 1  # Retry-After on 429s and 503s from the limits
+    drain_timeout_s: float = 30.0  # on SIGTERM: how long in-flight requests may finish before they are aborted
+    log_contents: bool = False  # put prompt text (and image sizes/hashes, never pixels) in the request log
+    recent_requests: int = 200  # size of the recent-requests ring buffer the dashboard shows
+
     @field_validator("port")
     @classmethod
     def _valid_port(cls, port: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any
 
@@ -113,7 +114,8 @@ async def _from_multipart(request: Request, services: Services) -> tuple[Caption
                              f"{services.settings.max_image_bytes}", code="image_too_large", status_code=413)
         data = await upload.read()
         try:
-            part = services.intake.from_bytes(data, budget, source="upload", content_type=upload.content_type)
+            part = await asyncio.to_thread(services.intake.from_bytes, data, budget, source="upload",
+                                           content_type=upload.content_type)
         except MSServeError as exc:
             exc.message = f"{upload.filename}: {exc.message}"
             exc.param = exc.param or "file"

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from server.api import chat_service
 from server.api.deps import Services, get_services
 from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse
+from server.telemetry import observe_routed
 
 router = APIRouter()
 
@@ -27,6 +28,7 @@ async def create_chat_completion(
     chat_service.check_request(body, services)
     generation = await chat_service.to_generation_request(body, services, request_id)
     routed = await services.dispatcher.dispatch(generation, x_msserve_route, stream=body.stream)
+    routed = observe_routed(request, routed, generation, stream=body.stream)  # telemetry: decision, token timings
     headers = chat_service.routing_headers(routed.decision, request_id)
     if body.stream:
         headers["cache-control"] = "no-cache"

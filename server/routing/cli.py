@@ -16,7 +16,7 @@ import typer
 from server.errors import MSServeError
 from server.routing import labelled, metrics
 from server.routing.inputs import request_from_json, request_from_prompt
-from server.routing.model import RouterModel, rate_above, threshold_for_rate, quantiles_of
+from server.routing.model import RouterModel, quantiles_of, rate_above, threshold_for_rate
 from server.routing.router import DEFAULT_WEIGHTS, ImagePolicy, Router
 
 app = typer.Typer(help="Score, evaluate and calibrate the Azure escalation router.", no_args_is_help=True)
@@ -72,10 +72,14 @@ def score(
 
 @app.command("eval")
 def eval_(
-    files: Annotated[list[Path], typer.Argument(help="labelled CSV (RouteLLM format), JSONL (prompt, weak, strong), or a folder")],
+    files: Annotated[
+        list[Path], typer.Argument(help="labelled CSV (RouteLLM format), JSONL (prompt, weak, strong), or a folder")
+    ],
     weights: WeightsOption = DEFAULT_WEIGHTS,
     threshold: ThresholdOption = None,
-    plot: Annotated[Path | None, typer.Option(help="PNG of quality vs share of strong calls")] = Path("router-eval.png"),
+    plot: Annotated[Path | None, typer.Option(help="PNG of quality vs share of strong calls")] = Path(
+        "router-eval.png"
+    ),
     keep_contaminated: Annotated[bool, typer.Option(help="also score prompts listed as contaminated")] = False,
 ) -> None:
     """Print APGR, CPT(50%) and CPT(80%), and draw the quality-vs-strong-calls curve."""
@@ -106,7 +110,9 @@ def eval_(
     )
     if plot is not None:
         curve = metrics.quality_curve(scores, weak, strong)
-        metrics.plot_curves({router.model.name: curve}, plot, title=f"router {router.model.name}: APGR {result.apgr:.3f}")
+        metrics.plot_curves(
+            {router.model.name: curve}, plot, title=f"router {router.model.name}: APGR {result.apgr:.3f}"
+        )
         typer.echo(f"curve: {plot}")
 
 

@@ -172,15 +172,15 @@ class Dispatcher:
                     param="x-msserve-route",
                     code="azure_not_configured",
                 )
-            decision = local_only()
             if route == "local":
-                decision = Decision(tier="local", reason="x-msserve-route: local", reason_class="override")
+                decision = await self._override(request, "local")
+            else:
+                decision = await self._without_azure(request)
             return await self._local(request, decision, may_escalate=False)
         if route == "local":
-            decision = Decision(tier="local", reason="x-msserve-route: local", reason_class="override")
-            return await self._local(request, decision, may_escalate=False)
+            return await self._local(request, await self._override(request, "local"), may_escalate=False)
         if route == "azure":
-            return await self._forced_azure(request)
+            return await self._forced_azure(request, await self._override(request, "azure"))
         wants_cascade = route == "cascade" or self.policy.cascade_default
         if wants_cascade and not stream:
             return await self._cascade(request)
@@ -210,6 +210,21 @@ class Dispatcher:
         if decision.tier == "azure":
             return await self._azure(request, decision)
         return await self._local(request, decision)
+
+    async def _override(self, request: GenerationRequest, tier: Tier) -> Decision:
+        """A forced tier still carries the router's score, so operators see what auto would have done."""
+        scored = await self._decide(request) if self.router is not None else None
+        score = scored.score if scored else None
+        note = f" (score {score:.2f} not used)" if score is not None else ""
+        return Decision(tier=tier, score=score, reason=f"x-msserve-route: {tier}{note}", reason_class="override")
+
+    async def _without_azure(self, request: GenerationRequest) -> Decision:
+        if self.router is None:
+            return local_only()
+        scored = await self._decide(request)
+        verdict = "would escalate" if scored.tier == "azure" else "local anyway"
+        return Decision(tier="local", score=scored.score, reason=f"no Azure endpoint configured; {verdict}: "
+                        f"{scored.reason}", reason_class="no-azure")
 
     async def _decide(self, request: GenerationRequest) -> Decision:
         if self.router is None:

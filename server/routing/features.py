@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import re
+import string
+from collections import Counter
 from dataclasses import dataclass, field
 
 from server.engines.base import GenerationRequest, ImagePart, TextPart
@@ -60,10 +62,13 @@ CODE_WORDS = frozenset(
     "stack traceback exception algorithm recursion runtime".split()
 )
 
-_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+# Words: punctuation and digits become spaces, then str.split (C speed; a \w regex is several times slower).
+_SEPARATORS = str.maketrans(dict.fromkeys(string.punctuation + string.digits + "“”‘’—–…«»¿¡·•", " "))
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
-_CODE_SYNTAX = re.compile(r"```|[{};]\s*$|=>|->|::|==|!=|\w\(\)|</?\w+>", re.MULTILINE)
-_MATH_SYNTAX = re.compile(r"\d\s*[-+*/^=<>]\s*\d|\\(?:frac|sum|int|sqrt|cdot|times|le|ge)|\$[^$\n]+\$|[∑∫√≤≥≠±π]")
+# Substring counts (str.count runs in C, far faster than one regex with many alternatives).
+_CODE_MARKS = ("```", "=>", "->", "::", "==", "!=", "()", ";\n", "{\n", "</")
+_MATH_MARKS = ("\\frac", "\\sum", "\\int", "\\sqrt", "\\cdot", "\\times", "$$", "∑", "∫", "√", "≤", "≥", "≠", "±", "π")
+_MATH_SYNTAX = re.compile(r"\d\s?[-+*/^=<>]\s?\d")
 _CHOICE = re.compile(r"^\s*\(?[A-D][.)]\s", re.MULTILINE)
 
 
@@ -90,27 +95,25 @@ def text_features(
     last = texts[-1] if texts else ""
     whole = "\n".join(texts)
     lowered = last.lower()
-    words = _WORD.findall(lowered)
-    cues = {"reasoning": 0, "constraints": 0, "negation": 0, "math": 0, "code": 0}
-    long_words = 0
-    for word in words:
-        if len(word) >= 10:
-            long_words += 1
-        if word in REASONING_CUES:
-            cues["reasoning"] += 1
-        if word in CONSTRAINT_CUES:
-            cues["constraints"] += 1
-        if word in NEGATION_CUES:
-            cues["negation"] += 1
-        if word in MATH_WORDS:
-            cues["math"] += 1
-        if word in CODE_WORDS:
-            cues["code"] += 1
-    code = cues["code"] + len(_CODE_SYNTAX.findall(last))
-    maths = cues["math"] + len(_MATH_SYNTAX.findall(last))
+    words = lowered.translate(_SEPARATORS).split()
+    bag = Counter(words)
+    unique = bag.keys()
+    cues = {
+        name: sum(bag[word] for word in unique & vocabulary)
+        for name, vocabulary in (
+            ("reasoning", REASONING_CUES),
+            ("constraints", CONSTRAINT_CUES),
+            ("negation", NEGATION_CUES),
+            ("math", MATH_WORDS),
+            ("code", CODE_WORDS),
+        )
+    }
+    long_words = sum(n for word, n in bag.items() if len(word) >= 10)
+    code = cues["code"] + sum(last.count(mark) for mark in _CODE_MARKS)
+    maths = cues["math"] + len(_MATH_SYNTAX.findall(last)) + sum(last.count(mark) for mark in _MATH_MARKS)
     numbers = len(_NUMBER.findall(last))
     letters = sum(len(w) for w in words) or 1
-    non_ascii = sum(len(w) for w in words if not w.isascii())
+    non_ascii = 0 if lowered.isascii() else sum(len(w) * n for w, n in bag.items() if not w.isascii())
     counts = {
         "chars": len(whole),
         "last_chars": len(last),
@@ -146,7 +149,7 @@ def text_features(
         "structured_output": float(structured),
         "long_output": 0.0,
     }
-    return Features(values=values, words=frozenset(words), counts=counts)
+    return Features(values=values, words=frozenset(unique), counts=counts)
 
 
 def extract(request: GenerationRequest) -> Features:

@@ -48,6 +48,7 @@ class Scored(BaseModel):
     logit: float
     contributions: dict[str, float]  # per dense feature, plus "wording" for the vocabulary part
     top_words: list[str] = Field(default_factory=list)  # vocabulary words with the largest push, in its direction
+    above_mean: set[str] = Field(default_factory=set)  # dense features above their training mean (for wording)
 
 
 class RouterModel:
@@ -88,7 +89,8 @@ class RouterModel:
         direction = 1.0 if wording >= 0 else -1.0
         hits.sort(key=lambda hit: -direction * hit[1])
         top = [word for word, weight in hits[:3] if weight * direction > 0]
-        return Scored(score=score, logit=logit, contributions=contributions, top_words=top)
+        above = {name for name, _, mean in self._dense if values[name] > mean}
+        return Scored(score=score, logit=logit, contributions=contributions, top_words=top, above_mean=above)
 
     def threshold_for_rate(self, rate: float) -> float:
         """The score above which about ``rate`` of the reference data would be escalated."""

@@ -35,7 +35,7 @@ def _plural(count: int, word: str) -> str:
 
 
 def describe(name: str, features: Features, up: bool) -> str:
-    """Words for one feature's push; ``up``: it raised the score."""
+    """Words for one feature; ``up``: its value is above the training mean (long, many, technical)."""
     c = features.counts
     v = features.values
     labels = {
@@ -80,7 +80,7 @@ def explain(features: Features, scored: Scored, escalate: bool) -> str:
             words = ", ".join(repr(w) for w in scored.top_words)
             named.append(f"wording ({words})" if words else "wording")
         else:
-            named.append(describe(name, features, up=value > 0))
+            named.append(describe(name, features, up=name in scored.above_mean))
     return " + ".join(named) if named else "no strong signal"
 
 

@@ -19,7 +19,7 @@ def test_perfect_router_beats_random_and_constant_is_half() -> None:
     rng = random.Random(0)
     weak = [rng.random() < 0.6 for _ in range(2000)]
     strong = [w or rng.random() < 0.5 for w in weak]
-    perfect = evaluate([float(s) - float(w) for w, s in zip(weak, strong)], weak, strong)
+    perfect = evaluate([float(s) - float(w) for w, s in zip(weak, strong, strict=False)], weak, strong)
     assert perfect.apgr > 0.9
     assert evaluate([0.3] * 2000, weak, strong).apgr == pytest.approx(0.5)  # all tied: the expected curve
     randoms = [evaluate([rng.random() for _ in weak], weak, strong).apgr for _ in range(5)]

@@ -1,0 +1,83 @@
+"""Router decision latency: the full Router.decide (features included) on short and 8k-character prompts.
+
+    python scripts/bench_router.py [--n 5000]
+
+Target: p99 under 1 ms for an 8k-character prompt on one core. Prints p50/p99 in microseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from server.routing.inputs import request_from_json
+from server.routing.router import Router
+
+WORDS = (
+    "the model must explain why step by step and prove that x = 3 * y + 2 holds for every integer in the table "
+    "def compute(a, b): return a == b; not all values are valid except when the function is recursive"
+).split()
+
+
+def prompt(chars: int, rng: random.Random) -> str:
+    out: list[str] = []
+    size = 0
+    while size < chars:
+        word = rng.choice(WORDS)
+        out.append(word)
+        size += len(word) + 1
+    return " ".join(out)[:chars]
+
+
+def measure(router: Router, body: dict[str, object], n: int) -> tuple[float, float]:
+    request = request_from_json(body)
+    for _ in range(200):
+        router.decide(request)
+    times = []
+    for _ in range(n):
+        start = time.perf_counter_ns()
+        router.decide(request)
+        times.append((time.perf_counter_ns() - start) / 1000)
+    times.sort()
+    return statistics.median(times), times[int(0.99 * (len(times) - 1))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=5000)
+    args = parser.parse_args()
+    rng = random.Random(0)
+    router = Router.from_weights()
+    cases = {
+        "short (60 chars)": {"prompt": prompt(60, rng)},
+        "8k chars": {"prompt": prompt(8000, rng)},
+        "8k chars, 6 turns, 2 images, tools": {
+            "messages": [
+                {"role": "system", "content": "You are helpful."},
+                *[{"role": "user" if i % 2 == 0 else "assistant", "content": prompt(1300, rng)} for i in range(5)],
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": prompt(1500, rng)},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    ],
+                },
+            ],
+            "tools": [{"type": "function", "function": {"name": "lookup"}}],
+        },
+    }
+    print(f"weights {router.model.name}; {args.n} decisions per case")
+    for name, body in cases.items():
+        p50, p99 = measure(router, body, args.n)
+        print(f"{name:36s} p50 {p50:7.1f} us   p99 {p99:7.1f} us")
+
+
+if __name__ == "__main__":
+    main()

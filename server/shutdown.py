@@ -1,0 +1,61 @@
+"""Run the app under uvicorn with a graceful drain on SIGTERM / SIGINT.
+
+What uvicorn 0.54 does on a signal (``Server.handle_exit`` then ``Server.shutdown``): stop the main loop,
+close the listening sockets (new connections are refused), close idle keep-alive connections and mark busy
+ones to close after their response, wait for the open connections up to ``timeout_graceful_shutdown``,
+then cancel what is left, then run the lifespan shutdown (which stops the engines). Afterwards it re-raises
+the captured signal with the previous handlers restored, so under the default handler the process would die
+"killed by SIGTERM" even after a clean drain.
+
+What we add: the moment the signal arrives, ``begin_drain`` marks the server draining (``/ready`` answers
+503, requests still waiting for a slot get 503 + Retry-After), and we install the server's own handler first so the
+re-raised signal lands in our handler again and the process exits normally, status 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from server.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def begin_drain(app: FastAPI) -> None:
+    """Stop taking model requests: idempotent, safe to call from a signal handler (no awaits)."""
+    services = getattr(app.state, "services", None)
+    if services is not None:
+        services.draining = True
+    limiter = getattr(app.state, "limiter", None)
+    if limiter is not None and not limiter.draining:
+        limiter.drain()
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            log.warning("signal %s: draining, in-flight requests have %.0fs to finish", signal.Signals(sig).name,
+                        self.config.timeout_graceful_shutdown or 0)
+            begin_drain(self._app)
+        super().handle_exit(sig, frame)
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, drain for ``settings.drain_timeout_s``, exit normally."""
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)))
+    server = DrainingServer(config, app)
+    # Before uvicorn takes the signals, and again when it re-raises them after shutdown: a second call of
+    # handle_exit is harmless, and the process then leaves run() and exits with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, server.handle_exit)
+    server.run()

@@ -1,0 +1,101 @@
+"""Operations-test helpers: a PacedEngine app in-process (httpx ASGI) or as a real server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server.app import create_app
+from server.config import Settings
+from tests.conftest import LOOPBACK, REPO, LiveServer, free_port, stop_server
+from tests.ops.paced_engine import PacedEngine
+
+SCRIPT = Path(__file__).with_name("scripted_server.py")
+
+
+def ops_settings(**overrides: Any) -> Settings:
+    return Settings(host=LOOPBACK, port=0, **overrides)
+
+
+def start_scripted_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None,
+                          ready_timeout: float = 60.0) -> LiveServer:
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MSSERVE_", "OPS_"))}
+    env = {**clean, "MSSERVE_LOG_LEVEL": "info", **(env_overrides or {})}
+    log_path = tmp_dir / f"scripted-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, str(SCRIPT), str(port)], cwd=REPO, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    server = LiveServer(f"http://{LOOPBACK}:{port}", process, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.base_url}/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop_server(server)
+    raise RuntimeError(f"server not ready after {ready_timeout}s:\n{server.log()}")
+
+
+def log_lines(server: LiveServer) -> list[dict[str, Any]]:
+    """The JSON access-log lines the server wrote (other log lines are skipped)."""
+    out = []
+    for line in server.log().splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """One sample's value from Prometheus text, or None."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        sample, _, label_text = head.partition("{")
+        if sample != name:
+            continue
+        found = dict(item.split("=", 1) for item in label_text.rstrip("}").split(",") if "=" in item)
+        if all(found.get(k, "").strip('"') == v for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+@pytest.fixture
+def paced_engine() -> PacedEngine:
+    return PacedEngine(chunks=4)
+
+
+@pytest.fixture
+def make_client(paced_engine: PacedEngine) -> Iterator[Any]:
+    """make_client(**settings) -> an httpx.AsyncClient on an in-process app (no lifespan: engine marked ready)."""
+    clients: list[httpx.AsyncClient] = []
+
+    def make(**overrides: Any) -> httpx.AsyncClient:
+        app = create_app(ops_settings(**overrides), engine=paced_engine)
+        paced_engine.ready = True
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ops.test")
+        client.app = app  # type: ignore[attr-defined]
+        clients.append(client)
+        return client
+
+    yield make
+
+
+CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}

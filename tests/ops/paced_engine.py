@@ -1,0 +1,49 @@
+"""A local engine for the operations tests: streams a fixed answer with a pause per chunk, counts what it runs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from server.engines.base import EngineCapabilities, EngineHealth, GenerationChunk, GenerationRequest, Usage
+
+
+class PacedEngine:
+    def __init__(self, *, chunks: int = 5, delay_s: float = 0.0, name: str = "paced-test") -> None:
+        self.name = name
+        self.capabilities = EngineCapabilities(logprobs=False)
+        self.chunks = chunks
+        self.delay_s = delay_s
+        self.running = 0
+        self.started = 0
+        self.closed_early = 0  # streams closed before their end (client gone, or aborted at shutdown)
+        self.ready = False
+
+    async def start(self) -> None:
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(ready=self.ready, state="ready" if self.ready else "starting", running=self.running)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        self.running += 1
+        self.started += 1
+        finished = False
+        try:
+            for index in range(self.chunks):
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                last = index == self.chunks - 1
+                yield GenerationChunk(
+                    text=f"w{index} ",
+                    finish_reason="stop" if last else None,
+                    usage=Usage(prompt_tokens=7, completion_tokens=self.chunks) if last else None,
+                )
+            finished = True
+        finally:
+            self.running -= 1
+            if not finished:
+                self.closed_early += 1
