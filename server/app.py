@@ -10,12 +10,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
-from server import __version__
-from server import middleware
+from server import __version__, middleware
 from server.api import captions, chat, dashboard, health, metrics, models
 from server.api.deps import Services
 from server.api.errors import install_error_handlers
@@ -55,7 +54,9 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
         app.state.services = services
         telemetry.start()
         middleware.warn_if_exposed(settings, app.state.api_keys, log)
-        loading = asyncio.create_task(_start_engine(engine), name="engine-start")
+        loading = asyncio.create_task(
+            _start_engine(engine, settings, getattr(app.state, "request_exit", None)), name="engine-start"
+        )
         if azure is not None:
             await azure.start()
         try:
@@ -90,11 +91,15 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
     return app
 
 
-async def _start_engine(engine: Engine) -> None:
+async def _start_engine(engine: Engine, settings: Settings, on_failure: Callable[[str], None] | None) -> None:
     started = time.monotonic()
     try:
         await engine.start()
-    except Exception:
-        log.exception("engine %s failed to start", engine.name)
+    except Exception as exc:
+        log.error("engine %s failed to start: %s", engine.name, exc, exc_info=settings.log_level == "debug")
+        if settings.exit_on_engine_failure and on_failure is not None:
+            # A server that can never answer should not look alive to an orchestrator: stop serving;
+            # `msserve serve` then exits non-zero with the reason.
+            on_failure(str(exc))
         return
     log.info("engine %s ready in %.1fs", engine.name, time.monotonic() - started)

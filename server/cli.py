@@ -88,8 +88,20 @@ def serve(
     if chosen.demo:
         console.print(demo_banner(chosen, settings))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=30)
+    server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port,
+                                           log_level=settings.log_level,
+                                           timeout_graceful_shutdown=int(settings.drain_timeout_s)))
+    failures: list[str] = []
+
+    def engine_failed(reason: str) -> None:
+        failures.append(reason)
+        server.should_exit = True
+
+    application.state.request_exit = engine_failed
+    server.run()
+    if failures:
+        console.print(f"[red]error:[/red] the {chosen.name} engine failed to start: {failures[0]}")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -100,7 +112,7 @@ def profiles(
     folder = profiles_dir or Settings().profiles_dir
     table = Table(title="model profiles")
     for column in ("profile", "engine", "model", "quantization", "context", "GPU", "description"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("profile", "engine"), overflow="fold")
     for item in list_profiles(folder):
         gpu = f"{item.gpu_memory_gib:g} GB" if item.gpu_memory_gib else ("required" if item.requires_gpu else "no")
         table.add_row(item.name, item.engine, item.model, item.quantization or "-", str(item.max_model_len), gpu,

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = 32 * 1024 * 1024
     max_queue: int = 64  # requests waiting for the local engine beyond those running
     request_timeout_s: float = 600.0
+    exit_on_engine_failure: bool = True  # engine failed to load: stop the process (false: stay up, /ready 503)
     default_max_tokens: int | None = None  # None: what the context window leaves
 
     # Images

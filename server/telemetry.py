@@ -44,8 +44,11 @@ BREAKER_STATES = ("closed", "open", "half_open")
 
 
 class LimiterStats(Protocol):
-    running: int
-    waiting: int
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
 
 
 @dataclass

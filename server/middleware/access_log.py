@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.middleware._respond import scope_state
@@ -77,12 +77,26 @@ def _endpoint(scope: Scope) -> str:
     path = getattr(route, "path", None)
     if isinstance(path, str):
         return path
-    app = scope.get("app")
-    for candidate in getattr(getattr(app, "router", None), "routes", []):
-        match, _ = candidate.matches({**scope, "method": scope.get("method", "GET")})
-        if match != Match.NONE and isinstance(getattr(candidate, "path", None), str):
-            return str(candidate.path)
+    for template, pattern in _templates(scope.get("app")):
+        if pattern.fullmatch(scope["path"]):
+            return template
     return "other"
+
+
+def _templates(app: object) -> list[tuple[str, re.Pattern[str]]]:
+    """Path templates from the app's OpenAPI document (public API; FastAPI nests included routers)."""
+    cached = getattr(getattr(app, "state", None), "path_templates", None)
+    if cached is not None:
+        return list(cached)
+    openapi = getattr(app, "openapi", None)
+    try:
+        paths = list(openapi().get("paths", {})) if callable(openapi) else []
+    except Exception:  # a broken schema must not break request logging
+        paths = []
+    templates = [(path, re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)))) for path in paths]
+    with contextlib.suppress(AttributeError):
+        app.state.path_templates = templates  # type: ignore[attr-defined]
+    return templates
 
 
 def _fill_from_headers(record: RequestRecord, headers: dict[bytes, bytes]) -> None:

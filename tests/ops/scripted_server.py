@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from server.app import create_app  # noqa: E402
-from server.config import Settings  # noqa: E402
-from server.shutdown import serve  # noqa: E402
-from tests.ops.paced_engine import PacedEngine  # noqa: E402
+from server.app import create_app
+from server.config import Settings
+from server.shutdown import serve
+from tests.ops.paced_engine import PacedEngine
 
 
 def main() -> None:

@@ -90,10 +90,11 @@ async def test_dashboard_login_session_and_logout(make_client) -> None:
     # The session is for the dashboard only: the API still wants the key.
     assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 401
     client.cookies.clear()
-    forged = await client.get("/dashboard/api/state", headers={"cookie": f"{SESSION_COOKIE}={cookie.replace('alice.', 'bob.')}"})
-    assert forged.status_code == 401
-    logout = await client.post("/dashboard/logout")
-    assert f'{SESSION_COOKIE}=""' in logout.headers["set-cookie"] and "max-age=0" in logout.headers["set-cookie"].lower()
+    forged = cookie.replace("alice.", "bob.")  # another name under alice's signature
+    response = await client.get("/dashboard/api/state", headers={"cookie": f"{SESSION_COOKIE}={forged}"})
+    assert response.status_code == 401
+    cleared = (await client.post("/dashboard/logout")).headers["set-cookie"]
+    assert f'{SESSION_COOKIE}=""' in cleared and "max-age=0" in cleared.lower()
 
 
 async def test_dashboard_open_switch(make_client) -> None:

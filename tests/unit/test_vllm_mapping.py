@@ -1,0 +1,81 @@
+"""The vLLM engine's pure mappings (profile -> engine args, request -> sampling, messages), without vLLM installed."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from server.config import Settings, load_profile
+from server.engines.base import GenerationRequest, ImagePart, Message, SamplingParams, TextPart, ToolCall
+from server.engines.vllm import (
+    VLLMEngine,
+    engine_args,
+    max_new_tokens,
+    sampling_kwargs,
+    structured_output_kwargs,
+    to_openai_message,
+)
+from server.errors import EngineUnavailableError, InvalidRequestError
+
+
+def test_mistral_format_sets_all_three_mistral_flags(tmp_path) -> None:
+    profile = load_profile("mistral-small-3.1-fp8")
+    args = engine_args(profile, tmp_path)
+    assert (args["tokenizer_mode"], args["config_format"], args["load_format"]) == ("mistral",) * 3
+    assert args["quantization"] == "fp8"
+    assert args["limit_mm_per_prompt"] == {"image": 8}
+    assert args["max_model_len"] == 32768 and args["served_model_name"] == "mistral-small-3.1"
+
+
+def test_hf_format_keeps_the_hf_tokenizer(tmp_path) -> None:
+    args = engine_args(load_profile("tiny-mistral3-vllm"), tmp_path)
+    assert "tokenizer_mode" not in args and "load_format" not in args
+    assert args["model"] == str(tmp_path) and args["enforce_eager"] is True
+
+
+def test_bitsandbytes_is_refused_with_a_pointer_to_the_transformers_engine() -> None:
+    profile = load_profile("mistral-small-3.1-bnb4").model_copy(update={"engine": "vllm"})
+    with pytest.raises(EngineUnavailableError) as caught:
+        VLLMEngine(profile, Settings())
+    assert "transformers engine" in caught.value.message and caught.value.code == "quantization_unsupported"
+
+
+def test_sampling_maps_one_to_one() -> None:
+    sampling = SamplingParams(max_tokens=5, temperature=0.3, top_p=0.9, seed=7, stop=["\n\n"],
+                              frequency_penalty=0.5, presence_penalty=0.25, logprobs=True)
+    kwargs = sampling_kwargs(GenerationRequest(request_id="r", messages=[], sampling=sampling), 5)
+    assert kwargs == {"max_tokens": 5, "temperature": 0.3, "top_p": 0.9, "seed": 7, "stop": ["\n\n"],
+                      "frequency_penalty": 0.5, "presence_penalty": 0.25, "logprobs": 0}
+
+
+def test_max_tokens_defaults_to_the_room_left_and_rejects_overflow() -> None:
+    request = GenerationRequest(request_id="r", messages=[])
+    assert max_new_tokens(request, 96, 4096) == 4000
+    request.sampling.max_tokens = 4001
+    with pytest.raises(InvalidRequestError) as caught:
+        max_new_tokens(request, 96, 4096)
+    assert caught.value.code == "context_length_exceeded"
+
+
+def test_response_format_becomes_structured_outputs() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert structured_output_kwargs({"type": "json_object"}) == {"json_object": True}
+    assert structured_output_kwargs({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}) == {
+        "json": schema
+    }
+    assert structured_output_kwargs(None) is None
+    with pytest.raises(InvalidRequestError):
+        structured_output_kwargs({"type": "json_schema", "json_schema": {"name": "x"}})
+
+
+def test_messages_become_openai_dicts_with_images_in_place() -> None:
+    image = Image.new("RGB", (8, 8))
+    message = Message(role="user", content=[TextPart(text="a"), ImagePart(image=image), TextPart(text="b")])
+    assert to_openai_message(message)["content"] == [
+        {"type": "text", "text": "a"}, {"type": "image_pil", "image_pil": image}, {"type": "text", "text": "b"}
+    ]
+    as_url = to_openai_message(message, data_urls=True)["content"][1]
+    assert as_url["image_url"]["url"].startswith("data:image/png;base64,")
+    call = Message(role="assistant", tool_calls=[ToolCall(id="abcDEF123", name="f", arguments="{}")])
+    assert to_openai_message(call)["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
+    assert to_openai_message(Message(role="system", content=[TextPart(text="s")])) == {"role": "system", "content": "s"}

@@ -1,0 +1,134 @@
+"""The vLLM engine behind the real HTTP API: text, images, streaming, batching, disconnects."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+from tests.images import png_url
+
+MODEL = "tiny-mistral3"
+
+pytestmark = pytest.mark.vllm
+
+
+def engine_block(server: LiveServer) -> dict:  # type: ignore[type-arg]
+    response = httpx.get(f"{server.base_url}/ready", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["engine"]  # type: ignore[no-any-return]
+
+
+def wait_idle(server: LiveServer, within_s: float = 60.0) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + within_s
+    engine = engine_block(server)
+    while (engine["running"], engine["waiting"]) != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        engine = engine_block(server)
+    return engine
+
+
+def test_text_chat(vllm_client) -> None:
+    completion = vllm_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0, seed=1
+    )
+    choice = completion.choices[0]
+    assert choice.message.content
+    assert choice.finish_reason in ("length", "stop")
+    # The prompt is rendered by the model's chat template: more tokens than the bare words.
+    assert completion.usage.prompt_tokens > 3
+    assert 1 <= completion.usage.completion_tokens <= 8
+    if choice.finish_reason == "length":
+        assert completion.usage.completion_tokens == 8
+
+
+def test_chat_with_image_costs_image_tokens(vllm_client) -> None:
+    def prompt_tokens(content: list[dict]) -> int:  # type: ignore[type-arg]
+        completion = vllm_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=4, temperature=0
+        )
+        assert completion.choices[0].message.content is not None
+        return completion.usage.prompt_tokens  # type: ignore[no-any-return]
+
+    text = [{"type": "text", "text": "What colour is this?"}]
+    image = {"type": "image_url", "image_url": {"url": png_url((300, 200))}}
+    # 300x200 px: 11 x 8 patches of 28 px after merging, plus one break token per row = 96 image tokens.
+    assert prompt_tokens([*text, image]) - prompt_tokens(text) >= 11 * 8
+
+
+def test_streaming_deltas_add_up(vllm_client) -> None:
+    stream = vllm_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count."}], max_tokens=12, temperature=0,
+        stream=True, stream_options={"include_usage": True},
+    )
+    deltas, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.choices:
+            deltas.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert len([d for d in deltas if d]) >= 2  # streamed, not one final blob
+    assert finish == "length"
+    assert usage is not None and usage.completion_tokens == 12
+    greedy = vllm_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count."}], max_tokens=12, temperature=0
+    )
+    assert "".join(deltas) == greedy.choices[0].message.content
+
+
+def test_eight_concurrent_requests_complete(vllm_client) -> None:
+    def one(index: int) -> tuple[str, int]:
+        completion = vllm_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Request {index}"}], max_tokens=24,
+            temperature=0.8, seed=index,
+        )
+        return completion.choices[0].finish_reason, completion.usage.completion_tokens
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, range(8)))
+    assert len(results) == 8
+    assert all(reason in ("length", "stop") and tokens >= 1 for reason, tokens in results)
+
+
+def test_response_format_json_object(vllm_client) -> None:
+    completion = vllm_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Reply in JSON."}], max_tokens=16, temperature=0,
+        response_format={"type": "json_object"},
+    )
+    # Random weights never finish the object, but the grammar forces it to start as one.
+    assert completion.choices[0].message.content.lstrip().startswith("{")
+
+
+def test_client_disconnect_aborts_the_request(vllm_server: LiveServer, vllm_client) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "go on forever"}],
+            "max_tokens": 4000, "stream": True, "temperature": 1.0, "seed": 1}
+    with httpx.stream("POST", f"{vllm_server.v1}/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(6)]
+        assert any('"content"' in line for line in received)
+        assert engine_block(vllm_server)["running"] == 1
+    engine = wait_idle(vllm_server)
+    assert (engine["running"], engine["waiting"]) == (0, 0)
+    # The server stays healthy: a fresh request is served in full.
+    completion = vllm_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "still there?"}], max_tokens=3, temperature=0
+    )
+    assert completion.usage.completion_tokens >= 1
+    assert httpx.get(f"{vllm_server.base_url}/health", timeout=10).status_code == 200
+
+
+def test_tools_are_refused_clearly(vllm_server: LiveServer) -> None:
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+    response = httpx.post(
+        f"{vllm_server.v1}/chat/completions", timeout=60,
+        json={"model": MODEL, "messages": [{"role": "user", "content": "time?"}], "tools": [tool]},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "tools_unsupported"
+    assert json.loads(response.text)["error"]["param"] == "tools"
