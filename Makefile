@@ -41,6 +41,7 @@ tiny-model: $(TEST_VENV)/.installed
 test: test-main test-vllm
 
 test-main: tiny-model
+	bash scripts/install_browser.sh
 	$(TEST_VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
 
 $(VLLM_VENV)/.project-installed: pyproject.toml scripts/vllm_env/install.sh scripts/vllm_env/requirements-vllm.txt

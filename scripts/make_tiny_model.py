@@ -13,6 +13,12 @@ Output (default ``models/tiny-mistral3``), usable by both loaders:
   tokenizer.json, tokenizer_config.json, ...               HF tokenizer made from tekken.json
   preprocessor_config.json, processor_config.json          Pixtral processor configs
 
+With ``--format mistral`` (default ``models/tiny-mistral3-native``) the same weights are written in
+Mistral's native layout, the one Mistral publishes and vLLM loads with tokenizer_mode, config_format
+and load_format ``mistral``: consolidated.safetensors (native tensor names, rotary q/k rows in
+Mistral's interleaved order), params.json (text fields plus a ``vision_encoder`` block) and
+tekken.json. The HF model is built first (or reused if current) and converted.
+
 The build is seeded and idempotent: a stamp file records the recipe, and a
 second run with the same recipe does nothing.
 """
@@ -26,10 +32,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 SEED = 1234
 TEKKEN_SOURCE = "tekken_240911.json"
 STAMP = ".tiny-model-stamp"
+HF_OUT = Path(__file__).resolve().parents[1] / "models" / "tiny-mistral3"
+NATIVE_OUT = Path(__file__).resolve().parents[1] / "models" / "tiny-mistral3-native"
 
 # Mistral Small 3.1 keeps its image geometry; only the widths shrink.
 # head_dim stays 64 because vLLM's CPU attention refuses head_dim < 32.
@@ -62,6 +71,8 @@ VISION_CONFIG = {
     "rope_theta": 10000.0,
     "hidden_act": "silu",
 }
+# Tekken's special tokens for images: [IMG], [IMG_BREAK], [IMG_END].
+IMAGE_TOKEN_ID, IMAGE_BREAK_TOKEN_ID, IMAGE_END_TOKEN_ID = 10, 12, 13
 IMAGE_CONFIG = {"image_patch_size": 14, "max_image_size": 1540, "spatial_merge_size": 2}
 IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
 IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -131,7 +142,7 @@ def write_weights(out: Path) -> None:
     config = Mistral3Config(
         text_config=dict(TEXT_CONFIG),
         vision_config=dict(VISION_CONFIG),
-        image_token_index=10,
+        image_token_index=IMAGE_TOKEN_ID,
         spatial_merge_size=IMAGE_CONFIG["spatial_merge_size"],
         projector_hidden_act="gelu",
         multimodal_projector_bias=False,
@@ -152,12 +163,146 @@ def build(out: Path) -> None:
         write_processor_configs(staging)
         write_weights(staging)
         (staging / STAMP).write_text(recipe_digest())
-        staging.chmod(0o755)  # mkdtemp makes 0700; the model is meant to be read by any user
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)  # atomic on one filesystem: readers never see half a model
+        publish(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def publish(staging: Path, out: Path) -> None:
+    staging.chmod(0o755)  # mkdtemp makes 0700; the model is meant to be read by any user
+    for path in staging.iterdir():
+        path.chmod(0o644)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)  # atomic on one filesystem: readers never see half a model
+
+
+# -- Mistral-native layout (--format mistral) ------------------------------------------------------
+
+# HF name inside a decoder layer -> Mistral's native name (the inverse of transformers' Mistral3 converter).
+NATIVE_LAYER_NAMES = {
+    "self_attn.q_proj": "attention.wq",
+    "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo",
+    "attention.q_proj": "attention.wq",
+    "attention.k_proj": "attention.wk",
+    "attention.v_proj": "attention.wv",
+    "attention.o_proj": "attention.wo",
+    "mlp.gate_proj": "feed_forward.w1",
+    "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3",
+    "feed_forward.gate_proj": "feed_forward.w1",
+    "feed_forward.down_proj": "feed_forward.w2",
+    "feed_forward.up_proj": "feed_forward.w3",
+    "input_layernorm": "attention_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "attention_norm": "attention_norm",
+    "ffn_norm": "ffn_norm",
+}
+# HF names outside the decoder layers (after dropping the "model." / "language_model." wrappers).
+NATIVE_TOP_NAMES = {
+    "lm_head.weight": "output.weight",
+    "embed_tokens.weight": "tok_embeddings.weight",
+    "norm.weight": "norm.weight",
+    "vision_tower.ln_pre.weight": "vision_encoder.ln_pre.weight",
+    "vision_tower.patch_conv.weight": "vision_encoder.patch_conv.weight",
+    "multi_modal_projector.norm.weight": "pre_mm_projector_norm.weight",
+    "multi_modal_projector.patch_merger.merging_layer.weight": "patch_merger.merging_layer.weight",
+    "multi_modal_projector.linear_1.weight": "vision_language_adapter.w_in.weight",
+    "multi_modal_projector.linear_2.weight": "vision_language_adapter.w_out.weight",
+}
+
+
+def native_name(hf_name: str) -> str:
+    """An HF Mistral3 tensor name (either transformers layout) -> its name in consolidated.safetensors."""
+    name = hf_name
+    for wrapper in ("model.language_model.", "language_model.model.", "language_model.", "model."):
+        if name.startswith(wrapper):
+            name = name[len(wrapper):]
+            break
+    vision = name.startswith("vision_tower.transformer.layers.")
+    prefix = "vision_tower.transformer.layers." if vision else "layers."
+    if name.startswith(prefix):
+        index, rest = name[len(prefix):].split(".", 1)
+        module, leaf = rest.rsplit(".", 1)
+        if module not in NATIVE_LAYER_NAMES:
+            raise KeyError(f"no native name for {hf_name}")
+        native_prefix = "vision_encoder.transformer.layers." if vision else "layers."
+        return f"{native_prefix}{index}.{NATIVE_LAYER_NAMES[module]}.{leaf}"
+    if name not in NATIVE_TOP_NAMES:
+        raise KeyError(f"no native name for {hf_name}")
+    return NATIVE_TOP_NAMES[name]
+
+
+def unpermute_rotary(weight: Any, n_heads: int) -> Any:
+    """Undo transformers' q/k row permutation: HF rotates halves of a head, Mistral rotates adjacent pairs."""
+    rows, cols = weight.shape
+    return weight.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def native_params() -> dict[str, Any]:
+    """params.json: Mistral's text fields plus the vision_encoder block (Mistral Small 3.1's shape)."""
+    return {
+        "dim": TEXT_CONFIG["hidden_size"],
+        "n_layers": TEXT_CONFIG["num_hidden_layers"],
+        "head_dim": TEXT_CONFIG["head_dim"],
+        "hidden_dim": TEXT_CONFIG["intermediate_size"],
+        "n_heads": TEXT_CONFIG["num_attention_heads"],
+        "n_kv_heads": TEXT_CONFIG["num_key_value_heads"],
+        "rope_theta": TEXT_CONFIG["rope_theta"],
+        "norm_eps": TEXT_CONFIG["rms_norm_eps"],
+        "vocab_size": TEXT_CONFIG["vocab_size"],
+        "max_position_embeddings": TEXT_CONFIG["max_position_embeddings"],
+        "vision_encoder": {
+            "hidden_size": VISION_CONFIG["hidden_size"],
+            "num_channels": VISION_CONFIG["num_channels"],
+            "max_image_size": IMAGE_CONFIG["max_image_size"],
+            "image_size": VISION_CONFIG["image_size"],
+            "patch_size": VISION_CONFIG["patch_size"],
+            "rope_theta": VISION_CONFIG["rope_theta"],
+            "intermediate_size": VISION_CONFIG["intermediate_size"],
+            "num_hidden_layers": VISION_CONFIG["num_hidden_layers"],
+            "num_attention_heads": VISION_CONFIG["num_attention_heads"],
+            "image_token_id": IMAGE_TOKEN_ID,
+            "image_break_token_id": IMAGE_BREAK_TOKEN_ID,
+            "image_end_token_id": IMAGE_END_TOKEN_ID,
+            "adapter_bias": False,
+            "spatial_merge_size": IMAGE_CONFIG["spatial_merge_size"],
+            "add_pre_mm_projector_layer_norm": True,
+            "mm_projector_id": "patch_merge",
+        },
+    }
+
+
+def native_digest() -> str:
+    """The native folder's recipe: the HF recipe it is converted from, plus the native params."""
+    recipe = json.dumps([recipe_digest(), "mistral", native_params()], sort_keys=True)
+    return hashlib.sha256(recipe.encode()).hexdigest()
+
+
+def build_native(hf_source: Path, out: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
+    try:
+        params = native_params()
+        heads = {"layers.": (params["n_heads"], params["n_kv_heads"])}
+        vision_heads = params["vision_encoder"]["num_attention_heads"]
+        heads["vision_encoder.transformer.layers."] = (vision_heads, vision_heads)
+        tensors = {}
+        for hf_name, tensor in load_file(str(hf_source / "model.safetensors")).items():
+            name = native_name(hf_name)
+            for prefix, (q_heads, kv_heads) in heads.items():
+                if name.startswith(prefix) and name.endswith((".wq.weight", ".wk.weight")):
+                    tensor = unpermute_rotary(tensor, q_heads if name.endswith(".wq.weight") else kv_heads)
+            tensors[name] = tensor.contiguous()
+        save_file(tensors, str(staging / "consolidated.safetensors"))
+        (staging / "params.json").write_text(json.dumps(params, indent=2))
+        shutil.copyfile(hf_source / "tekken.json", staging / "tekken.json")
+        (staging / STAMP).write_text(native_digest())
+        publish(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
@@ -165,16 +310,26 @@ def build(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "models" / "tiny-mistral3")
+    parser.add_argument("--out", type=Path, help=f"output folder (default {HF_OUT}; {NATIVE_OUT} for --format mistral)")
+    parser.add_argument("--format", choices=("hf", "mistral"), default="hf", help="checkpoint layout to write")
     parser.add_argument("--force", action="store_true", help="rebuild even if the stamp matches")
     args = parser.parse_args(argv)
-    out: Path = args.out.resolve()
+    native = args.format == "mistral"
+    out: Path = (args.out or (NATIVE_OUT if native else HF_OUT)).resolve()
+    digest = native_digest() if native else recipe_digest()
     stamp = out / STAMP
-    if not args.force and stamp.exists() and stamp.read_text() == recipe_digest():
+    if not args.force and stamp.exists() and stamp.read_text() == digest:
         print(f"tiny model up to date: {out}")
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    build(out)
+    if native:
+        hf_source = HF_OUT.resolve()
+        if not (hf_source / STAMP).exists() or (hf_source / STAMP).read_text() != recipe_digest():
+            hf_source.parent.mkdir(parents=True, exist_ok=True)
+            build(hf_source)
+        build_native(hf_source, out)
+    else:
+        build(out)
     print(f"tiny model written: {out}")
     return 0
 

@@ -64,8 +64,9 @@ async def caption_all(
     counts = {"ok": 0, "failed": 0}
     form = {key: str(value) for key, value in options.items() if value is not None}
     out.parent.mkdir(parents=True, exist_ok=True)
-    progress = Progress(TextColumn("captioning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        disable=not show_progress)
+    progress = Progress(
+        TextColumn("captioning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show_progress
+    )
     with out.open("a") as sink, progress:
         task = progress.add_task("captions", total=len(todo))
         async with httpx.AsyncClient(base_url=server, headers=headers, timeout=timeout) as client:
@@ -89,7 +90,9 @@ async def _caption_one(client: httpx.AsyncClient, source: str, form: dict[str, s
         else:
             path = Path(source)
             mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            response = await client.post("/v1/captions", data=form, files={"file": (path.name, path.read_bytes(), mime)})
+            response = await client.post(
+                "/v1/captions", data=form, files={"file": (path.name, path.read_bytes(), mime)}
+            )
     except (httpx.HTTPError, OSError) as exc:
         return {"source": source, "error": {"message": str(exc) or type(exc).__name__, "code": "client_error"}}
     if response.status_code != 200:
@@ -99,8 +102,14 @@ async def _caption_one(client: httpx.AsyncClient, source: str, form: dict[str, s
             error = {"message": response.text[:500], "code": f"http_{response.status_code}"}
         return {"source": source, "status": response.status_code, "error": error}
     item = response.json()["data"][0]
-    return {"source": source, "caption": item["caption"], "model": item["model"], "tier": item["tier"],
-            "reason": item["reason"], "usage": item["usage"]}
+    return {
+        "source": source,
+        "caption": item["caption"],
+        "model": item["model"],
+        "tier": item["tier"],
+        "reason": item["reason"],
+        "usage": item["usage"],
+    }
 
 
 def _typed(form: dict[str, str]) -> dict[str, Any]:

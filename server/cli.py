@@ -17,8 +17,9 @@ from server.config import ModelProfile, Settings, list_profiles, load_profile, l
 from server.errors import MSServeError
 from server.routing.cli import app as router_app
 
-app = typer.Typer(help="mistral-small-server: serve Mistral Small 3.1 with an OpenAI-compatible API.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="mistral-small-server: serve Mistral Small 3.1 with an OpenAI-compatible API.", no_args_is_help=True
+)
 app.add_typer(router_app, name="router", help="Score, evaluate and calibrate the escalation router.")
 console = Console(stderr=True)
 
@@ -50,7 +51,8 @@ def demo_banner(profile: ModelProfile, settings: Settings) -> Panel:
         "Its weights are random: [bold red]answers are meaningless[/bold red]. It exists to exercise the real\n"
         "tokenizer, image pipeline and engine without a GPU.\n\n"
         "To serve Mistral Small 3.1 for real, on a machine with an NVIDIA GPU:\n"
-        "  [green]pip install '.[vllm]'[/green] and [green]HF_TOKEN=... msserve serve --profile mistral-small-3.1[/green]\n"
+        "  [green]pip install '.[vllm]'[/green], then\n"
+        "  [green]HF_TOKEN=... msserve serve --profile mistral-small-3.1[/green]\n"
         "  (or -fp8 / -w4a16 for 40 GB / 24 GB GPUs; `msserve profiles` lists them)\n\n"
         f"API: http://{settings.host}:{settings.port}/v1   model: {profile.model_name}"
     )
@@ -65,9 +67,8 @@ def serve(
     config: Annotated[Path | None, typer.Option(help="YAML settings file")] = None,
 ) -> None:
     """Serve a model profile over the OpenAI API."""
-    import uvicorn
-
     from server.app import create_app
+    from server.shutdown import serve as serve_until_signal
 
     settings = load_settings(config, host=host, port=port, profile=profile)
     settings = settings.model_copy(update={"profile": pick_profile(settings.profile)})
@@ -77,8 +78,10 @@ def serve(
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from exc
     if chosen.requires_gpu and not cuda_available():
-        console.print(f"[red]error:[/red] profile {chosen.name} needs an NVIDIA GPU and none was found. "
-                      f"Use --profile {CPU_PROFILE} for the CPU demo.")
+        console.print(
+            f"[red]error:[/red] profile {chosen.name} needs an NVIDIA GPU and none was found. "
+            f"Use --profile {CPU_PROFILE} for the CPU demo."
+        )
         raise typer.Exit(2)
     try:
         application = create_app(settings, profile=chosen)
@@ -88,19 +91,9 @@ def serve(
     if chosen.demo:
         console.print(demo_banner(chosen, settings))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port,
-                                           log_level=settings.log_level,
-                                           timeout_graceful_shutdown=int(settings.drain_timeout_s)))
-    failures: list[str] = []
-
-    def engine_failed(reason: str) -> None:
-        failures.append(reason)
-        server.should_exit = True
-
-    application.state.request_exit = engine_failed
-    server.run()
-    if failures:
-        console.print(f"[red]error:[/red] the {chosen.name} engine failed to start: {failures[0]}")
+    failure = serve_until_signal(application, settings)
+    if failure:
+        console.print(f"[red]error:[/red] the {chosen.name} engine failed to start: {failure}")
         raise typer.Exit(1)
 
 
@@ -115,8 +108,9 @@ def profiles(
         table.add_column(column, no_wrap=column in ("profile", "engine"), overflow="fold")
     for item in list_profiles(folder):
         gpu = f"{item.gpu_memory_gib:g} GB" if item.gpu_memory_gib else ("required" if item.requires_gpu else "no")
-        table.add_row(item.name, item.engine, item.model, item.quantization or "-", str(item.max_model_len), gpu,
-                      item.description)
+        table.add_row(
+            item.name, item.engine, item.model, item.quantization or "-", str(item.max_model_len), gpu, item.description
+        )
     Console().print(table)
 
 
@@ -126,7 +120,8 @@ def caption(
     url: Annotated[list[str] | None, typer.Option("--url", help="image URL to caption (repeatable)")] = None,
     server: Annotated[str, typer.Option(help="base URL of a running server")] = "http://127.0.0.1:8000",
     out: Annotated[Path, typer.Option(help="JSONL results; images already captioned there are skipped")] = Path(
-        "captions.jsonl"),
+        "captions.jsonl"
+    ),
     style: Annotated[str, typer.Option(help="short, detailed or alt_text")] = "short",
     prompt: Annotated[str | None, typer.Option(help="instruction replacing the built-in one")] = None,
     language: Annotated[str | None, typer.Option(help="language of the captions")] = None,
@@ -149,8 +144,9 @@ def caption(
         console.print("[red]error:[/red] give image files, folders or --url")
         raise typer.Exit(2)
     options = {"style": style, "prompt": prompt, "language": language, "max_tokens": max_tokens}
-    ok, failed = asyncio.run(caption_all(sources, server=server, out=out, options=options, concurrency=concurrency,
-                                         api_key=api_key))
+    ok, failed = asyncio.run(
+        caption_all(sources, server=server, out=out, options=options, concurrency=concurrency, api_key=api_key)
+    )
     console.print(f"captioned {ok}, failed {failed}, results in {out}")
     if failed:
         raise typer.Exit(1)

@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     max_waiting_requests: int = 256  # beyond max_concurrent_requests, wait up to queue_timeout_s; past it: 429
     queue_timeout_s: float = 30.0  # longest wait for a slot before a 429
     retry_after_s: int = 1  # Retry-After on 429s and 503s from the limits
+    # Idle keep-alive connections are closed after this. Longer than load balancers' idle timeouts (60 s on
+    # the common ones), so the server never closes a connection the balancer is about to reuse.
+    keep_alive_timeout_s: int = 75
     drain_timeout_s: float = 30.0  # on SIGTERM: how long in-flight requests may finish before they are aborted
     log_contents: bool = False  # put prompt text (and image sizes/hashes, never pixels) in the request log
     recent_requests: int = 200  # size of the recent-requests ring buffer the dashboard shows

@@ -56,14 +56,20 @@ def resolve_model_dir(profile: ModelProfile, *, token: str | None = None, downlo
 
 def build_local_model(profile: ModelProfile, target: Path) -> None:
     script = REPO_ROOT / "scripts" / str(profile.build_script)
-    result = subprocess.run([sys.executable, str(script), "--out", str(target)], check=False)
+    layout = ["--format", "mistral"] if profile.format == "mistral" else []
+    result = subprocess.run([sys.executable, str(script), "--out", str(target), *layout], check=False)
     if result.returncode != 0:
         raise ModelUnavailableError(f"building {profile.name} with {script.name} failed (exit {result.returncode})")
 
 
 def download_model(profile: ModelProfile, *, token: str | None = None, local_files_only: bool = False) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         path = snapshot_download(

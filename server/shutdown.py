@@ -49,13 +49,25 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(app: FastAPI, settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT, drain for ``settings.drain_timeout_s``, exit normally."""
+def serve(app: FastAPI, settings: Settings) -> str | None:
+    """Serve until SIGTERM/SIGINT, drain for ``settings.drain_timeout_s``, exit normally.
+
+    Returns why the engine failed to start, when that is what stopped the server (the caller exits non-zero).
+    """
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)))
+                            timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+                            timeout_keep_alive=settings.keep_alive_timeout_s)
     server = DrainingServer(config, app)
+    failures: list[str] = []
+
+    def engine_failed(reason: str) -> None:
+        failures.append(reason)
+        server.should_exit = True
+
+    app.state.request_exit = engine_failed  # read by the lifespan's engine start (server.app)
     # Before uvicorn takes the signals, and again when it re-raises them after shutdown: a second call of
     # handle_exit is harmless, and the process then leaves run() and exits with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, server.handle_exit)
     server.run()
+    return failures[0] if failures else None

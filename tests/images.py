@@ -8,7 +8,9 @@ import io
 from PIL import Image
 
 
-def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (300, 200), color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+def image_bytes(
+    fmt: str = "PNG", size: tuple[int, int] = (300, 200), color: tuple[int, int, int] = (200, 30, 30)
+) -> bytes:
     image = Image.new("RGB", size, color)
     for x in range(0, size[0], 7):  # a little structure so encoders have something to do
         for y in range(0, size[1], 5):

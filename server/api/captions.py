@@ -17,8 +17,9 @@ from server.api.captions_service import caption_images
 from server.api.deps import Services, get_services
 from server.api.errors import validation_error
 from server.api.protocol import ErrorResponse
-from server.engines.base import ImagePart
+from server.engines.base import ImagePart, Usage
 from server.errors import ImageError, InvalidRequestError, MSServeError, NotFoundError
+from server.telemetry import record_of
 
 router = APIRouter()
 
@@ -63,14 +64,22 @@ async def create_captions(
     elif content_type == "application/json":
         options, images = await _from_json(request, services)
     else:
-        raise InvalidRequestError("send multipart/form-data with `file` fields, or JSON with `image_urls`",
-                                  code="unsupported_media_type", status_code=415)
+        raise InvalidRequestError(
+            "send multipart/form-data with `file` fields, or JSON with `image_urls`",
+            code="unsupported_media_type",
+            status_code=415,
+        )
     if options.model and options.model not in chat_service.served_names(services):
         raise NotFoundError(f"model {options.model!r} is not served here", param="model", code="model_not_found")
     result = await caption_images(images, options, services, request_id, x_msserve_route)
+    if (record := record_of(request)) is not None:  # tokens for the request log and the dashboard row
+        record.usage = Usage(prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens)
     first = result.data[0]
-    headers = {"x-request-id": request_id, "x-msserve-tier": ",".join(dict.fromkeys(c.tier for c in result.data)),
-               "x-msserve-reason": chat_service.header_safe(first.reason)}
+    headers = {
+        "x-request-id": request_id,
+        "x-msserve-tier": ",".join(dict.fromkeys(c.tier for c in result.data)),
+        "x-msserve-reason": chat_service.header_safe(first.reason),
+    }
     if first.score is not None:
         headers["x-msserve-score"] = f"{first.score:.3f}"
     return JSONResponse(result.model_dump(), headers=headers)
@@ -89,7 +98,9 @@ def _as_request_error(exc: ValidationError) -> MSServeError:
     return validation_error(RequestValidationError(exc.errors()))
 
 
-async def _from_multipart(request: Request, services: Services) -> tuple[CaptionOptions, list[tuple[str | None, ImagePart]]]:
+async def _from_multipart(
+    request: Request, services: Services
+) -> tuple[CaptionOptions, list[tuple[str | None, ImagePart]]]:
     limit = services.settings.max_images_per_request
     try:
         form = await request.form(max_files=limit + 1, max_fields=32)
@@ -100,8 +111,9 @@ async def _from_multipart(request: Request, services: Services) -> tuple[Caption
     if unknown:
         raise InvalidRequestError(f"unknown field: {unknown[0]}", param=unknown[0], code="unknown_parameter")
     if not files:
-        raise InvalidRequestError("attach at least one image in a `file` field", param="file",
-                                  code="missing_required_parameter")
+        raise InvalidRequestError(
+            "attach at least one image in a `file` field", param="file", code="missing_required_parameter"
+        )
     if len(files) > limit:
         raise ImageError(f"too many images: at most {limit} per request", code="too_many_images")
     fields = {key: value for key, value in form.items() if key != "file" and isinstance(value, str)}
@@ -110,12 +122,17 @@ async def _from_multipart(request: Request, services: Services) -> tuple[Caption
     images: list[tuple[str | None, ImagePart]] = []
     for upload in files:
         if upload.size is not None and upload.size > services.settings.max_image_bytes:
-            raise ImageError(f"{upload.filename}: image is {upload.size} bytes; the limit is "
-                             f"{services.settings.max_image_bytes}", code="image_too_large", status_code=413)
+            raise ImageError(
+                f"{upload.filename}: image is {upload.size} bytes; the limit is "
+                f"{services.settings.max_image_bytes}",
+                code="image_too_large",
+                status_code=413,
+            )
         data = await upload.read()
         try:
-            part = await asyncio.to_thread(services.intake.from_bytes, data, budget, source="upload",
-                                           content_type=upload.content_type)
+            part = await asyncio.to_thread(
+                services.intake.from_bytes, data, budget, source="upload", content_type=upload.content_type
+            )
         except MSServeError as exc:
             exc.message = f"{upload.filename}: {exc.message}"
             exc.param = exc.param or "file"

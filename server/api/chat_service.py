@@ -36,8 +36,9 @@ def check_request(body: ChatCompletionRequest, services: Services) -> None:
     if unknown:
         raise InvalidRequestError(f"unknown parameter: {unknown[0]}", param=unknown[0], code="unknown_parameter")
     if body.n is not None and body.n > 1:
-        raise InvalidRequestError("n > 1 is not supported: send one request per completion", param="n",
-                                  code="unsupported_n")
+        raise InvalidRequestError(
+            "n > 1 is not supported: send one request per completion", param="n", code="unsupported_n"
+        )
     if body.model and body.model not in served_names(services):
         raise NotFoundError(
             f"model {body.model!r} is not served here; available: {', '.join(served_names(services))}",
@@ -53,9 +54,7 @@ def served_names(services: Services) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-async def to_generation_request(
-    body: ChatCompletionRequest, services: Services, request_id: str
-) -> GenerationRequest:
+async def to_generation_request(body: ChatCompletionRequest, services: Services, request_id: str) -> GenerationRequest:
     budget = services.intake.budget()
     messages = [await _normalize(message, index, services, budget) for index, message in enumerate(body.messages)]
     settings = services.settings
@@ -108,13 +107,19 @@ async def _normalize(message: ChatMessage, index: int, services: Services, budge
                     raise
             else:
                 parts.append(TextPart(text=part.text))
-    calls = [ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
-             for call in message.tool_calls or []]
+    calls = [
+        ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
+        for call in message.tool_calls or []
+    ]
     return Message(role=role, content=parts, name=message.name, tool_calls=calls, tool_call_id=message.tool_call_id)
 
 
 def routing_headers(decision: Decision, request_id: str) -> dict[str, str]:
-    headers = {"x-request-id": request_id, "x-msserve-tier": decision.tier, "x-msserve-reason": header_safe(decision.reason)}
+    headers = {
+        "x-request-id": request_id,
+        "x-msserve-tier": decision.tier,
+        "x-msserve-reason": header_safe(decision.reason),
+    }
     if decision.score is not None:
         headers["x-msserve-score"] = f"{decision.score:.3f}"
     return headers
@@ -167,8 +172,11 @@ async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any
         {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
         for _, call in sorted(collected.tool_calls.items())
     ]
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(collected.text) if not tool_calls or any(
-        collected.text) else None, "refusal": None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(collected.text) if not tool_calls or any(collected.text) else None,
+        "refusal": None,
+    }
     if tool_calls:
         message["tool_calls"] = tool_calls
     usage = collected.usage
@@ -185,8 +193,11 @@ async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any
                 "finish_reason": collected.finish_reason or "stop",
             }
         ],
-        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                  "total_tokens": usage.total_tokens},
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        },
         "system_fingerprint": None,
     }
 
@@ -194,8 +205,13 @@ async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any
 async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
     """OpenAI's chunk sequence: role first, content deltas, a finish chunk, the usage chunk if asked, [DONE]."""
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    base = {"id": completion_id(), "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": routed.model, "system_fingerprint": None}
+    base = {
+        "id": completion_id(),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": routed.model,
+        "system_fingerprint": None,
+    }
     usage = Usage()
 
     def frame(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
@@ -216,8 +232,11 @@ async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[b
                 delta["content"] = chunk.text
             if chunk.tool_calls:
                 delta["tool_calls"] = [_tool_call_delta(call) for call in chunk.tool_calls]
-            logprobs = ({"content": [_logprob_entry(i.token, i.logprob) for i in chunk.logprobs]}
-                        if body.logprobs and chunk.logprobs else None)
+            logprobs = (
+                {"content": [_logprob_entry(i.token, i.logprob) for i in chunk.logprobs]}
+                if body.logprobs and chunk.logprobs
+                else None
+            )
             if delta or logprobs:
                 yield frame(delta, logprobs=logprobs)
             if chunk.usage:
@@ -226,9 +245,15 @@ async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[b
                 yield frame({}, finish=chunk.finish_reason)
             chunk = await anext(rest, None)
         if include_usage:
-            payload = {**base, "choices": [], "usage": {"prompt_tokens": usage.prompt_tokens,
-                                                        "completion_tokens": usage.completion_tokens,
-                                                        "total_tokens": usage.total_tokens}}
+            payload = {
+                **base,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                },
+            }
             yield b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
         yield DONE
     except MSServeError as exc:

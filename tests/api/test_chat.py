@@ -44,7 +44,9 @@ def test_text_chat(openai_client) -> None:
 
 def test_max_tokens_limits_output(openai_client) -> None:
     completion = openai_client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Count to one hundred."}], max_completion_tokens=3,
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count to one hundred."}],
+        max_completion_tokens=3,
         temperature=0,
     )
     assert completion.usage.completion_tokens <= 3
@@ -56,8 +58,15 @@ def test_png_image_reaches_the_model(openai_client) -> None:
     url = png_url((300, 200))
     completion = openai_client.chat.completions.create(
         model=MODEL,
-        messages=[{"role": "user", "content": [{"type": "text", "text": "Describe this."},
-                                               {"type": "image_url", "image_url": {"url": url}}]}],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Describe this."},
+                    {"type": "image_url", "image_url": {"url": url}},
+                ],
+            }
+        ],
         max_tokens=4,
     )
     # 300x200 -> 11x8 patches of 28 px -> (11 + 1) * 8 = 96 image tokens, plus the text: same count as mistral_common.
@@ -69,8 +78,12 @@ def test_jpeg_image_reaches_the_model(openai_client) -> None:
     url = jpeg_url((640, 480))
     completion = openai_client.chat.completions.create(
         model=MODEL,
-        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                               {"type": "text", "text": "What is it?"}]}],
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is it?"}],
+            }
+        ],
         max_tokens=4,
     )
     assert completion.usage.prompt_tokens > 300  # 640x480 costs (23 + 1) * 18 = 432 image tokens
@@ -79,9 +92,13 @@ def test_jpeg_image_reaches_the_model(openai_client) -> None:
 
 def test_greedy_is_deterministic_and_seed_reproduces_sampling(openai_client) -> None:
     def ask(**kwargs):  # type: ignore[no-untyped-def]
-        return openai_client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=12, **kwargs
-        ).choices[0].message.content
+        return (
+            openai_client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=12, **kwargs
+            )
+            .choices[0]
+            .message.content
+        )
 
     assert ask(temperature=0) == ask(temperature=0)
     assert ask(temperature=1.0, seed=7) == ask(temperature=1.0, seed=7)
@@ -93,7 +110,9 @@ def test_stop_string_cuts_the_answer(openai_client) -> None:
     text = full.choices[0].message.content
     assert len(text) >= 6, text
     stop = text[len(text) // 2 : len(text) // 2 + 2]
-    cut = openai_client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0, stop=[stop])
+    cut = openai_client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=24, temperature=0, stop=[stop]
+    )
     assert cut.choices[0].message.content == text[: text.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
 
@@ -101,9 +120,19 @@ def test_stop_string_cuts_the_answer(openai_client) -> None:
 def test_streaming_with_usage(openai_client) -> None:
     stream = openai_client.chat.completions.create(
         model=MODEL,
-        messages=[{"role": "user", "content": [{"type": "text", "text": "Caption:"},
-                                               {"type": "image_url", "image_url": {"url": png_url((120, 90))}}]}],
-        max_tokens=8, stream=True, stream_options={"include_usage": True}, temperature=0,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Caption:"},
+                    {"type": "image_url", "image_url": {"url": png_url((120, 90))}},
+                ],
+            }
+        ],
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=0,
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -117,9 +146,17 @@ def test_streaming_with_usage(openai_client) -> None:
     streamed = "".join(c.choices[0].delta.content for c in content_chunks)
     whole = openai_client.chat.completions.create(
         model=MODEL,
-        messages=[{"role": "user", "content": [{"type": "text", "text": "Caption:"},
-                                               {"type": "image_url", "image_url": {"url": png_url((120, 90))}}]}],
-        max_tokens=8, temperature=0,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Caption:"},
+                    {"type": "image_url", "image_url": {"url": png_url((120, 90))}},
+                ],
+            }
+        ],
+        max_tokens=8,
+        temperature=0,
     )
     assert streamed == whole.choices[0].message.content
 

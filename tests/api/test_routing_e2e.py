@@ -23,8 +23,9 @@ def fake_azure() -> Iterator[FakeAzure]:
 
 
 @pytest.fixture(scope="module")
-def routed_server(tiny_model: Path, fake_azure: FakeAzure, tmp_path_factory: pytest.TempPathFactory
-                  ) -> Iterator[LiveServer]:
+def routed_server(
+    tiny_model: Path, fake_azure: FakeAzure, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
     env = {
         "MSSERVE_AZURE_ENDPOINT": f"{fake_azure.endpoint}/openai/v1/",
         "MSSERVE_AZURE_API_KEY": KEY,
@@ -44,11 +45,20 @@ def client(routed_server: LiveServer, fake_azure: FakeAzure) -> Iterator[openai.
         yield sdk
 
 
-IMAGE_MESSAGE = [{"role": "user", "content": [{"type": "text", "text": "Prove that this diagram shows a theorem."},
-                                              {"type": "image_url", "image_url": {"url": png_url((60, 40))}}]}]
+IMAGE_MESSAGE = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "Prove that this diagram shows a theorem."},
+            {"type": "image_url", "image_url": {"url": png_url((60, 40))}},
+        ],
+    }
+]
 
 
-def test_escalated_stream_reaches_azure_with_path_headers_and_body(client: openai.OpenAI, fake_azure: FakeAzure) -> None:
+def test_escalated_stream_reaches_azure_with_path_headers_and_body(
+    client: openai.OpenAI, fake_azure: FakeAzure
+) -> None:
     fake_azure.script.append(Reply(text="one two three four"))
     with client.chat.completions.with_streaming_response.create(
         model="tiny-mistral3", messages=IMAGE_MESSAGE, max_tokens=50, stream=True
@@ -71,7 +81,9 @@ def test_escalated_stream_reaches_azure_with_path_headers_and_body(client: opena
 
 def test_override_local_stays_local(client: openai.OpenAI, fake_azure: FakeAzure) -> None:
     response = client.chat.completions.with_raw_response.create(
-        model="tiny-mistral3", messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+        model="tiny-mistral3",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=3,
         extra_headers={"x-msserve-route": "local"},
     )
     assert response.headers["x-msserve-tier"] == "local"
@@ -112,8 +124,12 @@ def test_content_filter_is_passed_on_not_retried(client: openai.OpenAI, fake_azu
 
 def test_routing_headers_on_captions(routed_server: LiveServer, fake_azure: FakeAzure) -> None:
     fake_azure.reset()
-    response = httpx.post(f"{routed_server.v1}/captions", json={"image_urls": [png_url()]},
-                          headers={"x-msserve-route": "local"}, timeout=120)
+    response = httpx.post(
+        f"{routed_server.v1}/captions",
+        json={"image_urls": [png_url()]},
+        headers={"x-msserve-route": "local"},
+        timeout=120,
+    )
     assert response.status_code == 200, response.text
     assert response.headers["x-msserve-tier"] == "local"
     assert response.headers["x-msserve-score"] and response.headers["x-msserve-reason"]
@@ -121,6 +137,9 @@ def test_routing_headers_on_captions(routed_server: LiveServer, fake_azure: Fake
 
 def test_bad_route_value_is_a_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="tiny-mistral3", messages=[{"role": "user", "content": "x"}],
-                                       extra_headers={"x-msserve-route": "moon"})
+        client.chat.completions.create(
+            model="tiny-mistral3",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-msserve-route": "moon"},
+        )
     assert caught.value.code == "invalid_route"

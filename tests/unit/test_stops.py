@@ -23,7 +23,7 @@ def test_stop_split_across_deltas_is_never_emitted() -> None:
     for delta in ["hello E", "N", "D tail"]:
         text, matched = matcher.feed(delta)
         emitted.append(text)
-        assert "E" not in text or matched is False and not text.endswith("E")
+        assert "E" not in text or (matched is False and not text.endswith("E"))
     assert "".join(emitted) == "hello "
     assert matcher.matched
 

@@ -10,6 +10,7 @@ from server.engines.base import GenerationRequest, ImagePart, Message, SamplingP
 from server.engines.vllm import (
     VLLMEngine,
     engine_args,
+    finish_reason,
     max_new_tokens,
     sampling_kwargs,
     structured_output_kwargs,
@@ -79,3 +80,16 @@ def test_messages_become_openai_dicts_with_images_in_place() -> None:
     call = Message(role="assistant", tool_calls=[ToolCall(id="abcDEF123", name="f", arguments="{}")])
     assert to_openai_message(call)["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
     assert to_openai_message(Message(role="system", content=[TextPart(text="s")])) == {"role": "system", "content": "s"}
+
+
+def test_native_tiny_profile_loads_in_mistral_format(tmp_path) -> None:
+    args = engine_args(load_profile("tiny-mistral3-vllm-native"), tmp_path)
+    assert (args["tokenizer_mode"], args["config_format"], args["load_format"]) == ("mistral",) * 3
+    assert args["served_model_name"] == "tiny-mistral3-native"
+
+
+def test_finish_reason_reports_tool_calls_unless_cut_by_length() -> None:
+    assert finish_reason("stop", called_tools=True) == "tool_calls"
+    assert finish_reason("stop", called_tools=False) == "stop"
+    assert finish_reason("length", called_tools=True) == "length"
+    assert VLLMEngine(load_profile("tiny-mistral3-vllm"), Settings()).capabilities.tools

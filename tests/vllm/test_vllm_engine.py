@@ -123,12 +123,13 @@ def test_client_disconnect_aborts_the_request(vllm_server: LiveServer, vllm_clie
     assert httpx.get(f"{vllm_server.base_url}/health", timeout=10).status_code == 200
 
 
-def test_tools_are_refused_clearly(vllm_server: LiveServer) -> None:
+def test_named_tool_choice_must_name_a_given_tool(vllm_server: LiveServer) -> None:
     tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
     response = httpx.post(
         f"{vllm_server.v1}/chat/completions", timeout=60,
-        json={"model": MODEL, "messages": [{"role": "user", "content": "time?"}], "tools": [tool]},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "time?"}], "tools": [tool],
+              "tool_choice": {"type": "function", "function": {"name": "launch"}}},
     )
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "tools_unsupported"
-    assert json.loads(response.text)["error"]["param"] == "tools"
+    assert response.json()["error"]["code"] == "invalid_tool_choice"
+    assert json.loads(response.text)["error"]["param"] == "tool_choice"

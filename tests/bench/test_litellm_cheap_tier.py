@@ -1,0 +1,49 @@
+"""LiteLLM can use this server as its cheap tier: a litellm.Router with an `openai/` model whose api_base is our /v1.
+
+Needs litellm, which is kept out of the runtime and test dependencies: it lives in .venv-bench
+(scripts/bench_env.sh; `make test-bench`). Elsewhere this module is skipped, and only for that reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from tests.conftest import LiveServer
+
+if importlib.util.find_spec("litellm") is None:
+    pytest.skip("litellm is not installed in this venv: run `make test-bench` (.venv-bench from scripts/bench_env.sh)",
+                allow_module_level=True)
+
+MODEL = "tiny-mistral3"
+# litellm's own dependencies warn on import (pydantic / aiohttp deprecations); not this project's concern.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def router(live_server: LiveServer):  # type: ignore[no-untyped-def]
+    import litellm
+
+    model_list = [{"model_name": "cheap", "litellm_params": {
+        "model": f"openai/{MODEL}", "api_base": live_server.v1, "api_key": "not-needed", "timeout": 120}}]
+    return litellm.Router(model_list=model_list, num_retries=0)
+
+
+def test_router_completion_is_answered_by_our_server(router) -> None:  # type: ignore[no-untyped-def]
+    response = router.completion(model="cheap", messages=[{"role": "user", "content": "Say hello."}], max_tokens=6,
+                                 temperature=0)
+    choice = response.choices[0]
+    assert isinstance(choice.message.content, str) and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert 1 <= response.usage.completion_tokens <= 6
+    # The answer came from our server: its routing header travels back through LiteLLM's response headers.
+    headers = response._hidden_params.get("additional_headers") or {}
+    assert headers.get("llm_provider-x-msserve-tier") == "local"
+
+
+async def test_router_streams_through_our_server(router) -> None:  # type: ignore[no-untyped-def]
+    stream = await router.acompletion(model="cheap", messages=[{"role": "user", "content": "Count."}], max_tokens=6,
+                                      temperature=0, stream=True)
+    pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+    assert len([p for p in pieces if p]) >= 2  # streamed, not one blob

@@ -1,0 +1,131 @@
+"""The Mistral-native checkpoint (consolidated.safetensors, params.json, tekken.json) through vLLM.
+
+This is the layout of the real mistral-small-3.1 profile: tokenizer_mode, config_format and load_format
+all ``mistral``, prompts from mistral_common. The tiny native folder holds the same weights as the HF one,
+so greedy answers must match the HF-format server token for token. Tool calls are tested here too,
+since the native path is the one the real model serves them on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, start_server, stop_server
+from tests.images import png_url
+from tests.vllm.conftest import READY_TIMEOUT_S
+
+MODEL = "tiny-mistral3-native"
+HF_MODEL = "tiny-mistral3"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+IMAGE_PROMPT = [
+    {"type": "text", "text": "What colour is this?"},
+    {"type": "image_url", "image_url": {"url": png_url((300, 200))}},
+]
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def native_client(vllm_stack: None, tiny_model: object, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from openai import OpenAI
+
+    # Rebuilds the native folder when the recipe changed (the server only builds a missing folder).
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--format", "mistral"], check=True)
+    server = start_server(tmp_path_factory.mktemp("vllm-native"), profile="tiny-mistral3-vllm-native",
+                          ready_timeout=READY_TIMEOUT_S)
+    try:
+        with OpenAI(base_url=server.v1, api_key="not-needed", max_retries=0, timeout=300) as client:
+            yield client
+    finally:
+        stop_server(server)
+
+
+def greedy(client, model: str, content: object, **extra: object):  # type: ignore[no-untyped-def]
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}], max_tokens=12, temperature=0, **extra
+    )
+
+
+def test_text_chat(native_client) -> None:
+    completion = greedy(native_client, MODEL, "Say hello.")
+    assert completion.choices[0].message.content
+    assert completion.usage.prompt_tokens > 3
+    assert 1 <= completion.usage.completion_tokens <= 12
+
+
+def test_image_answer_matches_the_hf_format_server(native_client, vllm_client) -> None:
+    native = greedy(native_client, MODEL, IMAGE_PROMPT)
+    hf = greedy(vllm_client, HF_MODEL, IMAGE_PROMPT)
+    # 300x200 px: 11 x 8 merged patches plus a break token per row, in both layouts.
+    assert native.usage.prompt_tokens == hf.usage.prompt_tokens > 11 * 8
+    assert native.choices[0].message.content == hf.choices[0].message.content
+    assert native.usage.completion_tokens == hf.usage.completion_tokens
+
+
+def test_tools_enter_the_prompt(native_client, vllm_client) -> None:
+    for client, model in ((native_client, MODEL), (vllm_client, HF_MODEL)):
+        plain = greedy(client, model, "Weather in Paris?")
+        with_tools = greedy(client, model, "Weather in Paris?", tools=[WEATHER])
+        assert with_tools.choices[0].finish_reason in ("stop", "length", "tool_calls")
+        assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens + 20  # the tool's JSON is in the template
+
+
+def test_named_tool_choice_forces_a_call(native_client) -> None:
+    completion = native_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}], max_tokens=64, temperature=0,
+        tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments)["unit"] in ("celsius", "fahrenheit")
+    assert len(call.id) == 9 and call.id.isalnum()
+    assert not choice.message.content
+
+
+def test_required_tool_choice_streams_a_call_and_the_id_round_trips(native_client) -> None:
+    stream = native_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}], max_tokens=64, temperature=0,
+        tools=[WEATHER], tool_choice="required", stream=True,
+    )
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in stream:
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] = delta.id or call["id"]
+            call["name"] = (delta.function.name if delta.function else None) or call["name"]
+            call["arguments"] += (delta.function.arguments if delta.function else None) or ""
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+    assert finish == "tool_calls"
+    assert calls and all(call["name"] == "get_weather" and len(call["id"]) == 9 for call in calls.values())
+    first = calls[min(calls)]
+    # The call and its result go back as history: mistral_common accepts the 9-character id.
+    call = {"id": first["id"], "type": "function", "function": {"name": "get_weather", "arguments": first["arguments"]}}
+    follow_up = native_client.chat.completions.create(
+        model=MODEL, max_tokens=4, temperature=0, tools=[WEATHER],
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": first["id"], "content": '{"temperature": 21}'},
+        ],
+    )
+    assert follow_up.usage.completion_tokens >= 1
