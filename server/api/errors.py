@@ -65,7 +65,7 @@ def _most_specific(errors: list[Any]) -> dict[str, Any]:
     tagged = [error for error in errors if error.get("type") in ("union_tag_invalid", "union_tag_not_found")]
     if tagged:
         return dict(tagged[0])
-    return dict(max(errors, key=lambda error: len(error.get("loc", ()))))
+    return dict(max(errors, key=lambda error: len(dict(error).get("loc", ()))))
 
 
 def _dotted(location: list[str]) -> str:

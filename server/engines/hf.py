@@ -90,9 +90,9 @@ class HFEngine:
                 "use bnb-4bit or bnb-8bit here, or the vllm engine for fp8 / compressed-tensors"
             )
         started = time.monotonic()
-        model = Mistral3ForConditionalGeneration.from_pretrained(str(self.model_dir), **kwargs)
+        model = Mistral3ForConditionalGeneration.from_pretrained(str(self.model_dir), **kwargs)  # type: ignore[arg-type]
         if "device_map" not in kwargs:
-            model = model.to(self._device)
+            model = model.to(self._device)  # type: ignore[arg-type]
         model.eval()
         self._model = model
         log.info("loaded %s on %s in %.1fs", self.name, self._device, time.monotonic() - started)

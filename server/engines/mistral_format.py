@@ -88,7 +88,7 @@ def _to_mistral(message: Message) -> Any:
     if message.role == "user":
         if not message.images:
             return UserMessage(content=message.text)
-        chunks: list[TextChunk | ImageChunk] = []
+        chunks: list[Any] = []  # mistral_common's chunk union; its list type is invariant
         for part in message.content:
             if isinstance(part, TextPart):
                 chunks.append(TextChunk(text=part.text))
