@@ -119,6 +119,11 @@ def make_services(python: Path, profile: str, logs: Path) -> tuple[Service, Serv
     return ours, theirs
 
 
+def shown(command: list[str]) -> list[str]:
+    """The command as a person would type it (the CLI shim shown as `vllm`)."""
+    return ["vllm", *command[3:]] if command[1:3] == ["-c", VLLM_CLI] else command
+
+
 # -- the load ---------------------------------------------------------------------------------------------------
 
 
@@ -216,7 +221,7 @@ def main() -> None:
     ours, theirs = make_services(python, args.profile, logs)
     model = load_profile(args.profile).model_name
     print(f"load average at start: {info['loadavg_start']}")
-    print(f"starting {theirs.name}: {' '.join(theirs.command)}")
+    print(f"starting {theirs.name}: {' '.join(shown(theirs.command))}")
     print(f"starting {ours.name}: {' '.join(ours.command)}")
     started = time.monotonic()
     try:
@@ -260,7 +265,7 @@ def main() -> None:
     info["loadavg_end"] = list(os.getloadavg())
     payload = {
         "benchmark": "serving", "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
-        "commands": {"vllm": theirs.command, "ours": ours.command},
+        "commands": {"vllm": shown(theirs.command), "ours": ours.command},
         "startup_s": {"vllm": theirs.ready_after_s, "ours": ours.ready_after_s},
         "totals": totals, "ratios_ours_over_vllm": ratios, "rounds": rounds,
         "prompt_tokens_by_kind": {n: prompt_tokens_by_kind(per_side[n]) for n in per_side},

@@ -45,16 +45,11 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None, *, profile: str = "tiny-mistral3",
-                 ready_timeout: float = 240.0) -> LiveServer:
-    port = free_port()
-    env = {**os.environ, "MSSERVE_LOG_LEVEL": "info", **(env_overrides or {})}
+def launch(command: list[str], tmp_dir: Path, env: dict[str, str], *, port: int, ready_timeout: float) -> LiveServer:
+    """Start a server process on 127.0.0.1:port and wait until GET /ready says 200 (or fail with its log)."""
     log_path = tmp_dir / f"server-{port}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--profile", profile, "--host", LOOPBACK, "--port", str(port)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = LiveServer(f"http://{LOOPBACK}:{port}", process, log_path)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
@@ -65,9 +60,18 @@ def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None, *, 
                 return server
         except httpx.TransportError:
             pass
-        time.sleep(0.25)
+        time.sleep(0.1)
     stop_server(server)
     raise RuntimeError(f"server not ready after {ready_timeout}s:\n{server.log()}")
+
+
+def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None, *, profile: str = "tiny-mistral3",
+                 ready_timeout: float = 240.0) -> LiveServer:
+    """A real `msserve serve` process with the given profile and MSSERVE_* overrides."""
+    port = free_port()
+    env = {**os.environ, "MSSERVE_LOG_LEVEL": "info", **(env_overrides or {})}
+    command = [sys.executable, "-m", "server", "serve", "--profile", profile, "--host", LOOPBACK, "--port", str(port)]
+    return launch(command, tmp_dir, env, port=port, ready_timeout=ready_timeout)
 
 
 def stop_server(server: LiveServer) -> None:

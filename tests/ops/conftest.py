@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import pytest
 
 from server.app import create_app
 from server.config import Settings
-from tests.conftest import LOOPBACK, REPO, LiveServer, free_port, stop_server
+from tests.conftest import LOOPBACK, LiveServer, free_port, launch
 from tests.ops.paced_engine import PacedEngine
 
 SCRIPT = Path(__file__).with_name("scripted_server.py")
@@ -31,23 +29,7 @@ def start_scripted_server(tmp_dir: Path, env_overrides: dict[str, str] | None = 
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MSSERVE_", "OPS_"))}
     env = {**clean, "MSSERVE_LOG_LEVEL": "info", **(env_overrides or {})}
-    log_path = tmp_dir / f"scripted-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, str(SCRIPT), str(port)], cwd=REPO, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    server = LiveServer(f"http://{LOOPBACK}:{port}", process, log_path)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.base_url}/ready", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    stop_server(server)
-    raise RuntimeError(f"server not ready after {ready_timeout}s:\n{server.log()}")
+    return launch([sys.executable, str(SCRIPT), str(port)], tmp_dir, env, port=port, ready_timeout=ready_timeout)
 
 
 def log_lines(server: LiveServer) -> list[dict[str, Any]]:

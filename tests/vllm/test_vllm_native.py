@@ -115,8 +115,10 @@ def test_required_tool_choice_streams_a_call_and_the_id_round_trips(native_clien
             call["arguments"] += (delta.function.arguments if delta.function else None) or ""
         if chunk.choices and chunk.choices[0].finish_reason:
             finish = chunk.choices[0].finish_reason
-    assert finish == "tool_calls"
+    # "required" allows parallel calls: random weights may keep adding calls until max_tokens ends the list.
+    assert finish in ("tool_calls", "length")
     assert calls and all(call["name"] == "get_weather" and len(call["id"]) == 9 for call in calls.values())
+    assert all(json.loads(call["arguments"])["unit"] in ("celsius", "fahrenheit") for call in calls.values())
     first = calls[min(calls)]
     # The call and its result go back as history: mistral_common accepts the 9-character id.
     call = {"id": first["id"], "type": "function", "function": {"name": "get_weather", "arguments": first["arguments"]}}

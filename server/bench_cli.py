@@ -1,0 +1,70 @@
+"""`msserve bench serving|gateway|media|router`: run the benchmark scripts of a source checkout.
+
+The benchmarks live in scripts/ (they are not part of the installed package) and each needs its own venv:
+serving needs vLLM (.venv-vllm), gateway needs LiteLLM (.venv-bench, from scripts/bench_env.sh). Each
+command runs its script in a subprocess with that venv's interpreter when it exists (--python overrides),
+passing every further argument through, e.g. `msserve bench serving --rounds 2`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from server.config import REPO_ROOT
+
+app = typer.Typer(help="Run the benchmarks (scripts/bench_*.py) of a source checkout.", no_args_is_help=True)
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+# benchmark -> (script, venv whose interpreter it prefers)
+BENCHMARKS = {
+    "serving": ("bench_serving.py", ".venv-vllm"),
+    "gateway": ("bench_gateway.py", ".venv-bench"),
+    "media": ("bench_media.py", None),
+    "router": ("bench_router.py", None),
+}
+PythonOption = Annotated[Path | None, typer.Option("--python", help="interpreter to run the script with")]
+
+
+def interpreter(name: str, python: Path | None) -> Path:
+    if python is not None:
+        return python
+    venv = BENCHMARKS[name][1]
+    preferred = REPO_ROOT / venv / "bin" / "python" if venv else None
+    return preferred if preferred is not None and preferred.exists() else Path(sys.executable)
+
+
+def run(name: str, args: list[str], python: Path | None) -> None:
+    script = REPO_ROOT / "scripts" / BENCHMARKS[name][0]
+    if not script.is_file():
+        typer.echo(f"error: {script} not found: the benchmarks run from a source checkout", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(subprocess.call([str(interpreter(name, python)), str(script), *args], cwd=REPO_ROOT))
+
+
+@app.command(context_settings=PASS_THROUGH)
+def serving(ctx: typer.Context, python: PythonOption = None) -> None:
+    """Ours vs `vllm serve` on the same model and engine settings (`--help` for the script's options)."""
+    run("serving", ctx.args, python)
+
+
+@app.command(context_settings=PASS_THROUGH)
+def gateway(ctx: typer.Context, python: PythonOption = None) -> None:
+    """Latency our Azure escalation adds, against a LiteLLM proxy on the same fake Azure backend."""
+    run("gateway", ctx.args, python)
+
+
+@app.command(context_settings=PASS_THROUGH)
+def media(ctx: typer.Context, python: PythonOption = None) -> None:
+    """Image intake: bytes to model-ready pixels, ours vs mistral_common."""
+    run("media", ctx.args, python)
+
+
+@app.command(context_settings=PASS_THROUGH)
+def router(ctx: typer.Context, python: PythonOption = None) -> None:
+    """Router decision latency."""
+    run("router", ctx.args, python)
