@@ -190,6 +190,27 @@ def wait_ready(services: Sequence[Service], timeout_s: float, *, say: Callable[[
             time.sleep(0.5)
 
 
+def py_spy(pid: int, out: Path, during: Callable[[], object], *, rate: int = 200) -> Path:
+    """Run ``during()`` while py-spy samples process ``pid`` (collapsed stacks, one line per stack, to ``out``).
+
+    py-spy comes from PATH or from the running interpreter's bin/ (pip install py-spy).
+    """
+    import shutil
+
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recorder = subprocess.Popen([binary, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
+                                 "--nonblocking", "--output", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    time.sleep(1.0)  # attached before the load starts
+    try:
+        during()
+    finally:
+        recorder.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        recorder.wait(timeout=60)
+    return out
+
+
 # -- load -------------------------------------------------------------------------------------------------------
 
 

@@ -40,6 +40,7 @@ from bench_common import (
     package_versions,
     percentile,
     print_table,
+    py_spy,
     ratio,
     refuse_pth,
     results_json,
@@ -142,6 +143,8 @@ def main() -> None:
                         help="interpreter of the venv with litellm (its bin/ holds the `litellm` command)")
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "gateway.json")
+    parser.add_argument("--py-spy", type=Path, default=None,
+                        help="folder for py-spy stacks of both gateways during one extra round (not counted)")
     args = parser.parse_args()
 
     refuse_pth(args.litellm_python)
@@ -186,6 +189,13 @@ def main() -> None:
                 rounds.append({"round": r, "target": name, "loadavg": list(os.getloadavg()), **summary})
                 print(f"  round {r} {name:7s} {summary['requests_per_s']:7.1f} req/s  p50 {summary['e2e_p50_ms']:6.1f}"
                       f" ms  p99 {summary['e2e_p99_ms']:6.1f} ms  errors {summary['errors']}")
+        if args.py_spy:
+            extra = bodies(args.requests, 200_000)
+            for name in ("ours", "litellm"):
+                pid = services[name].process.pid  # type: ignore[union-attr]
+                load = specs(name, services, master_key, extra, args.max_tokens, args.stream)
+                py_spy(pid, args.py_spy / f"gateway-{name}.collapsed.txt",
+                       lambda load=load: asyncio.run(run_load(load, args.concurrency)))
     finally:
         for service in (litellm, ours, fake):
             service.stop()

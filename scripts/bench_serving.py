@@ -26,8 +26,6 @@ import base64
 import io
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +43,7 @@ from bench_common import (
     machine_info,
     package_versions,
     print_table,
+    py_spy,
     ratio,
     results_json,
     run_load,
@@ -176,23 +175,6 @@ def prompt_tokens_by_kind(results: list[RequestResult]) -> dict[str, list[int]]:
     return {kind: sorted(values)[:3] + (["..."] if len(values) > 3 else []) for kind, values in out.items()}  # type: ignore[misc]
 
 
-def profile_round(service: Service, bodies: list[tuple[str, dict[str, Any]]], concurrency: int, out_dir: Path
-                  ) -> str:
-    """One extra round with py-spy recording the service's API process (collapsed stacks)."""
-    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    assert service.process is not None
-    out = out_dir / f"{service.name}.collapsed.txt"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recorder = subprocess.Popen([pyspy, "record", "--pid", str(service.process.pid), "--format", "raw", "--rate",
-                                 "200", "--nonblocking", "--output", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    time.sleep(1.0)
-    asyncio.run(run_load(specs_for(service, bodies), concurrency))
-    recorder.send_signal(2)  # SIGINT: py-spy writes its file and exits
-    recorder.wait(timeout=60)
-    return str(out)
-
-
 # -- main -------------------------------------------------------------------------------------------------------
 
 
@@ -254,7 +236,11 @@ def main() -> None:
         profiles = {}
         if args.py_spy:
             extra = build_bodies(args.requests, 200_000, **common)
-            profiles = {s.name: profile_round(s, extra, args.concurrency, args.py_spy) for s in (ours, theirs)}
+            for s in (ours, theirs):
+                assert s.process is not None
+                out = py_spy(s.process.pid, args.py_spy / f"serving-{s.name}.collapsed.txt",
+                             lambda s=s: asyncio.run(run_load(specs_for(s, extra), args.concurrency)))
+                profiles[s.name] = str(out)
     finally:
         ours.stop()
         theirs.stop()
