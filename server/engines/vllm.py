@@ -345,11 +345,12 @@ def to_openai_message(message: Message, *, data_urls: bool = False) -> dict[str,
         out["content"] = message.text
     if message.tool_calls:
         out["tool_calls"] = [
-            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            {"id": mistral_call_id(call.id), "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}}
             for call in message.tool_calls
         ]
     if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
+        out["tool_call_id"] = mistral_call_id(message.tool_call_id)
     if message.name is not None:
         out["name"] = message.name
     return out
@@ -416,3 +417,9 @@ class _SchedulerCounts:
                 return None
 
         return _Recorder
+
+
+def mistral_call_id(call_id: str) -> str:
+    """Mistral's template takes 9-character alphanumeric ids; OpenAI-style ids ("call_...") keep their last 9."""
+    alnum = "".join(ch for ch in call_id if ch.isalnum())
+    return alnum[-9:] if len(alnum) >= 9 else alnum.rjust(9, "0")

@@ -93,3 +93,11 @@ def test_finish_reason_reports_tool_calls_unless_cut_by_length() -> None:
     assert finish_reason("stop", called_tools=False) == "stop"
     assert finish_reason("length", called_tools=True) == "length"
     assert VLLMEngine(load_profile("tiny-mistral3-vllm"), Settings()).capabilities.tools
+
+
+def test_openai_tool_call_ids_become_mistral_ids() -> None:
+    from server.engines.vllm import mistral_call_id
+
+    assert mistral_call_id("call_abc123XYZ789") == "123XYZ789"
+    assert mistral_call_id("a1b2c3d4e") == "a1b2c3d4e"
+    assert len(mistral_call_id("x")) == 9
