@@ -190,6 +190,27 @@ def wait_ready(services: Sequence[Service], timeout_s: float, *, say: Callable[[
             time.sleep(0.5)
 
 
+def cpu_seconds(pid: int, *, tree: bool = False) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (and, with ``tree``, its live descendants)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    for entry in Path("/proc").iterdir() if tree else [Path(f"/proc/{pid}")]:
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    wanted = {pid}
+    grew = tree
+    while grew:
+        more = {p for p, (parent, _) in stats.items() if parent in wanted} - wanted
+        wanted |= more
+        grew = bool(more)
+    return sum(cpu for p, (_, cpu) in stats.items() if p in wanted)
+
+
 def py_spy(pid: int, out: Path, during: Callable[[], object], *, rate: int = 200) -> Path:
     """Run ``during()`` while py-spy samples process ``pid`` (collapsed stacks, one line per stack, to ``out``).
 

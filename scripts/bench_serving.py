@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import io
 import json
 import os
@@ -39,6 +40,7 @@ from bench_common import (
     RequestResult,
     RequestSpec,
     Service,
+    cpu_seconds,
     free_port,
     machine_info,
     package_versions,
@@ -167,12 +169,17 @@ def specs_for(service: Service, bodies: list[tuple[str, dict[str, Any]]]) -> lis
     return [RequestSpec(url=url, body=body, kind=kind) for kind, body in bodies]
 
 
-def prompt_tokens_by_kind(results: list[RequestResult]) -> dict[str, list[int]]:
-    out: dict[str, set[int]] = {}
+def prompt_tokens_by_kind(results: list[RequestResult]) -> dict[str, dict[str, int]]:
+    """Sanity check: both servers must count the same prompt tokens for the same requests."""
+    out: dict[str, list[int]] = {}
     for r in results:
         if r.ok and r.prompt_tokens is not None:
-            out.setdefault(r.kind, set()).add(r.prompt_tokens)
-    return {kind: sorted(values)[:3] + (["..."] if len(values) > 3 else []) for kind, values in out.items()}  # type: ignore[misc]
+            out.setdefault(r.kind, []).append(r.prompt_tokens)
+    return {kind: {"min": min(v), "max": max(v), "sum": sum(v)} for kind, v in out.items()}
+
+
+def drive(service: Service, bodies: list[tuple[str, dict[str, Any]]], concurrency: int) -> None:
+    asyncio.run(run_load(specs_for(service, bodies), concurrency))
 
 
 # -- main -------------------------------------------------------------------------------------------------------
@@ -220,12 +227,19 @@ def main() -> None:
                 raise RuntimeError(f"{service.name} warm-up failed: {bad[0]}")
         per_side: dict[str, list[RequestResult]] = {"ours": [], "vllm": []}
         walls: dict[str, float] = {"ours": 0.0, "vllm": 0.0}
+        # CPU seconds during the measured rounds: the API server process alone, and with its engine processes
+        cpu: dict[str, dict[str, float]] = {"ours": {"api": 0.0, "all": 0.0}, "vllm": {"api": 0.0, "all": 0.0}}
         rounds: list[dict[str, Any]] = []
         for r in range(args.rounds):
             bodies = build_bodies(args.requests, r * args.requests, **common)
             order = (ours, theirs) if r % 2 == 0 else (theirs, ours)
             for service in order:
+                assert service.process is not None
+                pid = service.process.pid
+                before = cpu_seconds(pid), cpu_seconds(pid, tree=True)
                 results, wall = asyncio.run(run_load(specs_for(service, bodies), args.concurrency))
+                cpu[service.name]["api"] += cpu_seconds(pid) - before[0]
+                cpu[service.name]["all"] += cpu_seconds(pid, tree=True) - before[1]
                 per_side[service.name] += results
                 walls[service.name] += wall
                 summary = summarize(results, wall)
@@ -239,14 +253,18 @@ def main() -> None:
             for s in (ours, theirs):
                 assert s.process is not None
                 out = py_spy(s.process.pid, args.py_spy / f"serving-{s.name}.collapsed.txt",
-                             lambda s=s: asyncio.run(run_load(specs_for(s, extra), args.concurrency)))
+                             functools.partial(drive, s, extra, args.concurrency))
                 profiles[s.name] = str(out)
     finally:
         ours.stop()
         theirs.stop()
 
     totals = {name: summarize(per_side[name], walls[name]) for name in per_side}
-    keys = ("requests_per_s", "output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms")
+    for name, total in totals.items():
+        total["api_cpu_ms_per_request"] = cpu[name]["api"] * 1e3 / max(1, total["requests"])
+        total["all_cpu_ms_per_request"] = cpu[name]["all"] * 1e3 / max(1, total["requests"])
+    keys = ("requests_per_s", "output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms",
+            "api_cpu_ms_per_request", "all_cpu_ms_per_request")
     ratios = {key: ratio(totals["ours"][key], totals["vllm"][key]) for key in keys}
     info["loadavg_end"] = list(os.getloadavg())
     payload = {
@@ -264,8 +282,10 @@ def main() -> None:
     print(f"\nwrote {args.out}; load average {info['loadavg_start']} -> {info['loadavg_end']}; "
           f"prompt tokens by kind {payload['prompt_tokens_by_kind']}")
     labels = {"requests_per_s": "requests/s", "output_tokens_per_s": "output tokens/s", "ttft_p50_ms": "TTFT p50 ms",
-              "ttft_p99_ms": "TTFT p99 ms", "e2e_p50_ms": "e2e p50 ms", "e2e_p99_ms": "e2e p99 ms"}
-    rows = [(labels[k], totals["ours"][k], totals["vllm"][k], ratios[k]) for k in keys]
+              "ttft_p99_ms": "TTFT p99 ms", "e2e_p50_ms": "e2e p50 ms", "e2e_p99_ms": "e2e p99 ms",
+              "api_cpu_ms_per_request": "API process CPU ms/request",
+              "all_cpu_ms_per_request": "all processes CPU ms/request"}
+    rows: list[tuple[object, ...]] = [(labels[k], totals["ours"][k], totals["vllm"][k], ratios[k]) for k in keys]
     rows.append(("errors", totals["ours"]["errors"], totals["vllm"]["errors"], "-"))
     rows.append(("output tokens", totals["ours"]["output_tokens"], totals["vllm"]["output_tokens"], "-"))
     print_table(("metric", "ours", "vLLM", "ours/vLLM"), rows)

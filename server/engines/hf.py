@@ -27,9 +27,11 @@ from server.engines.base import (
     GenerationChunk,
     GenerationRequest,
     TokenLogprob,
+    ToolCallDelta,
     Usage,
 )
 from server.engines.mistral_format import EncodedPrompt, MistralChatFormat
+from server.engines.mistral_tools import ToolCallParser
 from server.engines.stops import StopMatcher
 from server.errors import DeadlineExceededError, EngineUnavailableError, InvalidRequestError, RateLimitError
 from server.hub import resolve_model_dir
@@ -47,7 +49,7 @@ class HFEngine:
         self.model_dir = model_dir
         self.hf_token = hf_token
         self.max_queue = max_queue
-        self.capabilities = EngineCapabilities(images=True, tools=False, response_format=False, logprobs=True)
+        self.capabilities = EngineCapabilities(images=True, tools=True, response_format=False, logprobs=True)
         self._state = "starting"
         self._detail = ""
         self._model: Any = None
@@ -112,6 +114,7 @@ class HFEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if self._state != "ready" or self._model is None or self._format is None:
             raise EngineUnavailableError(f"engine is {self._state}", code="engine_not_ready")
+        refuse_unconstrainable(request)
         chat_format = self._format
         prompt = await asyncio.to_thread(chat_format.encode, request.messages, request.tools)
         max_new = self._max_new_tokens(request, prompt)
@@ -176,7 +179,8 @@ class HFEngine:
         tokens: asyncio.Queue[Any],
     ) -> AsyncIterator[GenerationChunk]:
         assert self._format is not None
-        decoder = self._format.decoder()
+        decoder = self._format.decoder(keep_tool_calls=bool(request.tools))
+        tools = ToolCallParser() if request.tools else None
         stops = StopMatcher(request.sampling.stop)
         eos = self._format.eos_id
         generated = 0
@@ -193,18 +197,25 @@ class HFEngine:
             if token_id == eos:
                 finish = "stop"
                 break
-            text, matched = stops.feed(decoder.push(token_id))
+            piece = decoder.push(token_id)
+            calls: list[ToolCallDelta] = []
+            if tools is not None:
+                piece, calls = tools.feed(piece)
+            text, matched = stops.feed(piece)
             logprobs = [TokenLogprob(token=decoder.piece(token_id), logprob=logprob)] if logprob is not None else []
             if matched:
                 abort.set()
                 finish = "stop"
             elif generated >= max_new:
                 finish = "length"
-            if text or logprobs:
-                yield GenerationChunk(text=text, logprobs=logprobs)
-        tail = stops.flush(decoder.flush())
+            if text or logprobs or calls:
+                yield GenerationChunk(text=text, logprobs=logprobs, tool_calls=calls)
+        rest, calls = tools.finish() if tools is not None else ("", [])
+        tail = stops.flush(decoder.flush() + rest)
+        if tools is not None and tools.called and finish == "stop":
+            finish = "tool_calls"
         usage = Usage(prompt_tokens=len(prompt.tokens), completion_tokens=generated)
-        yield GenerationChunk(text=tail, finish_reason=finish, usage=usage)  # type: ignore[arg-type]
+        yield GenerationChunk(text=tail, tool_calls=calls, finish_reason=finish, usage=usage)  # type: ignore[arg-type]
 
     def _run(
         self,
@@ -343,3 +354,19 @@ def _bitsandbytes_config(quantization: str, cuda: bool) -> Any:
         bnb_4bit_use_double_quant=True,
         llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],
     )
+
+
+def refuse_unconstrainable(request: GenerationRequest) -> None:
+    """What needs constrained decoding cannot be promised here: say so instead of answering loosely."""
+    if request.response_format:
+        raise InvalidRequestError(
+            "response_format json_object / json_schema needs constrained decoding, which the transformers engine "
+            "does not have; use a vLLM profile",
+            param="response_format", code="response_format_unsupported",
+        )
+    if request.tools and (request.tool_choice == "required" or isinstance(request.tool_choice, dict)):
+        raise InvalidRequestError(
+            "tool_choice 'required' or a named function needs constrained decoding, which the transformers "
+            "engine does not have; use tool_choice 'auto' or a vLLM profile",
+            param="tool_choice", code="tool_choice_unsupported",
+        )

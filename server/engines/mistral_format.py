@@ -19,6 +19,7 @@ from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMe
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.protocol.instruct.tool_calls import Function, FunctionCall, Tool
 from mistral_common.protocol.instruct.tool_calls import ToolCall as MistralToolCall
+from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
 from server.engines.base import ImagePart, Message, TextPart
@@ -58,8 +59,11 @@ class MistralChatFormat:
                                       param="messages") from exc
         return EncodedPrompt(tokens=list(encoded.tokens), images=list(encoded.images))
 
-    def decoder(self) -> TokenDecoder:
-        return TokenDecoder(self._raw)
+    def decoder(self, *, keep_tool_calls: bool = False) -> TokenDecoder:
+        """``keep_tool_calls``: decode the [TOOL_CALLS] control token as text, for the tool-call parser."""
+        tool_calls = self._raw.get_special_token("[TOOL_CALLS]")  # type: ignore[attr-defined]
+        keep = frozenset({int(tool_calls)}) if keep_tool_calls else frozenset()
+        return TokenDecoder(self._raw, keep)
 
 
 class TokenDecoder:
@@ -68,11 +72,14 @@ class TokenDecoder:
     Special tokens (ids below num_special_tokens) decode to nothing.
     """
 
-    def __init__(self, raw_tokenizer: Any) -> None:
+    def __init__(self, raw_tokenizer: Any, keep: frozenset[int] = frozenset()) -> None:
         self._raw = raw_tokenizer
+        self._keep = keep
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token_id: int) -> str:
+        if token_id in self._keep:
+            return self._utf8.decode(self._raw.id_to_byte_piece(token_id, SpecialTokenPolicy.KEEP))
         return self._utf8.decode(self._raw.id_to_byte_piece(token_id))
 
     def flush(self) -> str:

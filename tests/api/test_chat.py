@@ -193,3 +193,14 @@ def test_multi_turn_with_system_prompt(openai_client) -> None:
         max_tokens=3,
     )
     assert completion.usage.prompt_tokens > 10
+
+
+def test_tools_are_templated_into_the_prompt(openai_client) -> None:
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    plain = openai_client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    with_tools = openai_client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, tools=tools)
+    assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens + 10
+    assert with_tools.choices[0].finish_reason in ("stop", "length", "tool_calls")
