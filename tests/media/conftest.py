@@ -3,7 +3,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from media_helpers import LoopbackServer
+
+from tests.media.media_helpers import LoopbackServer
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from media_helpers import PNG_BYTES, LoopbackServer, expect_error, run
 
 from server.config import Settings
 from server.errors import ImageError
 from server.media import AddressPolicy, ImageIntake, SafeFetcher
+from tests.media.media_helpers import PNG_BYTES, LoopbackServer, expect_error, run
 
 PUBLIC = "93.184.216.34"
 LIMIT = 1_000_000

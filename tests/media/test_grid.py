@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_helpers import encode, photo
 from mistral_common.protocol.instruct.chunk import ImageChunk
 from mistral_common.tokens.tokenizers.image import ImageConfig, ImageEncoder, SpecialImageIDs
 from PIL import Image
 
 from server.media import MISTRAL_SMALL_3_1, VisionGrid, decode_image, model_pixels
+from tests.media.media_helpers import encode, photo
 
 TEKKEN = Path(__file__).resolve().parents[2] / "models" / "tiny-mistral3" / "tekken.json"
 ENCODER = ImageEncoder(ImageConfig(14, 1540, 2), SpecialImageIDs(img=10, img_break=12, img_end=13))

@@ -6,12 +6,12 @@ import base64
 import io
 
 import pytest
-from media_helpers import encode, expect_error, photo, png_bomb, png_header_only, run
 from PIL import Image
 
 from server.config import Settings
 from server.errors import ImageError
 from server.media import ImageIntake
+from tests.media.media_helpers import encode, expect_error, photo, png_bomb, png_header_only, run
 
 PNG = encode(photo(64, 48), "PNG")
 JPEG = encode(photo(640, 480), "JPEG", quality=85)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from media_helpers import expect_error, run
 
 from server.errors import ImageError
 from server.media import AddressPolicy, forbidden_reason
 from server.media._netguard import resolve_checked
+from tests.media.media_helpers import expect_error, run
 
 # address -> a word the reason must contain ("" where Python versions classify differently)
 FORBIDDEN = {
