@@ -56,7 +56,8 @@ class ModelProfile(BaseModel):
         candidate = Path(self.model)
         if not candidate.is_absolute():
             candidate = REPO_ROOT / candidate
-        if self.model.startswith((".", "/")) or candidate.exists():
+        # A profile that builds its model is local even before the first build (a fresh clone).
+        if self.build_script or self.model.startswith((".", "/", "~")) or candidate.exists():
             return candidate
         return None
 

@@ -41,3 +41,10 @@ def test_invalid_env_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MSSERVE_PORT", "99999")
     with pytest.raises(ValueError, match="port"):
         load_settings()
+
+
+def test_a_profile_that_builds_its_model_is_local_before_the_first_build(tmp_path: Path) -> None:
+    profile = load_profile("tiny-mistral3").model_copy(update={"model": "models/not-built-yet"})
+    assert profile.local_path() is not None and not profile.local_path().exists()  # type: ignore[union-attr]
+    hub = load_profile("mistral-small-3.1")
+    assert hub.local_path() is None  # a hub id stays a hub id
