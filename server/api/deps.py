@@ -24,6 +24,6 @@ class Services:
     extras: dict[str, object] = field(default_factory=dict)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:  # async: FastAPI runs sync dependencies in a thread
     services: Services = request.app.state.services
     return services
