@@ -50,6 +50,7 @@ _MEAN = np.asarray((0.48145466, 0.4578275, 0.40821073), dtype=np.float32)
 _STD = np.asarray((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
 _NORMALIZED = np.ascontiguousarray((((np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)) - _MEAN) / _STD).T)
 _NORMALIZED.flags.writeable = False
+_NORMALIZED_ROWS = [np.ascontiguousarray(table.reshape(1, 256), dtype=np.float32) for table in _NORMALIZED]
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ def model_pixels(image: Image.Image) -> np.ndarray:
     """
     pixels = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
     out = np.empty((3, pixels.shape[0], pixels.shape[1]), dtype=np.float32)
-    for channel in range(3):
-        np.take(_NORMALIZED[channel], pixels[:, :, channel], out=out[channel])
+    # OpenCV's LUT on contiguous planes, written straight into the output: same values as np.take, faster.
+    for channel, plane in enumerate(cv2.split(pixels)):
+        cv2.LUT(plane, _NORMALIZED_ROWS[channel], dst=out[channel])
     return out
