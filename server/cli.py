@@ -170,7 +170,8 @@ def download(
     except ModelUnavailableError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    console.print(f"{chosen.name}: weights in {path}")
+    revision = path.name if path.parent.name == "snapshots" else "local"
+    console.print(f"{chosen.name}: weights in {path} (revision {revision}; pin it with `revision:` in the profile)")
 
 
 def main() -> None:
