@@ -118,17 +118,11 @@ def test_stop_string_cuts_the_answer(openai_client) -> None:
 
 
 def test_streaming_with_usage(openai_client) -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Caption:"},
+                                             {"type": "image_url", "image_url": {"url": png_url((120, 90))}}]}]
     stream = openai_client.chat.completions.create(
         model=MODEL,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "Caption:"},
-                    {"type": "image_url", "image_url": {"url": png_url((120, 90))}},
-                ],
-            }
-        ],
+        messages=messages,
         max_tokens=8,
         stream=True,
         stream_options={"include_usage": True},
@@ -146,15 +140,7 @@ def test_streaming_with_usage(openai_client) -> None:
     streamed = "".join(c.choices[0].delta.content for c in content_chunks)
     whole = openai_client.chat.completions.create(
         model=MODEL,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "Caption:"},
-                    {"type": "image_url", "image_url": {"url": png_url((120, 90))}},
-                ],
-            }
-        ],
+        messages=messages,
         max_tokens=8,
         temperature=0,
     )
