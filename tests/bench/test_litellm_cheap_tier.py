@@ -58,8 +58,8 @@ def test_router_completion_is_answered_by_our_server(router) -> None:  # type: i
                                  temperature=0)
     choice = response.choices[0]
     assert isinstance(choice.message.content, str) and choice.message.content
-    assert choice.finish_reason in ("stop", "length")
-    assert 1 <= response.usage.completion_tokens <= 6
+    # Greedy decoding of our random tiny model runs to the cap; LiteLLM passes our usage through unchanged.
+    assert choice.finish_reason == "length" and response.usage.completion_tokens == 6
     # The answer came from our server: its routing header travels back through LiteLLM's response headers.
     headers = response._hidden_params.get("additional_headers") or {}
     assert headers.get("llm_provider-x-msserve-tier") == "local"

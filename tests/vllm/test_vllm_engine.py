@@ -38,12 +38,10 @@ def test_text_chat(vllm_client) -> None:
     )
     choice = completion.choices[0]
     assert choice.message.content
-    assert choice.finish_reason in ("length", "stop")
     # The prompt is rendered by the model's chat template: more tokens than the bare words.
     assert completion.usage.prompt_tokens > 3
-    assert 1 <= completion.usage.completion_tokens <= 8
-    if choice.finish_reason == "length":
-        assert completion.usage.completion_tokens == 8
+    # Greedy decoding of the random tiny model runs to the cap: exactly max_tokens counted.
+    assert choice.finish_reason == "length" and completion.usage.completion_tokens == 8
 
 
 def test_chat_with_image_costs_image_tokens(vllm_client) -> None:
