@@ -45,6 +45,7 @@ async def caption_images(
                 temperature=0.15 if options.temperature is None else options.temperature,
             ),
             deadline=time.monotonic() + services.settings.request_timeout_s,
+            stream=False,
         )
         routed = await services.dispatcher.dispatch(request, route, stream=False)
         result = await collect(routed)

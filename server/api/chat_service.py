@@ -83,6 +83,7 @@ async def to_generation_request(body: ChatCompletionRequest, services: Services,
         if body.response_format and body.response_format.type != "text"
         else None,
         deadline=time.monotonic() + settings.request_timeout_s,
+        stream=bool(body.stream),
     )
 
 

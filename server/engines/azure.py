@@ -16,14 +16,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import math
+import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
+import anyio
+import httpx2  # the openai SDK's HTTP client: its errors surface while a response body is read
 import openai
-from openai import AsyncAzureOpenAI, AsyncOpenAI, Omit
+from openai import AsyncAPIResponse, AsyncAzureOpenAI, AsyncOpenAI, Omit
 
 from server.config import Settings
 from server.engines.base import (
@@ -233,28 +238,38 @@ class AzureEngine:
             await self.start()
         self._running += 1
         try:
-            stream = await self._open_stream(request)
+            response = await self._open(request)
             try:
-                async for chunk in stream:
-                    mapped = map_chunk(chunk)
+                if request.stream:
+                    async for data in _sse_payloads(response):
+                        mapped = map_chunk(data)
+                        if mapped is not None:
+                            yield mapped
+                else:
+                    mapped = map_chunk(await _read(response))
                     if mapped is not None:
                         yield mapped
-            except openai.APIError as exc:
-                raise translate_error(exc) from exc
             finally:
-                await stream.close()  # also when the client went away: frees the Azure connection
+                await response.close()  # also when the client went away: frees the Azure connection
         finally:
             self._running -= 1
 
-    async def _open_stream(self, request: GenerationRequest) -> Any:
+    async def _open(self, request: GenerationRequest) -> AsyncAPIResponse[Any]:
+        """Send the request; the raw response comes back unread (status checked, 429s retried as Azure says).
+
+        ``with_streaming_response`` keeps the SDK's endpoint forms, auth and error classes, and skips its
+        per-chunk pydantic objects: the body is read here as plain JSON (a third of the SDK's cost per call).
+        """
         assert self._client is not None
         body = build_body(request, self.deployment)
         waited = 0.0
         for attempt in range(1, self.max_attempts + 1):
             try:
-                return await self._client.chat.completions.create(
+                opening = self._client.chat.completions.with_streaming_response.create(
                     **body, timeout=self._timeout_for(request), extra_headers=self._extra_headers()
                 )
+                # Entered by hand: the response outlives this call, and generate() closes it.
+                return await opening.__aenter__()
             except openai.RateLimitError as exc:
                 wait = retry_after_seconds(exc.response.headers)
                 wait = min(2.0 ** (attempt - 1), 8.0) if wait is None else wait
@@ -322,13 +337,12 @@ def _message(message: Message) -> dict[str, Any]:
 
 
 def build_body(request: GenerationRequest, model: str) -> dict[str, Any]:
-    """The chat-completions body; always streamed, with usage in the last chunk."""
+    """The chat-completions body: streamed (usage in the last chunk) when the caller streams, else whole."""
     sampling = request.sampling
     body: dict[str, Any] = {
         "model": model,
         "messages": [_message(m) for m in request.messages],
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream": request.stream,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
     }
@@ -345,42 +359,91 @@ def build_body(request: GenerationRequest, model: str) -> dict[str, Any]:
     if sampling.logprobs:
         optional["logprobs"] = True
         optional["top_logprobs"] = sampling.top_logprobs or None
+    if request.stream:
+        optional["stream_options"] = {"include_usage": True}
     body.update({key: value for key, value in optional.items() if value is not None})
     return body
 
 
-def map_chunk(chunk: Any) -> GenerationChunk | None:
-    """One SDK ChatCompletionChunk -> a GenerationChunk, or None for Azure's metadata-only chunks."""
-    out = GenerationChunk(model=getattr(chunk, "model", None) or None)
-    usage = getattr(chunk, "usage", None)
-    if usage is not None:
-        out.usage = Usage(prompt_tokens=usage.prompt_tokens or 0, completion_tokens=usage.completion_tokens or 0)
-    for choice in getattr(chunk, "choices", None) or []:
-        if getattr(choice, "index", 0) != 0:
+def map_chunk(data: dict[str, Any]) -> GenerationChunk | None:
+    """One chat-completion chunk, or a whole completion, as JSON -> a GenerationChunk.
+
+    None for Azure's metadata-only chunks (prompt filter results, the empty role delta).
+    """
+    out = GenerationChunk(model=data.get("model") or None)
+    usage = data.get("usage")
+    if usage:
+        out.usage = Usage(
+            prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0
+        )
+    for choice in data.get("choices") or []:
+        if choice.get("index", 0) != 0:
             continue
-        # Azure's content-filter annotation chunks carry no delta at all.
-        delta = getattr(choice, "delta", None)
-        if delta is not None:
-            out.text += getattr(delta, "content", None) or ""
-            for call in getattr(delta, "tool_calls", None) or []:
-                function = getattr(call, "function", None)
-                out.tool_calls.append(
-                    ToolCallDelta(
-                        index=call.index,
-                        id=call.id,
-                        name=getattr(function, "name", None),
-                        arguments=getattr(function, "arguments", None) or "",
-                    )
+        # A stream carries a "delta", a whole completion a "message"; filter annotations carry neither.
+        delta = choice.get("delta") or choice.get("message") or {}
+        out.text += delta.get("content") or ""
+        for position, call in enumerate(delta.get("tool_calls") or []):
+            function = call.get("function") or {}
+            out.tool_calls.append(
+                ToolCallDelta(
+                    index=call.get("index", position),
+                    id=call.get("id"),
+                    name=function.get("name"),
+                    arguments=function.get("arguments") or "",
                 )
-        logprobs = getattr(choice, "logprobs", None)
-        for item in getattr(logprobs, "content", None) or []:
-            out.logprobs.append(TokenLogprob(token=item.token, logprob=item.logprob))
-        finish = getattr(choice, "finish_reason", None)
+            )
+        for item in (choice.get("logprobs") or {}).get("content") or []:
+            out.logprobs.append(TokenLogprob(token=item["token"], logprob=item["logprob"]))
+        finish = choice.get("finish_reason")
         if finish:
             out.finish_reason = _FINISH.get(finish, "stop")
     if not (out.text or out.tool_calls or out.logprobs or out.finish_reason or out.usage):
         return None
     return out
+
+
+async def _sse_payloads(response: AsyncAPIResponse[Any]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON payload of each server-sent event up to ``[DONE]``; an ``error`` payload raises."""
+    data: list[str] = []
+    with _reading_errors():
+        async for line in response.iter_lines():
+            if line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+                continue
+            if line or not data:
+                continue  # event:, id:, comments; blank lines between events
+            payload, data = "\n".join(data), []
+            if payload == "[DONE]":
+                return
+            event = json.loads(payload)
+            if isinstance(event, dict) and event.get("error"):
+                error = event["error"] if isinstance(event["error"], dict) else {"message": str(event["error"])}
+                raise UpstreamError(
+                    f"Azure failed mid-answer: {error.get('message') or 'no message'}", code="azure_server_error"
+                )
+            yield event
+
+
+async def _read(response: AsyncAPIResponse[Any]) -> dict[str, Any]:
+    """A whole (non-streamed) completion as JSON."""
+    with _reading_errors():
+        completion = await response.json()
+    if not isinstance(completion, dict):
+        raise UpstreamError("unexpected answer from Azure: not a JSON object", code="azure_bad_response")
+    return completion
+
+
+@contextmanager
+def _reading_errors() -> Iterator[None]:
+    """Failures while the body is read (after the status line) -> the same errors as failures before it."""
+    try:
+        yield
+    except httpx2.TimeoutException as exc:
+        raise UpstreamError("Azure stopped answering mid-answer", code="azure_timeout", status_code=504) from exc
+    except (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream) as exc:
+        raise UpstreamError(f"cannot reach Azure: connection lost mid-answer ({exc!r})", code="azure_unreachable") from exc
+    except ValueError as exc:  # json.JSONDecodeError and undecodable text
+        raise UpstreamError(f"unexpected answer from Azure: {exc}", code="azure_bad_response") from exc
 
 
 def _error_fields(exc: openai.APIError) -> tuple[str | None, str]:

@@ -82,6 +82,9 @@ class GenerationRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     deadline: float | None = None  # time.monotonic() value after which the request is abandoned
+    # False: the caller needs only the whole answer, so an engine may produce it in one piece (Azure then asks
+    # for a non-streamed completion: one JSON body instead of an event per token).
+    stream: bool = True
 
     @property
     def image_count(self) -> int:

@@ -65,6 +65,7 @@ class Reply:
     prompt_tokens: int = 11
     delay_s: float = 0.0  # before the first byte
     fail_after_chunks: int | None = None  # cut the stream after this many content chunks
+    error_after_chunks: int | None = None  # send an `error` event (as OpenAI's servers do) after this many
 
 
 @dataclass
@@ -309,6 +310,10 @@ class FakeAzure:
         for n, word in enumerate(_words(reply.text) if reply.text else []):
             if reply.fail_after_chunks is not None and n >= reply.fail_after_chunks:
                 raise RuntimeError("fake Azure cut the stream")  # uvicorn drops the connection mid-body
+            if reply.error_after_chunks is not None and n >= reply.error_after_chunks:
+                yield event({"error": {"message": "The server had an error while processing your request.",
+                                       "type": "server_error", "code": None}})
+                return
             yield event(
                 chunk(
                     {

@@ -61,7 +61,9 @@ async def azure(fake: FakeAzure, **options: Any) -> AsyncIterator[AzureEngine]:
         await eng.stop()
 
 
-def _request(text: str = "hello", *, image: bool = False, logprobs: bool = False) -> GenerationRequest:
+def _request(
+    text: str = "hello", *, image: bool = False, logprobs: bool = False, stream: bool = True
+) -> GenerationRequest:
     content: list[TextPart | ImagePart] = [TextPart(text=text)]
     if image:
         buffer = io.BytesIO()
@@ -71,6 +73,7 @@ def _request(text: str = "hello", *, image: bool = False, logprobs: bool = False
         request_id="req-1",
         messages=[Message(role="system", content=[TextPart(text="be brief")]), Message(role="user", content=content)],
         sampling=SamplingParams(max_tokens=32, logprobs=logprobs),
+        stream=stream,
     )
 
 
@@ -227,6 +230,37 @@ async def test_tool_call_deltas_and_logprobs(fake: FakeAzure, sleeps: Sleeps) ->
         assert "".join(d.arguments for d in deltas) == '{"q": 1}'
         assert any(c.finish_reason == "tool_calls" for c in chunks)
         assert [lp.token for c in chunks for lp in c.logprobs] == ["ok"]
+
+
+async def test_whole_answer_asks_azure_for_one_completion(fake: FakeAzure) -> None:
+    """A caller that only needs the whole answer gets it from one non-streamed Azure call, in one chunk."""
+    async with azure(fake) as engine:
+        fake.script.append(Reply(text="one two three", model="gpt-4o-2024-11-20", prompt_tokens=7))
+        fake.script.append(Reply(text="", tool_call={"id": "call_9", "name": "lookup", "arguments": '{"q": 2}'}))
+        [answer] = await _run(engine, _request(logprobs=True, stream=False))
+        [called] = await _run(engine, _request(stream=False))
+    first, second = fake.requests
+    assert first.body["stream"] is False and "stream_options" not in first.body
+    assert answer.text == "one two three" and answer.finish_reason == "stop"
+    assert answer.model == "gpt-4o-2024-11-20"
+    assert answer.usage is not None and (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (7, 3)
+    assert [lp.token for lp in answer.logprobs] == ["one", " two", " three"]
+    assert second.body["stream"] is False
+    [call] = called.tool_calls
+    assert (call.index, call.id, call.name, call.arguments) == (0, "call_9", "lookup", '{"q": 2}')
+    assert called.finish_reason == "tool_calls" and called.text == ""
+
+
+async def test_error_event_mid_stream_is_an_upstream_error(fake: FakeAzure) -> None:
+    fake.script.append(Reply(text="one two three four", error_after_chunks=2))
+    seen: list[str] = []
+    async with azure(fake) as engine:
+        with pytest.raises(UpstreamError) as caught:
+            async for chunk in engine.generate(_request()):
+                seen.append(chunk.text)
+    assert seen == ["one", " two"]
+    assert caught.value.code == "azure_server_error"
+    assert "processing your request" in caught.value.message
 
 
 def test_retry_after_parsing() -> None:
