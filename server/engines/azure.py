@@ -87,6 +87,19 @@ def _base_url(endpoint: str, style: ApiStyle) -> str:
     return root.removesuffix("/openai")  # the SDK appends /openai/deployments/DEP
 
 
+def resolve_http_client(choice: str = "auto") -> Literal["aiohttp", "httpx"]:
+    """aiohttp when asked for or, with ``auto``, when installed; the SDK's httpx client otherwise."""
+    if choice == "httpx":
+        return "httpx"
+    try:
+        import aiohttp  # noqa: F401  # the SDK's aiohttp client needs it
+    except ImportError:
+        if choice == "aiohttp":
+            raise ValueError("MSSERVE_AZURE_HTTP_CLIENT=aiohttp needs the aiohttp package (pip install aiohttp)")
+        return "httpx"
+    return "aiohttp"
+
+
 def entra_token_provider(scope: str = ENTRA_SCOPE) -> TokenProvider:
     """A bearer-token provider from azure-identity's DefaultAzureCredential (optional dependency)."""
     try:
@@ -136,6 +149,7 @@ class AzureEngine:
         timeout_s: float = 60.0,
         max_attempts: int = 3,
         max_retry_wait_s: float = 10.0,
+        http_client: str = "auto",
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -153,6 +167,7 @@ class AzureEngine:
         self.timeout_s = timeout_s
         self.max_attempts = max(1, max_attempts)
         self.max_retry_wait_s = max_retry_wait_s
+        self.http_client = resolve_http_client(http_client)
         self._sleep = sleep
         self._clock = clock
         self._client: AsyncOpenAI | None = None
@@ -174,6 +189,7 @@ class AzureEngine:
             "timeout_s": settings.azure_timeout_s,
             "max_attempts": settings.azure_max_attempts,
             "max_retry_wait_s": settings.azure_max_retry_wait_s,
+            "http_client": settings.azure_http_client,
         }
         if settings.azure_auth == "entra":
             options["token_provider"] = entra_token_provider()
@@ -185,6 +201,8 @@ class AzureEngine:
     # -- lifecycle -------------------------------------------------------------------------------------------
     def _make_client(self) -> AsyncOpenAI:
         common: dict[str, Any] = {"max_retries": 0, "timeout": self.timeout_s}  # retries are ours (429 policy)
+        if self.http_client == "aiohttp":
+            common["http_client"] = openai.DefaultAioHttpClient(timeout=self.timeout_s)
         if self.style == "deployments":
             auth: dict[str, Any] = (
                 {"api_key": self._api_key} if self._api_key else {"azure_ad_token_provider": self._token_provider}
@@ -439,11 +457,41 @@ def _reading_errors() -> Iterator[None]:
     try:
         yield
     except httpx2.TimeoutException as exc:
+        if _connection_failed(exc):
+            raise UpstreamError(f"lost Azure mid-answer: {_root_cause(exc)}", code="azure_unreachable") from exc
         raise UpstreamError("Azure stopped answering mid-answer", code="azure_timeout", status_code=504) from exc
     except (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream) as exc:
         raise UpstreamError(f"cannot reach Azure: connection lost mid-answer ({exc!r})", code="azure_unreachable") from exc
     except ValueError as exc:  # json.JSONDecodeError and undecodable text
         raise UpstreamError(f"unexpected answer from Azure: {exc}", code="azure_bad_response") from exc
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _root_cause(exc: BaseException) -> str:
+    *_, root = _causes(exc)
+    return str(root) or type(root).__name__
+
+
+def _connection_failed(exc: BaseException) -> bool:
+    """A "timeout" that was really a refused or dropped connection.
+
+    The SDK's aiohttp adapter reports every aiohttp connection error as a connect timeout; the cause chain
+    still holds the original error.
+    """
+    try:
+        from aiohttp import ClientConnectionError
+    except ImportError:  # pragma: no cover - aiohttp is a dependency; httpx errors are classified right
+        return False
+    return any(
+        isinstance(cause, (ClientConnectionError, ConnectionError)) and not isinstance(cause, TimeoutError)
+        for cause in _causes(exc)
+    )
 
 
 def _error_fields(exc: openai.APIError) -> tuple[str | None, str]:
@@ -457,10 +505,10 @@ def _error_fields(exc: openai.APIError) -> tuple[str | None, str]:
 def translate_error(exc: openai.APIError) -> MSServeError:
     """The one place where openai SDK errors become server errors."""
     code, message = _error_fields(exc)
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _connection_failed(exc):
         return UpstreamError("Azure did not answer in time", code="azure_timeout", status_code=504)
     if isinstance(exc, openai.APIConnectionError):
-        return UpstreamError(f"cannot reach Azure: {exc.message}", code="azure_unreachable")
+        return UpstreamError(f"cannot reach Azure: {_root_cause(exc)}", code="azure_unreachable")
     if not isinstance(exc, openai.APIStatusError):
         return UpstreamError(f"unexpected answer from Azure: {exc.message}", code="azure_bad_response")
     status = exc.status_code

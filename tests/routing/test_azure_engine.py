@@ -35,6 +35,17 @@ def _reset(fake: FakeAzure) -> None:
     fake.reset()
 
 
+# Every test runs with both HTTP clients the engine can put under the openai SDK: errors surface differently.
+_CLIENT = {"kind": "auto"}
+
+
+@pytest.fixture(autouse=True, params=["aiohttp", "httpx"])
+def http_client(request: pytest.FixtureRequest) -> Iterator[str]:
+    _CLIENT["kind"] = request.param
+    yield request.param
+    _CLIENT["kind"] = "auto"
+
+
 class Sleeps:
     """An injected sleep: records what the engine was told to wait, without waiting."""
 
@@ -53,7 +64,13 @@ def sleeps() -> Sleeps:
 @asynccontextmanager
 async def azure(fake: FakeAzure, **options: Any) -> AsyncIterator[AzureEngine]:
     """An engine on the test's own event loop, closed afterwards."""
-    options = {"endpoint": fake.endpoint, "deployment": "gpt-4o", "api_key": KEY, **options}
+    options = {
+        "endpoint": fake.endpoint,
+        "deployment": "gpt-4o",
+        "api_key": KEY,
+        "http_client": _CLIENT["kind"],
+        **options,
+    }
     eng = AzureEngine(**options)
     try:
         yield eng
