@@ -28,7 +28,7 @@ from typing import Any, Literal
 import anyio
 import httpx2  # the openai SDK's HTTP client: its errors surface while a response body is read
 import openai
-from openai import AsyncAPIResponse, AsyncAzureOpenAI, AsyncOpenAI, Omit
+from openai import AsyncAzureOpenAI, AsyncOpenAI, Omit
 
 from server.config import Settings
 from server.engines.base import (
@@ -228,10 +228,10 @@ class AzureEngine:
             base_url=_base_url(self.endpoint, self.style), api_key=self._token_provider, default_query=query, **common
         )
 
-    def _extra_headers(self) -> dict[str, Any] | None:
+    def _extra_headers(self) -> dict[str, Any]:
         if self.style != "deployments" and self._api_key:
             return {"Authorization": Omit()}
-        return None
+        return {}
 
     async def start(self) -> None:
         if self._client is None:
@@ -268,26 +268,26 @@ class AzureEngine:
                     if mapped is not None:
                         yield mapped
             finally:
-                await response.close()  # also when the client went away: frees the Azure connection
+                await response.aclose()  # also when the client went away: frees the Azure connection
         finally:
             self._running -= 1
 
-    async def _open(self, request: GenerationRequest) -> AsyncAPIResponse[Any]:
-        """Send the request; the raw response comes back unread (status checked, 429s retried as Azure says).
+    async def _open(self, request: GenerationRequest) -> httpx2.Response:
+        """Send the request; the response comes back unread (status checked, 429s retried as Azure says).
 
-        ``with_streaming_response`` keeps the SDK's endpoint forms, auth and error classes, and skips its
-        per-chunk pydantic objects: the body is read here as plain JSON (a third of the SDK's cost per call).
+        ``client.post`` (the SDK's documented way to a raw response) keeps the SDK's endpoint forms, auth and
+        error classes, and skips what this server does not need from it: a typed walk over the body (our body
+        is plain JSON already) and a pydantic object per streamed chunk (we read the JSON as it comes).
         """
         assert self._client is not None
         body = build_body(request, self.deployment)
         waited = 0.0
         for attempt in range(1, self.max_attempts + 1):
+            options: dict[str, Any] = {"timeout": self._timeout_for(request), "headers": self._extra_headers()}
             try:
-                opening = self._client.chat.completions.with_streaming_response.create(
-                    **body, timeout=self._timeout_for(request), extra_headers=self._extra_headers()
+                return await self._client.post(
+                    "/chat/completions", body=body, cast_to=httpx2.Response, options=options, stream=True
                 )
-                # Entered by hand: the response outlives this call, and generate() closes it.
-                return await opening.__aenter__()
             except openai.RateLimitError as exc:
                 wait = retry_after_seconds(exc.response.headers)
                 wait = min(2.0 ** (attempt - 1), 8.0) if wait is None else wait
@@ -420,11 +420,11 @@ def map_chunk(data: dict[str, Any]) -> GenerationChunk | None:
     return out
 
 
-async def _sse_payloads(response: AsyncAPIResponse[Any]) -> AsyncIterator[dict[str, Any]]:
+async def _sse_payloads(response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:
     """The JSON payload of each server-sent event up to ``[DONE]``; an ``error`` payload raises."""
     data: list[str] = []
     with _reading_errors():
-        async for line in response.iter_lines():
+        async for line in response.aiter_lines():
             if line.startswith("data:"):
                 data.append(line[5:].removeprefix(" "))
                 continue
@@ -442,10 +442,10 @@ async def _sse_payloads(response: AsyncAPIResponse[Any]) -> AsyncIterator[dict[s
             yield event
 
 
-async def _read(response: AsyncAPIResponse[Any]) -> dict[str, Any]:
+async def _read(response: httpx2.Response) -> dict[str, Any]:
     """A whole (non-streamed) completion as JSON."""
     with _reading_errors():
-        completion = await response.json()
+        completion = json.loads(await response.aread())
     if not isinstance(completion, dict):
         raise UpstreamError("unexpected answer from Azure: not a JSON object", code="azure_bad_response")
     return completion
