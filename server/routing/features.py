@@ -1,7 +1,8 @@
 """Features of a request that say how hard it is: text shape, code, math, reasoning cues, turns, images, tools.
 
-One pass over the text, a handful of compiled regexes and one dict lookup per word keep this well under a
-millisecond for an 8k-character prompt. The same function feeds training (scripts/train_router.py) and serving,
+Everything per character runs in C (str.split, Counter, bytes.translate on a symbol skeleton; regexes only where
+a cheap hint says they can match), which keeps an 8k-character prompt at a few tenths of a millisecond, ASCII or
+not. tests/routing/test_route_features_exact.py holds the plain definitions these values must equal. The same function feeds training (scripts/train_router.py) and serving,
 so the model sees at run time exactly what it saw when it learned.
 """
 
@@ -11,6 +12,7 @@ import math
 import re
 import string
 from collections import Counter
+from collections.abc import Set
 from dataclasses import dataclass, field
 
 from server.engines.base import GenerationRequest, ImagePart, TextPart
@@ -61,20 +63,52 @@ CODE_WORDS = frozenset(
     "python javascript typescript java rust golang sql bash regex api json html css bug compile compiler "
     "stack traceback exception algorithm recursion runtime".split()
 )
+_CUES = (
+    ("reasoning", REASONING_CUES),
+    ("constraints", CONSTRAINT_CUES),
+    ("negation", NEGATION_CUES),
+    ("math", MATH_WORDS),
+    ("code", CODE_WORDS),
+)
 
 # Words: punctuation and digits become spaces, then str.split (C speed; a \w regex is several times slower).
-_SEPARATORS = str.maketrans(dict.fromkeys(string.punctuation + string.digits + "“”‘’—–…«»¿¡·•", " "))
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
-# The regex above only runs on the digit-bearing stretches of the text, found at C speed: a regex scan of
-# every position of an 8k-character prompt costs more than the rest of the features together.
-_NOT_NUMBER = bytes(b if chr(b) in "0123456789.," else 32 for b in range(256))
+_NON_ASCII_SEPARATORS = "“”‘’—–…«»¿¡·•"
+_SEPARATORS = str.maketrans(dict.fromkeys(string.punctuation + string.digits + _NON_ASCII_SEPARATORS, " "))
+# The same on UTF-8 bytes: str.translate leaves its fast path at the first non-ASCII character (one curly quote
+# makes an 8k prompt take 1.5 ms); bytes.translate never does, and bytes >= 128 (UTF-8 sequences) pass unchanged.
+_ASCII_SEPARATORS = bytes(32 if chr(b) in string.punctuation + string.digits else b for b in range(256))
 _CHOICE_MARKS = tuple(f"{letter}{mark}" for letter in "ABCD" for mark in ".)")
-# Substring counts (str.count runs in C, far faster than one regex with many alternatives).
 _CODE_MARKS = ("```", "=>", "->", "::", "==", "!=", "()", ";\n", "{\n", "</")
 _MATH_MARKS = ("\\frac", "\\sum", "\\int", "\\sqrt", "\\cdot", "\\times", "$$", "∑", "∫", "√", "≤", "≥", "≠", "±", "π")
-_ASCII_MATH_MARKS = tuple(mark for mark in _MATH_MARKS if mark.isascii())
+_MATH_MARK_BYTES = tuple(mark.encode() for mark in _MATH_MARKS)
+_PLAIN_MATH_MARK_BYTES = tuple(mark for mark in _MATH_MARK_BYTES if not mark.startswith(b"\\"))  # no LaTeX
+_ASCII_MATH_MARK_BYTES = tuple(mark for mark in _MATH_MARK_BYTES if mark.isascii())
+_PLAIN_ASCII_MATH_MARK_BYTES = tuple(mark for mark in _PLAIN_MATH_MARK_BYTES if mark.isascii())
 _MATH_SYNTAX = re.compile(r"\d\s?[-+*/^=<>]\s?\d")
 _CHOICE = re.compile(r"^\s*\(?[A-D][.)]\s", re.MULTILINE)
+
+# The symbol skeleton. Ten str.count scans and a regex tried at every position of an 8k-character prompt cost
+# more than all the word features together, so the code, number and choice-mark counts run on a skeleton of the
+# UTF-8 text: the bytes they look at (digits, ".,", operators, code punctuation, "A-D") kept one for one,
+# a newline written "|", anything else a space; split() then leaves a few short runs. Every mark and number lies
+# inside one run, so counts on the runs joined by spaces equal counts on the text.
+_KEPT = string.digits + ".,-+*/^=<>`:!();{ABCD"
+_SKELETON = bytes(b if chr(b) in _KEPT else ord("|") if b == 10 else 32 for b in range(256))
+_SKELETON_CODE_MARKS = tuple(mark.replace("\n", "|").encode() for mark in _CODE_MARKS)
+_SKELETON_CHOICE_MARKS = tuple(mark.encode() for mark in _CHOICE_MARKS)
+_SKELETON_NUMBER = re.compile(rb"\d+(?:[.,]\d+)?")  # numbers: ASCII digits only (non-ASCII ones never counted)
+# _MATH_SYNTAX's regex tried at every position costs ~0.1 ms on 8k characters, and most prompts have no match.
+# A match is still there, as this hint, once everything but digits, operators, whitespace ("_") and non-ASCII
+# UTF-8 bytes ("u": they may be digits or spaces to \d and \s) is deleted; without the hint the count is 0 and the
+# regex is skipped. (Deleted letters can only make the hint fire where the regex then finds nothing.)
+_MATH_OPERATORS = "-+*/^=<>"
+_MATH_SHAPE = bytes(
+    b if chr(b) in string.digits + _MATH_OPERATORS else ord("u") if b >= 128 else ord("_") for b in range(256)
+)
+_MATH_SHAPE_DROP = bytes(
+    b for b in range(128) if chr(b) not in string.digits + _MATH_OPERATORS and not chr(b).isspace()
+)
+_MATH_SYNTAX_HINT = re.compile(rb"(?:\d|u+)(?:_|u+)?[-+*/^=<>](?:_|u+)?(?:\d|u+)")
 
 
 @dataclass(frozen=True)
@@ -82,7 +116,7 @@ class Features:
     """Dense feature values (by name), the words the vocabulary part of the model looks at, and raw counts."""
 
     values: dict[str, float]
-    words: frozenset[str]
+    words: Set[str]  # distinct words of the last user turn
     counts: dict[str, int] = field(default_factory=dict)  # raw counts, for reasons people read
 
     def vector(self) -> list[float]:
@@ -93,15 +127,29 @@ def _log1p(count: int) -> float:
     return math.log1p(count)
 
 
-def _math_marks(text: str) -> tuple[str, ...]:
-    """The math marks worth counting: skip the non-ASCII symbols in ASCII text, LaTeX without a backslash."""
-    marks = _MATH_MARKS if not text.isascii() else _ASCII_MATH_MARKS
-    return marks if "\\" in text else tuple(mark for mark in marks if not mark.startswith("\\"))
+def _math_marks(text: str) -> tuple[bytes, ...]:
+    """The math marks worth counting (UTF-8): skip the non-ASCII symbols in ASCII text, LaTeX without a backslash."""
+    if text.isascii():
+        return _ASCII_MATH_MARK_BYTES if "\\" in text else _PLAIN_ASCII_MATH_MARK_BYTES
+    return _MATH_MARK_BYTES if "\\" in text else _PLAIN_MATH_MARK_BYTES
 
 
-def _number_runs(text: str) -> list[str]:
-    """Stretches of digits, dots and commas (ASCII digits only, like the regex's matches in practice)."""
-    return [run for run in text.encode("ascii", "replace").translate(_NOT_NUMBER).decode().split() if run.strip(".,")]
+def _skeleton(encoded: bytes) -> bytes:
+    """The symbol skeleton of UTF-8 text (see _SKELETON): its runs of kept bytes, joined by spaces."""
+    return b" ".join(encoded.translate(_SKELETON).split())
+
+
+def _separate(lowered: str) -> str:
+    """``lowered.translate(_SEPARATORS)``, in C speed for any text."""
+    for mark in _NON_ASCII_SEPARATORS:
+        if mark in lowered:
+            lowered = lowered.replace(mark, " ")
+    # surrogatepass: a lone surrogate (valid in a JSON string) goes through unchanged, as with str.translate.
+    return lowered.encode("utf-8", "surrogatepass").translate(_ASCII_SEPARATORS).decode("utf-8", "surrogatepass")
+
+
+def _long_words(bag: Counter[str]) -> int:
+    return sum(n for word, n in bag.items() if len(word) >= 10)
 
 
 def text_features(
@@ -109,29 +157,28 @@ def text_features(
 ) -> Features:
     """Features from the user/assistant texts (last one is the current ask) and the request's shape."""
     last = texts[-1] if texts else ""
-    whole = "\n".join(texts)
+    whole_chars = sum(map(len, texts)) + max(0, len(texts) - 1)  # texts joined by newlines
     lowered = last.lower()
-    words = lowered.translate(_SEPARATORS).split()
+    spaced = lowered.translate(_SEPARATORS) if lowered.isascii() else _separate(lowered)
+    words = spaced.split()
     bag = Counter(words)
     unique = bag.keys()
-    cues = {
-        name: sum(bag[word] for word in unique & vocabulary)
-        for name, vocabulary in (
-            ("reasoning", REASONING_CUES),
-            ("constraints", CONSTRAINT_CUES),
-            ("negation", NEGATION_CUES),
-            ("math", MATH_WORDS),
-            ("code", CODE_WORDS),
-        )
-    }
-    long_words = sum(n for word, n in bag.items() if len(word) >= 10)
-    code = cues["code"] + sum(last.count(mark) for mark in _CODE_MARKS)
-    maths = cues["math"] + len(_MATH_SYNTAX.findall(last)) + sum(last.count(mark) for mark in _math_marks(last))
-    numbers = len(_NUMBER.findall(" ".join(_number_runs(last))))  # spaces keep matches inside one run
-    letters = len("".join(words)) or 1
-    non_ascii = 0 if lowered.isascii() else sum(len(w) * n for w, n in bag.items() if not w.isascii())
+    cues = {name: sum(bag[word] for word in unique & vocabulary) for name, vocabulary in _CUES}
+    # UTF-8: multi-byte characters become spaces in the skeleton, and a character count equals its bytes' count.
+    encoded = last.encode("utf-8", "surrogatepass")
+    skeleton = _skeleton(encoded)
+    code = cues["code"] + sum(skeleton.count(mark) for mark in _SKELETON_CODE_MARKS)
+    hint = _MATH_SYNTAX_HINT.search(encoded.translate(_MATH_SHAPE, _MATH_SHAPE_DROP))
+    math_syntax = len(_MATH_SYNTAX.findall(last)) if hint else 0
+    maths = cues["math"] + math_syntax + sum(encoded.count(mark) for mark in _math_marks(last))
+    numbers = len(_SKELETON_NUMBER.findall(skeleton))
+    # Words are ASCII when the separators left no other byte: no letters outside ASCII, and no need to count them.
+    non_ascii = 0.0
+    if not spaced.isascii():
+        letters = len("".join(words)) or 1
+        non_ascii = sum(len(w) * n for w, n in bag.items() if not w.isascii()) / letters
     counts = {
-        "chars": len(whole),
+        "chars": whole_chars,
         "last_chars": len(last),
         "code": code,
         "math": maths,
@@ -145,7 +192,7 @@ def text_features(
         "tools": tools,
     }
     values = {
-        "chars_log": _log1p(len(whole)),
+        "chars_log": _log1p(whole_chars),
         "last_user_chars_log": _log1p(len(last)),
         "lines_log": _log1p(last.count("\n") + 1 if last else 0),
         "turns": float(min(counts["turns"], 10)),
@@ -157,15 +204,17 @@ def text_features(
         "constraints": _log1p(cues["constraints"]),
         "negation": _log1p(cues["negation"]),
         "questions": _log1p(counts["questions"]),
-        "choices": float(any(mark in last for mark in _CHOICE_MARKS) and len(_CHOICE.findall(last)) >= 2),
-        "long_words": long_words / len(words) if words else 0.0,
-        "non_ascii": non_ascii / letters,
+        # The regex only runs when a mark is there (almost only on multiple-choice prompts).
+        "choices": float(any(mark in skeleton for mark in _SKELETON_CHOICE_MARKS) and len(_CHOICE.findall(last)) >= 2),
+        "long_words": _long_words(bag) / len(words) if words else 0.0,
+        "non_ascii": non_ascii,
         "images_log": _log1p(images),
         "tools_log": _log1p(tools),
         "structured_output": float(structured),
         "long_output": 0.0,
     }
-    return Features(values=values, words=frozenset(unique), counts=counts)
+    # The Counter's key view is the set of words (no copy into a frozenset: the model only tests membership).
+    return Features(values=values, words=unique, counts=counts)
 
 
 def extract(request: GenerationRequest) -> Features:

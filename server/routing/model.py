@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -43,12 +44,15 @@ class Weights(BaseModel):
     training: dict[str, object] = Field(default_factory=dict)
 
 
-class Scored(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One request's score and what made it (a plain dataclass: built on every request, no validation needed)."""
+
     score: float
     logit: float
     contributions: dict[str, float]  # per dense feature, plus "wording" for the vocabulary part
-    top_words: list[str] = Field(default_factory=list)  # vocabulary words with the largest push, in its direction
-    above_mean: set[str] = Field(default_factory=set)  # dense features above their training mean (for wording)
+    top_words: list[str] = field(default_factory=list)  # vocabulary words with the largest push, in its direction
+    above_mean: set[str] = field(default_factory=set)  # dense features above their training mean (for wording)
 
 
 class RouterModel:
@@ -63,6 +67,7 @@ class RouterModel:
             for name, f in ((n, weights.features[n]) for n in FEATURE_NAMES)
         ]
         self._vocab = weights.vocabulary
+        self._vocab_words = frozenset(weights.vocabulary)
 
     @classmethod
     def load(cls, path: Path) -> RouterModel:
@@ -79,7 +84,8 @@ class RouterModel:
     def score(self, features: Features) -> Scored:
         values = features.values
         contributions = {name: w * (values[name] - mean) for name, w, mean in self._dense}
-        hits = [(word, self._vocab[word]) for word in features.words if word in self._vocab]
+        # One set intersection in C instead of a dict lookup per distinct word; sorted so the sum is reproducible.
+        hits = [(word, self._vocab[word]) for word in sorted(self._vocab_words.intersection(features.words))]
         wording = sum(weight for _, weight in hits)
         if hits and self.weights.vocabulary_norm == "sqrt":
             wording /= math.sqrt(len(hits))
