@@ -277,7 +277,7 @@ class Dispatcher:
                 tier="azure",
                 score=decision.score,
                 reason=f"local unavailable ({exc.code}); escalated",
-                reason_class="failover",
+                reason_class="overload",  # counted with the queue-depth escalations, as escalations_overload is
             )
             return await self._forced_azure(request, up)
         return self._routed(decision, self.local, first, rest, "local")

@@ -199,6 +199,7 @@ async def test_local_refusal_escalates_in_auto_but_not_when_forced(fake: FakeAzu
             await d.dispatch(_request("easy"), "local", stream=True)
     assert routed.decision.tier == "azure"
     assert routed.decision.reason == "local unavailable (engine_down); escalated"
+    assert routed.decision.reason_class == "overload"
 
 
 async def test_route_overrides(fake: FakeAzure) -> None:
