@@ -374,18 +374,23 @@ def _logprobs(completion: Any) -> list[TokenLogprob]:
 
 
 async def _until(stream: AsyncIterator[Any], deadline: float | None) -> AsyncIterator[Any]:
-    """Iterate ``stream`` until ``deadline`` (a time.monotonic() value); TimeoutError past it."""
+    """Iterate ``stream`` until ``deadline`` (a time.monotonic() value); TimeoutError past it.
+
+    A timeout scope around each ``__anext__``, never around the ``yield``: a scope left open across a yield
+    would cancel the consumer's task wherever it happens to be. ``asyncio.timeout_at`` is a timer handle per
+    token; ``asyncio.wait_for`` (Python 3.11) made a task per token, one more event-loop pass for each.
+    """
     if deadline is None:
         async for item in stream:
             yield item
         return
+    loop = asyncio.get_running_loop()
+    at = loop.time() + (deadline - time.monotonic())  # the loop's clock may not be time.monotonic()
     iterator = stream.__aiter__()
     while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
         try:
-            item = await asyncio.wait_for(iterator.__anext__(), remaining)
+            async with asyncio.timeout_at(at):
+                item = await iterator.__anext__()
         except StopAsyncIteration:
             return
         yield item

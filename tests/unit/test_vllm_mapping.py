@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
 import pytest
 from PIL import Image
 
@@ -9,6 +13,7 @@ from server.config import Settings, load_profile
 from server.engines.base import GenerationRequest, ImagePart, Message, SamplingParams, TextPart, ToolCall
 from server.engines.vllm import (
     VLLMEngine,
+    _until,
     engine_args,
     finish_reason,
     max_new_tokens,
@@ -101,3 +106,33 @@ def test_openai_tool_call_ids_become_mistral_ids() -> None:
     assert mistral_call_id("call_abc123XYZ789") == "123XYZ789"
     assert mistral_call_id("a1b2c3d4e") == "a1b2c3d4e"
     assert len(mistral_call_id("x")) == 9
+
+
+async def _ticks(count: int, every_s: float) -> AsyncIterator[int]:
+    for n in range(count):
+        await asyncio.sleep(every_s)
+        yield n
+
+
+async def test_until_passes_a_stream_through_before_its_deadline() -> None:
+    assert [n async for n in _until(_ticks(3, 0.0), time.monotonic() + 30)] == [0, 1, 2]
+    assert [n async for n in _until(_ticks(3, 0.0), None)] == [0, 1, 2]
+
+
+async def test_until_stops_a_stalled_stream_at_the_deadline() -> None:
+    seen: list[int] = []
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async for n in _until(_ticks(100, 0.05), started + 0.12):
+            seen.append(n)
+    assert seen == [0, 1]  # the third tick would come at 0.15 s, after the deadline
+    assert time.monotonic() - started < 5  # cut at the deadline, not after the stream's 5 s
+
+
+async def test_until_never_cancels_the_consumer_between_items() -> None:
+    """A consumer busy past the deadline is not cancelled mid-work; the next item then times out."""
+    iterator = _until(_ticks(10, 0.0), time.monotonic() + 0.05)
+    assert await anext(iterator) == 0
+    await asyncio.sleep(0.1)  # the consumer's own work outlives the deadline: it must finish undisturbed
+    with pytest.raises(TimeoutError):
+        await anext(iterator)
