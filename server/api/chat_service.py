@@ -221,8 +221,10 @@ async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[b
             payload["usage"] = None
         return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
+    # Frames produced back to back go out in one body message (one socket write): the role frame with the
+    # first delta, a finish frame with its delta, the usage frame with [DONE]. The bytes are the same.
+    pending = [frame({"role": "assistant", "content": "", "refusal": None})]
     try:
-        yield frame({"role": "assistant", "content": "", "refusal": None})
         chunk: GenerationChunk | None = routed.first
         rest = routed.rest
         while chunk is not None:
@@ -239,11 +241,14 @@ async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[b
                 else None
             )
             if delta or logprobs:
-                yield frame(delta, logprobs=logprobs)
+                pending.append(frame(delta, logprobs=logprobs))
             if chunk.usage:
                 usage = chunk.usage
             if chunk.finish_reason:
-                yield frame({}, finish=chunk.finish_reason)
+                pending.append(frame({}, finish=chunk.finish_reason))
+            if pending:
+                yield b"".join(pending)  # before waiting for the next chunk: the client has this one now
+                pending = []
             chunk = await anext(rest, None)
         if include_usage:
             payload = {
@@ -255,8 +260,8 @@ async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[b
                     "total_tokens": usage.total_tokens,
                 },
             }
-            yield b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-        yield DONE
+            pending.append(b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+        yield b"".join([*pending, DONE])
     except MSServeError as exc:
         yield error_event(exc)
         yield DONE
