@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # Request limits
     max_request_bytes: int = 32 * 1024 * 1024
     max_queue: int = 64  # requests waiting for the local engine beyond those running
+    # vLLM: exact running/waiting counts from the scheduler's per-step stats. Off: in-flight requests split at
+    # max_num_seqs (what the scheduler batches), saving the stats work on every engine step (a few % of CPU).
+    vllm_scheduler_stats: bool = False
     request_timeout_s: float = 600.0
     exit_on_engine_failure: bool = True  # engine failed to load: stop the process (false: stay up, /ready 503)
     default_max_tokens: int | None = None  # None: what the context window leaves

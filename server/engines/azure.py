@@ -95,7 +95,9 @@ def resolve_http_client(choice: str = "auto") -> Literal["aiohttp", "httpx"]:
         import aiohttp  # noqa: F401  # the SDK's aiohttp client needs it
     except ImportError:
         if choice == "aiohttp":
-            raise ValueError("MSSERVE_AZURE_HTTP_CLIENT=aiohttp needs the aiohttp package (pip install aiohttp)")
+            raise ValueError(
+                "MSSERVE_AZURE_HTTP_CLIENT=aiohttp needs the aiohttp package (pip install aiohttp)"
+            ) from None
         return "httpx"
     return "aiohttp"
 
@@ -283,7 +285,7 @@ class AzureEngine:
         body = build_body(request, self.deployment)
         waited = 0.0
         for attempt in range(1, self.max_attempts + 1):
-            options: dict[str, Any] = {"timeout": self._timeout_for(request), "headers": self._extra_headers()}
+            options: Any = {"timeout": self._timeout_for(request), "headers": self._extra_headers()}  # RequestOptions
             try:
                 return await self._client.post(
                     "/chat/completions", body=body, cast_to=httpx2.Response, options=options, stream=True
@@ -461,7 +463,9 @@ def _reading_errors() -> Iterator[None]:
             raise UpstreamError(f"lost Azure mid-answer: {_root_cause(exc)}", code="azure_unreachable") from exc
         raise UpstreamError("Azure stopped answering mid-answer", code="azure_timeout", status_code=504) from exc
     except (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream) as exc:
-        raise UpstreamError(f"cannot reach Azure: connection lost mid-answer ({exc!r})", code="azure_unreachable") from exc
+        raise UpstreamError(
+            f"cannot reach Azure: connection lost mid-answer ({exc!r})", code="azure_unreachable"
+        ) from exc
     except ValueError as exc:  # json.JSONDecodeError and undecodable text
         raise UpstreamError(f"unexpected answer from Azure: {exc}", code="azure_bad_response") from exc
 

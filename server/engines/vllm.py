@@ -110,7 +110,10 @@ class VLLMEngine:
             kwargs["structured_outputs_config"] = StructuredOutputsConfig(**kwargs["structured_outputs_config"])
         args = AsyncEngineArgs(**kwargs)
         started = time.monotonic()
-        llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.factory()])
+        # Without a stat logger (and with disable_log_stats) neither the engine core nor the output processor
+        # computes per-step statistics, and vLLM adds no Prometheus logger of its own.
+        loggers = [self._stats.factory()] if self.settings.vllm_scheduler_stats else None
+        llm = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
         log.info("vLLM loaded %s on %s in %.1fs", self.name, "cuda" if cuda else "cpu", time.monotonic() - started)
         return llm
 
@@ -128,7 +131,9 @@ class VLLMEngine:
         )
 
     def _counts(self) -> tuple[int, int]:
-        """(running, waiting): vLLM's unfinished requests, split by its scheduler's last waiting count.
+        """(running, waiting): vLLM's unfinished requests, split by the scheduler's last waiting count, or, without
+        scheduler stats (the default), at max_num_seqs: the scheduler runs up to that many at once (fewer only when
+        the KV cache is short, which this estimate does not see).
 
         The scheduler stats only refresh when the engine steps, so after the last request leaves
         they may be stale; the frontend's unfinished count is always current.
@@ -136,7 +141,10 @@ class VLLMEngine:
         if self._llm is None:
             return 0, 0
         unfinished = int(self._llm.get_num_unfinished_requests())
-        waiting = min(self._stats.waiting, unfinished)
+        if self.settings.vllm_scheduler_stats:
+            waiting = min(self._stats.waiting, unfinished)
+        else:
+            waiting = max(0, unfinished - self._max_num_seqs())
         return unfinished - waiting, waiting
 
     # -- generation ------------------------------------------------------------------------------
@@ -229,6 +237,10 @@ class VLLMEngine:
         return SamplingParams(output_kind=RequestOutputKind.DELTA, **kwargs)
 
     def _max_num_seqs(self) -> int:
+        """The scheduler's batch size: what vLLM resolved once loaded, else the profile's (or vLLM's CPU default)."""
+        config = getattr(self._llm, "vllm_config", None)
+        if config is not None:
+            return int(config.scheduler_config.max_num_seqs)
         return int(self.profile.engine_options.get("max_num_seqs") or 256)
 
 
@@ -252,7 +264,7 @@ def engine_args(profile: ModelProfile, model_dir: Path) -> dict[str, Any]:
         "served_model_name": profile.model_name,
         "max_model_len": profile.max_model_len,
         "dtype": profile.dtype,
-        "disable_log_stats": True,  # our stat logger still records; vLLM's periodic log lines stay off
+        "disable_log_stats": True,  # vLLM's periodic log lines stay off; our stat logger records if asked for
     }
     if profile.quantization:
         args["quantization"] = profile.quantization

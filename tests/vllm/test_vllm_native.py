@@ -12,11 +12,13 @@ import json
 import subprocess
 import sys
 
+import httpx
 import pytest
 
-from tests.conftest import REPO, start_server, stop_server
+from tests.conftest import REPO, LiveServer, start_server, stop_server
 from tests.images import png_url
 from tests.vllm.conftest import READY_TIMEOUT_S
+from tests.vllm.test_vllm_engine import engine_block, wait_idle
 
 MODEL = "tiny-mistral3-native"
 HF_MODEL = "tiny-mistral3"
@@ -42,18 +44,24 @@ pytestmark = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")
-def native_client(vllm_stack: None, tiny_model: object, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from openai import OpenAI
-
+def native_server(vllm_stack: None, tiny_model: object, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     # Rebuilds the native folder when the recipe changed (the server only builds a missing folder).
     subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--format", "mistral"], check=True)
-    server = start_server(tmp_path_factory.mktemp("vllm-native"), profile="tiny-mistral3-vllm-native",
-                          ready_timeout=READY_TIMEOUT_S)
+    # This server also takes its running/waiting counts from vLLM's scheduler stats (the HF one estimates them).
+    server = start_server(tmp_path_factory.mktemp("vllm-native"), {"MSSERVE_VLLM_SCHEDULER_STATS": "true"},
+                          profile="tiny-mistral3-vllm-native", ready_timeout=READY_TIMEOUT_S)
     try:
-        with OpenAI(base_url=server.v1, api_key="not-needed", max_retries=0, timeout=300) as client:
-            yield client
+        yield server
     finally:
         stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def native_client(native_server: LiveServer):  # type: ignore[no-untyped-def]
+    from openai import OpenAI
+
+    with OpenAI(base_url=native_server.v1, api_key="not-needed", max_retries=0, timeout=300) as client:
+        yield client
 
 
 def greedy(client, model: str, content: object, **extra: object):  # type: ignore[no-untyped-def]
@@ -131,3 +139,15 @@ def test_required_tool_choice_streams_a_call_and_the_id_round_trips(native_clien
         ],
     )
     assert follow_up.usage.completion_tokens >= 1
+
+
+def test_scheduler_stats_count_a_running_request(native_server: LiveServer) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "go on"}],
+            "max_tokens": 4000, "stream": True, "temperature": 1.0, "seed": 2}
+    with httpx.stream("POST", f"{native_server.v1}/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(6)]
+        assert any('"content"' in line for line in received)
+        assert engine_block(native_server)["running"] == 1  # the scheduler has stepped: its stats say so
+    assert wait_idle(native_server)["running"] == 0
