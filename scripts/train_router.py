@@ -3,9 +3,11 @@
     python scripts/train_router.py                      # cross-validate, then train on everything and write
     python scripts/train_router.py --grid               # compare settings by cross-validation only
 
-Deterministic (fixed folds, lbfgs). Needs numpy, scipy and scikit-learn (training only; serving reads the JSON).
-Evaluation leaves out contaminated_prompts.jsonl and reports two splits: random 5-fold, and 5-fold grouped by
-subject (the model never saw the test subjects: the honest number for traffic unlike MMLU).
+The label is soft: (strong - weak + 1) / 2 per prompt, so the score ranks prompts by the expected quality gained by
+escalating them (see Config.target). Deterministic (fixed folds, lbfgs). Needs numpy, scipy and scikit-learn
+(training only; serving reads the JSON). Evaluation leaves out contaminated_prompts.jsonl and reports two splits:
+random 5-fold, and 5-fold grouped by subject (the model never saw the test subjects: the honest number for traffic
+unlike MMLU).
 """
 
 from __future__ import annotations
@@ -34,15 +36,18 @@ from server.routing.model import FeatureWeight, RouterModel, Weights, quantiles_
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "routellm-mmlu"
 
-# Hand-set logit weights for features MMLU never varies (no tools, images, JSON output, turns, system prompts,
-# max_tokens). They are guesses, marked learned=false in the JSON and in the card; edit them there.
+# Hand-set weights for features MMLU never varies (no tools, images, JSON output, turns, system prompts,
+# max_tokens). They are guesses, marked learned=false in the JSON and in the card; edit them there. Units: standard
+# deviations of the learned logit over the training prompts (the JSON holds them times that s.d., in logits), so a
+# prior keeps the same push relative to what the data says whatever the target's logit scale. (The values are the
+# logit priors of the first weights, which used the "gain" target, divided by that model's s.d., 0.41.)
 PRIORS = {
-    "turns": 0.05,  # per earlier user turn: follow-ups carry more context to track
+    "turns": 0.12,  # per earlier user turn: follow-ups carry more context to track
     "has_system": 0.0,
     "images_log": 0.0,  # images follow the image policy; Mistral Small 3.1 reads images itself
-    "tools_log": 0.3,  # agentic tool use: where small models fall behind most
-    "structured_output": 0.2,  # schema-following output
-    "long_output": 0.15,  # per doubling of max_tokens above 512: long answers compound errors
+    "tools_log": 0.73,  # agentic tool use: where small models fall behind most
+    "structured_output": 0.49,  # schema-following output
+    "long_output": 0.37,  # per doubling of max_tokens above 512: long answers compound errors
     "choices": 0.0,
 }
 
@@ -61,7 +66,10 @@ DEFAULT_RATE = 0.25  # the shipped default threshold escalates this share of the
 
 @dataclass(frozen=True)
 class Config:
-    target: str = "gain"  # weak wrong and strong right (RouteLLM's label); or "weak_wrong"
+    # "strong_minus_weak": soft label (strong - weak + 1) / 2, so the score estimates 0.5 + (P(gain) - P(loss)) / 2,
+    # the expected quality gained by escalating, which is what APGR ranks by. "gain": weak wrong and strong right
+    # (RouteLLM's label); "weak_wrong".
+    target: str = "strong_minus_weak"
     c: float = 0.05  # inverse L2 strength, shared by dense and vocabulary weights
     vocab_alpha: float = 1.0  # column scale of the vocabulary block: <1 regularizes words harder
     min_groups: int = 8  # a word must occur in this many training subjects (no subject-specific words)
@@ -78,6 +86,8 @@ def featurize(examples: list[labelled.Example]) -> list[Features]:
 def targets(examples: list[labelled.Example], target: str) -> np.ndarray:
     weak = np.array([e.weak for e in examples])
     strong = np.array([e.strong for e in examples])
+    if target == "strong_minus_weak":
+        return (strong - weak + 1.0) / 2.0
     if target == "weak_wrong":
         return (weak < 0.5).astype(int)
     if target == "gain":
@@ -93,6 +103,19 @@ def select_vocabulary(feats: list[Features], groups: list[str], cfg: Config) -> 
             docs[w] += 1
             in_groups.setdefault(w, set()).add(g)
     return sorted(w for w, n in docs.items() if n >= cfg.min_docs and len(in_groups[w]) >= cfg.min_groups)
+
+
+def logistic(x: sp.csr_matrix, y: np.ndarray, c: float) -> LogisticRegression:
+    """L2 logistic regression on labels in [0, 1]. A soft label t is a y=1 row of weight t plus a y=0 row of
+    weight 1 - t (the cross-entropy against t); every prompt still weighs 1, so C means what it means for 0/1."""
+    if np.isin(y, (0, 1)).all():
+        return LogisticRegression(C=c, max_iter=5000, tol=1e-6).fit(x, y.astype(int))
+    n = x.shape[0]
+    weight = np.concatenate([y, 1.0 - y])
+    keep = weight > 0
+    rows = sp.vstack([x, x]).tocsr()[keep]
+    labels = np.concatenate([np.ones(n, dtype=int), np.zeros(n, dtype=int)])[keep]
+    return LogisticRegression(C=c, max_iter=5000, tol=1e-6).fit(rows, labels, sample_weight=weight[keep])
 
 
 def fit(feats: list[Features], y: np.ndarray, groups: list[str], cfg: Config, name: str = "cv") -> Weights:
@@ -115,7 +138,7 @@ def fit(feats: list[Features], y: np.ndarray, groups: list[str], cfg: Config, na
     while True:
         z = (dense[:, learned] - mean[learned]) / scale[learned]
         x = sp.hstack([sp.csr_matrix(z), words]).tocsr()
-        model = LogisticRegression(C=cfg.c, max_iter=5000, tol=1e-6).fit(x, y)
+        model = logistic(x, y, cfg.c)
         coef = model.coef_[0]
         dense_w, vocab_w = coef[: z.shape[1]], coef[z.shape[1] :] * cfg.vocab_alpha
         names = [n for i, n in enumerate(FEATURE_NAMES) if learned[i]]
@@ -126,13 +149,15 @@ def fit(feats: list[Features], y: np.ndarray, groups: list[str], cfg: Config, na
         learned = np.array([learned[i] and n not in wrong for i, n in enumerate(FEATURE_NAMES)])
     features: dict[str, FeatureWeight] = {}
     learned_names = [n for i, n in enumerate(FEATURE_NAMES) if learned[i]]
+    spread = float(np.std(model.decision_function(x)))  # s.d. of the learned logit: the priors' unit
     for i, n in enumerate(FEATURE_NAMES):
         if learned[i]:
             features[n] = FeatureWeight(weight=float(dense_w[learned_names.index(n)]), mean=mean[i], scale=scale[i])
         elif n in dropped:  # fitted, then clipped at 0 by the sign constraint
             features[n] = FeatureWeight(weight=0.0, mean=float(mean[i]), scale=float(scale[i]))
         else:
-            features[n] = FeatureWeight(weight=PRIORS.get(n, 0.0), mean=float(mean[i]), scale=1.0, learned=False)
+            prior = round(PRIORS.get(n, 0.0) * spread, 4)
+            features[n] = FeatureWeight(weight=prior, mean=float(mean[i]), scale=1.0, learned=False)
     keep = np.argsort(-np.abs(vocab_w))[: cfg.max_vocab]
     vocabulary = {vocab[i]: round(float(vocab_w[i]), 5) for i in sorted(keep) if abs(vocab_w[i]) > 1e-4}
     return Weights(
@@ -142,6 +167,7 @@ def fit(feats: list[Features], y: np.ndarray, groups: list[str], cfg: Config, na
         features=features,
         vocabulary=vocabulary,
         vocabulary_norm=cfg.vocab_norm,  # type: ignore[arg-type]
+        training={"logit_sd": round(spread, 4)},
     )
 
 
@@ -203,7 +229,7 @@ def main() -> None:
     if args.grid:
         grid = [
             Config(target=t, vocab_alpha=a, exclude=x)
-            for t in ("weak_wrong", "gain")
+            for t in ("weak_wrong", "gain", "strong_minus_weak")
             for a in (0.0, 1.0)
             for x in ((), EXCLUDED)
         ]
@@ -242,12 +268,14 @@ def main() -> None:
     for path in sorted(args.data.glob("*.csv")):
         digest.update(path.read_bytes())
     weights.training = {
+        **weights.training,
         "data": "lm-sys/RouteLLM MMLU responses (Mixtral-8x7B-Instruct weak, gpt-4-1106-preview strong)",
         "data_sha256": digest.hexdigest(),
         "examples": len(examples),
         "config": cfg.__dict__,
         "default_threshold_rate": DEFAULT_RATE,
         "priors": PRIORS,
+        "priors_unit": "s.d. of the learned logit (logit_sd); the features' weights hold prior * logit_sd",
         "cross_validation": report,
         "baselines": baselines(examples, feats, bad),
         "versions": {"scikit-learn": sklearn.__version__, "numpy": np.__version__},

@@ -33,7 +33,9 @@ class Weights(BaseModel):
 
     name: str
     version: int = 1
-    target: str  # what the score estimates, e.g. "weak_wrong": P(the local model answers wrongly)
+    # What the score estimates, e.g. "strong_minus_weak": 0.5 + (P(only the strong model is right) - P(only the
+    # local one is)) / 2; "gain": P(local wrong and strong right); "weak_wrong": P(the local model answers wrongly).
+    target: str
     bias: float
     features: dict[str, FeatureWeight]
     vocabulary: dict[str, float] = Field(default_factory=dict)
