@@ -157,3 +157,26 @@ def test_pixel_limit_is_configurable() -> None:
     with pytest.raises(ImageError) as caught:
         intake.from_bytes(JPEG, intake.budget(), source="upload")
     expect_error(caught, 413, "image_too_large")
+
+
+def test_small_images_decode_on_the_loop_large_ones_in_a_thread(
+    intake: ImageIntake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.media._intake as intake_module
+
+    hops: list[str] = []
+    real_to_thread = intake_module.asyncio.to_thread
+
+    async def counting_to_thread(func, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(args[1])  # (data, source)
+        return await real_to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(intake_module.asyncio, "to_thread", counting_to_thread)
+    small = run(intake.from_url(data_url(PNG), intake.budget()))  # 64 x 48
+    large = run(intake.from_url(data_url(JPEG, "image/jpeg"), intake.budget()))  # 640 x 480 > 512 x 512
+    assert small.image.size[0] > 0 and large.image.size[0] > 0
+    assert hops == ["data-url"]  # only the large one went to a thread
+    with pytest.raises(ImageError) as caught:  # an unreadable header is left to the full decode, in the thread
+        run(intake.from_url(data_url(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40), intake.budget()))
+    assert caught.value.code == "image_unsupported_format"  # the same code as before the size probe existed
+    assert len(hops) == 2
