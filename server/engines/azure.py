@@ -460,26 +460,27 @@ def _reading_errors() -> Iterator[None]:
         yield
     except httpx2.TimeoutException as exc:
         if _connection_failed(exc):
-            raise UpstreamError(f"lost Azure mid-answer: {_root_cause(exc)}", code="azure_unreachable") from exc
+            raise UpstreamError(f"lost Azure mid-answer ({_root_cause(exc)})", code="azure_unreachable") from exc
         raise UpstreamError("Azure stopped answering mid-answer", code="azure_timeout", status_code=504) from exc
     except (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream) as exc:
-        raise UpstreamError(
-            f"cannot reach Azure: connection lost mid-answer ({exc!r})", code="azure_unreachable"
-        ) from exc
+        raise UpstreamError(f"lost Azure mid-answer ({_root_cause(exc)})", code="azure_unreachable") from exc
     except ValueError as exc:  # json.JSONDecodeError and undecodable text
         raise UpstreamError(f"unexpected answer from Azure: {exc}", code="azure_bad_response") from exc
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     seen: BaseException | None = exc
-    while seen is not None:
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
         yield seen
         seen = seen.__cause__ or seen.__context__
 
 
 def _root_cause(exc: BaseException) -> str:
+    """The innermost error's type: says what broke without repeating addresses to the client."""
     *_, root = _causes(exc)
-    return str(root) or type(root).__name__
+    return type(root).__name__
 
 
 def _connection_failed(exc: BaseException) -> bool:
@@ -512,7 +513,7 @@ def translate_error(exc: openai.APIError) -> MSServeError:
     if isinstance(exc, openai.APITimeoutError) and not _connection_failed(exc):
         return UpstreamError("Azure did not answer in time", code="azure_timeout", status_code=504)
     if isinstance(exc, openai.APIConnectionError):
-        return UpstreamError(f"cannot reach Azure: {_root_cause(exc)}", code="azure_unreachable")
+        return UpstreamError(f"cannot reach Azure: {exc.message}", code="azure_unreachable")
     if not isinstance(exc, openai.APIStatusError):
         return UpstreamError(f"unexpected answer from Azure: {exc.message}", code="azure_bad_response")
     status = exc.status_code
