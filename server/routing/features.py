@@ -83,10 +83,9 @@ _ASCII_SEPARATORS = bytes(32 if chr(b) in string.punctuation + string.digits els
 _CHOICE_MARKS = tuple(f"{letter}{mark}" for letter in "ABCD" for mark in ".)")
 _CODE_MARKS = ("```", "=>", "->", "::", "==", "!=", "()", ";\n", "{\n", "</")
 _MATH_MARKS = ("\\frac", "\\sum", "\\int", "\\sqrt", "\\cdot", "\\times", "$$", "∑", "∫", "√", "≤", "≥", "≠", "±", "π")
-_MATH_MARK_BYTES = tuple(mark.encode() for mark in _MATH_MARKS)
-_PLAIN_MATH_MARK_BYTES = tuple(mark for mark in _MATH_MARK_BYTES if not mark.startswith(b"\\"))  # no LaTeX
-_ASCII_MATH_MARK_BYTES = tuple(mark for mark in _MATH_MARK_BYTES if mark.isascii())
-_PLAIN_ASCII_MATH_MARK_BYTES = tuple(mark for mark in _PLAIN_MATH_MARK_BYTES if mark.isascii())
+_ASCII_MATH_MARK_BYTES = tuple(mark.encode() for mark in _MATH_MARKS if mark.isascii())
+_PLAIN_ASCII_MATH_MARK_BYTES = tuple(mark for mark in _ASCII_MATH_MARK_BYTES if not mark.startswith(b"\\"))
+_NON_ASCII_MATH_MARK_BYTES = tuple(mark.encode() for mark in _MATH_MARKS if not mark.isascii())
 _MATH_SYNTAX = re.compile(r"\d\s?[-+*/^=<>]\s?\d")
 _CHOICE = re.compile(r"^\s*\(?[A-D][.)]\s", re.MULTILINE)
 
@@ -106,18 +105,25 @@ _SKELETON_CHOICE_MARKS = tuple(mark.encode() for mark in _CHOICE_MARKS)
 _SKELETON_NUMBER = re.compile(rb"0+(?:[.,]0+)?")
 # _MATH_SYNTAX's regex tried at every position costs ~0.1 ms on 8k characters, and most prompts have no match.
 # A match is still there, as this hint, once digits are written "0", operators "+", whitespace "_" and every other
-# ASCII byte is deleted (non-ASCII UTF-8 bytes, which \d and \s may match, become "0" too): without the hint the
-# count is 0 and the regex is skipped. Deleting can only make the hint fire where the regex then finds nothing;
-# its literal first byte lets the regex engine jump from "0" to "0".
+# byte is deleted, except that a UTF-8 lead byte that can start a non-ASCII digit or space (to \d and \s) becomes
+# "0" too: without the hint the count is 0 and the regex is skipped. Deleting can only make the hint fire where the
+# regex then finds nothing; its literal first byte lets the regex engine jump from "0" to "0". Accented letters
+# (lead bytes C3-C5) and CJK ideographs (E4-E9) never fire it; test_route_features_exact.py checks the lead bytes.
 _MATH_OPERATORS = "-+*/^=<>"
-_MATH_SHAPE = bytes(
-    ord("0") if chr(b) in string.digits or b >= 128 else ord("+") if chr(b) in _MATH_OPERATORS else ord("_")
-    for b in range(256)
-)
-_MATH_SHAPE_DROP = bytes(
-    b for b in range(128) if chr(b) not in string.digits + _MATH_OPERATORS and not chr(b).isspace()
-)
+_DIGIT_OR_SPACE_LEADS = bytes((0xC2, 0xD9, 0xDB, 0xDF, 0xE0, 0xE1, 0xE2, 0xE3, 0xEA, 0xEF, 0xF0))
+_ASCII_SPACES = bytes(b for b in range(128) if chr(b).isspace())
+_MATH_KEPT = {
+    **dict.fromkeys(string.digits.encode() + _DIGIT_OR_SPACE_LEADS, ord("0")),
+    **dict.fromkeys(_MATH_OPERATORS.encode(), ord("+")),
+    **dict.fromkeys(_ASCII_SPACES, ord("_")),
+}
+_MATH_SHAPE = bytes(_MATH_KEPT.get(b, 32) for b in range(256))
+_MATH_SHAPE_DROP = bytes(b for b in range(256) if b not in _MATH_KEPT)
 _MATH_SYNTAX_HINT = re.compile(rb"0_?\+_?0")
+# Non-ASCII math marks are counted only when found in the text cut down to their bytes (short; a mark's bytes stay
+# together in it, so a mark not found there is not in the text).
+_MATH_SYMBOL_BYTES = bytes(sorted({b for mark in _MATH_MARKS if not mark.isascii() for b in mark.encode()}))
+_NOT_MATH_SYMBOL_BYTES = bytes(b for b in range(256) if b not in _MATH_SYMBOL_BYTES)
 
 
 @dataclass(frozen=True)
@@ -136,11 +142,14 @@ def _log1p(count: int) -> float:
     return math.log1p(count)
 
 
-def _math_marks(text: str) -> tuple[bytes, ...]:
-    """The math marks worth counting (UTF-8): skip the non-ASCII symbols in ASCII text, LaTeX without a backslash."""
-    if text.isascii():
-        return _ASCII_MATH_MARK_BYTES if "\\" in text else _PLAIN_ASCII_MATH_MARK_BYTES
-    return _MATH_MARK_BYTES if "\\" in text else _PLAIN_MATH_MARK_BYTES
+def _math_mark_count(text: str, encoded: bytes) -> int:
+    """Occurrences of the math marks (``encoded`` is ``text`` in UTF-8, where a mark's count is the same)."""
+    marks = _PLAIN_ASCII_MATH_MARK_BYTES if "\\" not in text else _ASCII_MATH_MARK_BYTES  # LaTeX needs a backslash
+    count = sum(encoded.count(mark) for mark in marks)
+    if not text.isascii():
+        symbols = encoded.translate(None, _NOT_MATH_SYMBOL_BYTES)  # a mark's bytes stay together in here
+        count += sum(encoded.count(mark) for mark in _NON_ASCII_MATH_MARK_BYTES if mark in symbols)
+    return count
 
 
 def _skeleton(encoded: bytes) -> bytes:
@@ -148,13 +157,14 @@ def _skeleton(encoded: bytes) -> bytes:
     return b" ".join(encoded.translate(_SKELETON).split())
 
 
-def _separate(lowered: str) -> str:
-    """``lowered.translate(_SEPARATORS)``, in C speed for any text."""
+def _separate(lowered: str) -> tuple[str, bytes]:
+    """``lowered.translate(_SEPARATORS)`` at C speed for any text, and the UTF-8 bytes it was made from."""
     for mark in _NON_ASCII_SEPARATORS:
         if mark in lowered:
             lowered = lowered.replace(mark, " ")
     # surrogatepass: a lone surrogate (valid in a JSON string) goes through unchanged, as with str.translate.
-    return lowered.encode("utf-8", "surrogatepass").translate(_ASCII_SEPARATORS).decode("utf-8", "surrogatepass")
+    encoded = lowered.encode("utf-8", "surrogatepass")
+    return encoded.translate(_ASCII_SEPARATORS).decode("utf-8", "surrogatepass"), encoded
 
 
 def _long_words(bag: Counter[str]) -> int:
@@ -168,7 +178,14 @@ def text_features(
     last = texts[-1] if texts else ""
     whole_chars = sum(map(len, texts)) + max(0, len(texts) - 1)  # texts joined by newlines
     lowered = last.lower()
-    spaced = lowered.translate(_SEPARATORS) if lowered.isascii() else _separate(lowered)
+    # UTF-8: multi-byte characters become spaces in the skeleton, and a character count equals its bytes' count.
+    encoded = last.encode("utf-8", "surrogatepass")
+    if lowered.isascii():
+        spaced, hint_bytes = lowered.translate(_SEPARATORS), encoded
+    else:
+        # The math-syntax hint may read the lowered text with its quotes and dashes spaced out (lowering and a
+        # space can only add hint matches), where curly quotes (lead byte E2, shared with U+2000 spaces) are gone.
+        spaced, hint_bytes = _separate(lowered)
     words = spaced.split()
     bag = Counter(words)
     unique = bag.keys()
@@ -176,13 +193,11 @@ def text_features(
     for word in unique & _CUE_WORDS.keys():  # one set operation for all five lists
         for name in _CUE_WORDS[word]:
             cues[name] += bag[word]
-    # UTF-8: multi-byte characters become spaces in the skeleton, and a character count equals its bytes' count.
-    encoded = last.encode("utf-8", "surrogatepass")
     skeleton = _skeleton(encoded)
     code = cues["code"] + sum(skeleton.count(mark) for mark in _SKELETON_CODE_MARKS)
-    hint = _MATH_SYNTAX_HINT.search(encoded.translate(_MATH_SHAPE, _MATH_SHAPE_DROP))
+    hint = _MATH_SYNTAX_HINT.search(hint_bytes.translate(_MATH_SHAPE, _MATH_SHAPE_DROP))
     math_syntax = len(_MATH_SYNTAX.findall(last)) if hint else 0
-    maths = cues["math"] + math_syntax + sum(encoded.count(mark) for mark in _math_marks(last))
+    maths = cues["math"] + math_syntax + _math_mark_count(last, encoded)
     numbers = len(_SKELETON_NUMBER.findall(skeleton))
     # Words are ASCII when the separators left no other byte: no letters outside ASCII, and no need to count them.
     non_ascii = 0.0

@@ -87,3 +87,13 @@ def test_fast_features_equal_the_reference_on_mmlu_sample() -> None:
 
     examples, _ = labelled.load([DATA])
     check([e.prompt for e in random.Random(0).sample(examples, 1500)])
+
+
+def test_math_hint_knows_every_lead_byte_of_a_non_ascii_digit_or_space() -> None:
+    # \d is Unicode Nd (str.isdecimal), \s is str.isspace; the hint must see every such character.
+    leads = {
+        chr(c).encode("utf-8", "surrogatepass")[0]
+        for c in range(128, 0x110000)
+        if chr(c).isdecimal() or chr(c).isspace()
+    }
+    assert leads <= set(f._DIGIT_OR_SPACE_LEADS)
