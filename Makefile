@@ -27,7 +27,7 @@ $(TEST_VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/pip install -q --upgrade pip
 	$(TEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) "$(TORCH)"
-	$(TEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -e ".[hf,azure,dev]"
+	$(TEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -e ".[hf,azure,dev,train]"
 	touch $@
 
 ## serve: run the server (Mistral Small 3.1 on a CUDA GPU, else the tiny CPU demo model)

@@ -50,9 +50,10 @@ class Stream(threading.Thread):
 
 
 def refused(server: LiveServer) -> bool:
+    """No new connection is served: refused, or (uvloop, a connect racing the listener's close) reset unanswered."""
     try:
         httpx.get(f"{server.base_url}/health", timeout=1)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
         return True
     return False
 
