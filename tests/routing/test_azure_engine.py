@@ -268,18 +268,6 @@ async def test_whole_answer_asks_azure_for_one_completion(fake: FakeAzure) -> No
     assert called.finish_reason == "tool_calls" and called.text == ""
 
 
-async def test_error_event_mid_stream_is_an_upstream_error(fake: FakeAzure) -> None:
-    fake.script.append(Reply(text="one two three four", error_after_chunks=2))
-    seen: list[str] = []
-    async with azure(fake) as engine:
-        with pytest.raises(UpstreamError) as caught:
-            async for chunk in engine.generate(_request()):
-                seen.append(chunk.text)
-    assert seen == ["one", " two"]
-    assert caught.value.code == "azure_server_error"
-    assert "processing your request" in caught.value.message
-
-
 def test_retry_after_parsing() -> None:
     assert retry_after_seconds({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
     assert retry_after_seconds({"retry-after": "3"}) == 3.0
@@ -312,12 +300,21 @@ def test_configured_needs_endpoint_deployment_and_credential() -> None:
     assert AzureEngine.from_settings(Settings()) is None
 
 
-async def test_stream_cut_midway_is_an_upstream_error(fake: FakeAzure) -> None:
-    fake.script.append(Reply(text="one two three four", fail_after_chunks=2))
+@pytest.mark.parametrize(
+    ("failure", "code", "said"),
+    [
+        ({"fail_after_chunks": 2}, "azure_unreachable", "mid-answer"),  # the connection drops mid-body
+        ({"error_after_chunks": 2}, "azure_server_error", "processing your request"),  # an `error` event
+    ],
+)
+async def test_failure_mid_stream_is_an_upstream_error(
+    fake: FakeAzure, failure: dict[str, int], code: str, said: str
+) -> None:
+    fake.script.append(Reply(text="one two three four", **failure))
     seen: list[str] = []
     async with azure(fake) as engine:
         with pytest.raises(UpstreamError) as caught:
             async for chunk in engine.generate(_request()):
                 seen.append(chunk.text)
     assert seen == ["one", " two"]
-    assert caught.value.code == "azure_unreachable"
+    assert caught.value.code == code and said in caught.value.message

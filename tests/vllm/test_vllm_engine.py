@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -21,6 +23,19 @@ def engine_block(server: LiveServer) -> dict:  # type: ignore[type-arg]
     response = httpx.get(f"{server.base_url}/ready", timeout=10)
     assert response.status_code == 200, response.text
     return response.json()["engine"]  # type: ignore[no-any-return]
+
+
+@contextmanager
+def long_stream(server: LiveServer, model: str, seed: int) -> Iterator[None]:
+    """A streamed request that would run far past the test; the body runs once its first tokens arrived."""
+    body = {"model": model, "messages": [{"role": "user", "content": "go on forever"}],
+            "max_tokens": 4000, "stream": True, "temperature": 1.0, "seed": seed}
+    with httpx.stream("POST", f"{server.v1}/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(6)]
+        assert any('"content"' in line for line in received)
+        yield  # leaving closes the connection: the client is gone
 
 
 def wait_idle(server: LiveServer, within_s: float = 60.0) -> dict:  # type: ignore[type-arg]
@@ -103,13 +118,7 @@ def test_response_format_json_object(vllm_client) -> None:
 
 
 def test_client_disconnect_aborts_the_request(vllm_server: LiveServer, vllm_client) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "go on forever"}],
-            "max_tokens": 4000, "stream": True, "temperature": 1.0, "seed": 1}
-    with httpx.stream("POST", f"{vllm_server.v1}/chat/completions", json=body, timeout=60) as response:
-        assert response.status_code == 200
-        lines = response.iter_lines()
-        received = [next(lines) for _ in range(6)]
-        assert any('"content"' in line for line in received)
+    with long_stream(vllm_server, MODEL, seed=1):
         assert engine_block(vllm_server)["running"] == 1
     engine = wait_idle(vllm_server)
     assert (engine["running"], engine["waiting"]) == (0, 0)

@@ -12,13 +12,12 @@ import json
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 from tests.conftest import REPO, LiveServer, start_server, stop_server
 from tests.images import png_url
 from tests.vllm.conftest import READY_TIMEOUT_S
-from tests.vllm.test_vllm_engine import engine_block, wait_idle
+from tests.vllm.test_vllm_engine import engine_block, long_stream, wait_idle
 
 MODEL = "tiny-mistral3-native"
 HF_MODEL = "tiny-mistral3"
@@ -142,12 +141,6 @@ def test_required_tool_choice_streams_a_call_and_the_id_round_trips(native_clien
 
 
 def test_scheduler_stats_count_a_running_request(native_server: LiveServer) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "go on"}],
-            "max_tokens": 4000, "stream": True, "temperature": 1.0, "seed": 2}
-    with httpx.stream("POST", f"{native_server.v1}/chat/completions", json=body, timeout=60) as response:
-        assert response.status_code == 200
-        lines = response.iter_lines()
-        received = [next(lines) for _ in range(6)]
-        assert any('"content"' in line for line in received)
+    with long_stream(native_server, MODEL, seed=2):
         assert engine_block(native_server)["running"] == 1  # the scheduler has stepped: its stats say so
     assert wait_idle(native_server)["running"] == 0
