@@ -7,6 +7,7 @@ the score quantiles stored with the weights (``msserve router calibrate`` derive
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -34,38 +35,44 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
+Counts = dict[str, int]
+Values = dict[str, float]
+
+# Words for each feature, from its raw counts, its values and whether it is above the training mean (long, many,
+# technical). Functions, so a decision formats only the two or three labels its reason uses.
+_LABELS: dict[str, Callable[[Counts, Values, bool], str]] = {
+    "chars_log": lambda c, v, up: f"{'long' if up else 'short'} prompt ({c.get('chars', 0):,} chars)",
+    "last_user_chars_log": lambda c, v, up: f"{'long' if up else 'short'} question ({c.get('last_chars', 0):,} chars)",
+    "lines_log": lambda c, v, up: f"{'many' if up else 'few'} lines",
+    "turns": lambda c, v, up: f"follow-up turn {c.get('turns', 0) + 1}",
+    "has_system": lambda c, v, up: "system prompt" if v["has_system"] else "no system prompt",
+    "code": lambda c, v, up: f"code ({_plural(c['code'], 'signal')})" if c.get("code") else "no code",
+    "math": lambda c, v, up: f"math ({_plural(c['math'], 'signal')})" if c.get("math") else "no math",
+    "numbers_log": lambda c, v, up: _plural(c.get("numbers", 0), "number"),
+    "reasoning": lambda c, v, up: (
+        f"multi-step reasoning ({_plural(c['reasoning'], 'cue')})" if c.get("reasoning") else "no reasoning cues"
+    ),
+    "constraints": lambda c, v, up: (
+        f"constraints ({_plural(c['constraints'], 'cue')})" if c.get("constraints") else "no constraints"
+    ),
+    "negation": lambda c, v, up: (
+        f"negative framing ({_plural(c['negation'], 'cue')})" if c.get("negation") else "plain framing"
+    ),
+    "questions": lambda c, v, up: _plural(c.get("questions", 0), "question"),
+    "choices": lambda c, v, up: "multiple choice" if v["choices"] else "open-ended",
+    "long_words": lambda c, v, up: f"{'technical' if up else 'plain'} vocabulary ({v['long_words']:.0%} long words)",
+    "non_ascii": lambda c, v, up: "non-English text" if up else "English text",
+    "images_log": lambda c, v, up: _plural(c.get("images", 0), "image"),
+    "tools_log": lambda c, v, up: _plural(c.get("tools", 0), "tool"),
+    "structured_output": lambda c, v, up: "JSON output" if v["structured_output"] else "free-form output",
+    "long_output": lambda c, v, up: f"long answer (max_tokens {c.get('max_tokens', 0)})",
+}
+
+
 def describe(name: str, features: Features, up: bool) -> str:
     """Words for one feature; ``up``: its value is above the training mean (long, many, technical)."""
-    c = features.counts
-    v = features.values
-    labels = {
-        "chars_log": f"{'long' if up else 'short'} prompt ({c.get('chars', 0):,} chars)",
-        "last_user_chars_log": f"{'long' if up else 'short'} question ({c.get('last_chars', 0):,} chars)",
-        "lines_log": f"{'many' if up else 'few'} lines",
-        "turns": f"follow-up turn {c.get('turns', 0) + 1}",
-        "has_system": "system prompt" if v["has_system"] else "no system prompt",
-        "code": f"code ({_plural(c.get('code', 0), 'signal')})" if c.get("code") else "no code",
-        "math": f"math ({_plural(c.get('math', 0), 'signal')})" if c.get("math") else "no math",
-        "numbers_log": _plural(c.get("numbers", 0), "number"),
-        "reasoning": f"multi-step reasoning ({_plural(c.get('reasoning', 0), 'cue')})"
-        if c.get("reasoning")
-        else "no reasoning cues",
-        "constraints": f"constraints ({_plural(c.get('constraints', 0), 'cue')})"
-        if c.get("constraints")
-        else "no constraints",
-        "negation": f"negative framing ({_plural(c.get('negation', 0), 'cue')})"
-        if c.get("negation")
-        else "plain framing",
-        "questions": _plural(c.get("questions", 0), "question"),
-        "choices": "multiple choice" if v["choices"] else "open-ended",
-        "long_words": f"{'technical' if up else 'plain'} vocabulary ({v['long_words']:.0%} long words)",
-        "non_ascii": "non-English text" if up else "English text",
-        "images_log": _plural(c.get("images", 0), "image"),
-        "tools_log": _plural(c.get("tools", 0), "tool"),
-        "structured_output": "JSON output" if v["structured_output"] else "free-form output",
-        "long_output": f"long answer (max_tokens {c.get('max_tokens', 0)})",
-    }
-    return labels.get(name, name)
+    label = _LABELS.get(name)
+    return label(features.counts, features.values, up) if label else name
 
 
 def explain(features: Features, scored: Scored, escalate: bool) -> str:
