@@ -130,8 +130,8 @@ class Settings(BaseSettings):
     azure_timeout_s: float = 60.0  # per Azure call (connect + until the stream starts and between chunks)
     azure_max_attempts: int = 3  # calls per request, 429 retries included
     azure_max_retry_wait_s: float = 10.0  # total time one request may wait on 429 retry-after
-    # HTTP client under the openai SDK: aiohttp (C parser, about a third less CPU per call) when installed
-    # (the `azure` extra installs it), else the SDK's default httpx client.
+    # HTTP client under the openai SDK: auto = aiohttp (a dependency; its C parser cut our CPU per escalated call),
+    # or the SDK's default httpx client when aiohttp cannot be imported.
     azure_http_client: Literal["auto", "aiohttp", "httpx"] = "auto"
     azure_daily_budget_usd: float | None = None  # None: no cap; the day is UTC
     azure_price_input_per_mtok: float = 2.50  # USD per million prompt tokens

@@ -29,7 +29,7 @@ from PIL import Image
 from server.config import Settings
 from server.engines.base import ImagePart
 from server.errors import ImageError
-from server.media._decode import DecodedImage, decode_image, unsupported
+from server.media._decode import ALLOWED_FORMATS, DecodedImage, decode_image, unsupported
 from server.media._fetch import SafeFetcher
 from server.media._grid import MISTRAL_SMALL_3_1, VisionGrid
 
@@ -147,7 +147,7 @@ class ImageIntake:
 def _declared_pixels(data: bytes) -> float:
     """Width x height from the image header alone (no decoding); infinity when the header cannot be read."""
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as probe:  # the decoders decode_image uses
             width, height = probe.size
     except Exception:  # refused properly by the full decode, off the event loop
         return math.inf
