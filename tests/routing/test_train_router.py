@@ -41,9 +41,13 @@ def test_soft_labels_fit_their_mean(train) -> None:  # type: ignore[no-untyped-d
     a = train.logistic(x, hard, 1.0)
     b = train.logistic(x, np.where(hard == 1, 1.0, 0.0) * 0.999999 + 1e-7, 1.0)  # soft path, same labels
     assert a.coef_[0][0] == pytest.approx(b.coef_[0][0], abs=1e-4)
-    # A constant soft label t: the fitted probability is t (cross-entropy against t, no feature signal).
-    c = train.logistic(sp.csr_matrix(np.zeros((50, 1))), np.full(50, 0.3), 100.0)
-    assert 1 / (1 + np.exp(-c.intercept_[0])) == pytest.approx(0.3, abs=1e-3)
+    # Two kinds of prompt with soft labels 0.2 and 0.8 (no row is 0 or 1): the fit must learn each kind's label
+    # as its probability, which no rounding to hard labels could give (that would be 0 and 1, or one class).
+    kind = np.repeat([-1.0, 1.0], 60)
+    soft = np.where(kind > 0, 0.8, 0.2)
+    c = train.logistic(sp.csr_matrix(kind.reshape(-1, 1)), soft, 100.0)
+    fitted = c.predict_proba(np.array([[-1.0], [1.0]]))[:, 1]
+    assert fitted.tolist() == pytest.approx([0.2, 0.8], abs=5e-3)
 
 
 def test_shipped_priors_are_in_logit_sd_units(train) -> None:  # type: ignore[no-untyped-def]
