@@ -260,13 +260,9 @@ class AzureEngine:
         try:
             response = await self._open(request)
             try:
-                if request.stream:
-                    async for data in _sse_payloads(response):
-                        mapped = map_chunk(data)
-                        if mapped is not None:
-                            yield mapped
-                else:
-                    mapped = map_chunk(await _read(response))
+                payloads = _sse_payloads(response) if request.stream else _whole(response)
+                async for data in payloads:
+                    mapped = map_chunk(data)
                     if mapped is not None:
                         yield mapped
             finally:
@@ -444,13 +440,13 @@ async def _sse_payloads(response: httpx2.Response) -> AsyncIterator[dict[str, An
             yield event
 
 
-async def _read(response: httpx2.Response) -> dict[str, Any]:
-    """A whole (non-streamed) completion as JSON."""
+async def _whole(response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:
+    """A whole (non-streamed) completion as JSON: one payload, mapped like a stream's."""
     with _reading_errors():
         completion = json.loads(await response.aread())
     if not isinstance(completion, dict):
         raise UpstreamError("unexpected answer from Azure: not a JSON object", code="azure_bad_response")
-    return completion
+    yield completion
 
 
 @contextmanager
