@@ -1,6 +1,6 @@
 """Our server against vLLM's own OpenAI server, same model, same engine settings, same load.
 
-    .venv-vllm/bin/python scripts/bench_serving.py [--rounds 4] [--requests 32] [--concurrency 8] [--max-tokens 64]
+    .venv-vllm/bin/python scripts/bench_serving.py [--rounds 10] [--requests 32] [--concurrency 8] [--max-tokens 64]
 
 Starts, from the interpreter running this script (a venv with vllm and this project's dependencies):
   A  `vllm serve <model>` with the flags derived from the profile (server.engines.vllm.engine_args, so the
@@ -10,6 +10,10 @@ both on 127.0.0.1, in parallel. Then it drives them with the same requests (N co
 completions, a mix of text-only and one-image prompts, greedy, fixed max_tokens), alternating the order of the
 two servers each round (ABBA...), and reports requests/s, output tokens/s, TTFT p50/p99 and end-to-end
 p50/p99 for each, and ours/vLLM ratios. Targets: throughput ratio >= 1.05, TTFT p50 ratio <= 1.0.
+
+On a shared machine one round of one server can be 10-15 % off the next, so the ratio of the totals alone
+cannot tell a real difference from a lucky round: the table also gives the ratio within each round (the two
+servers back to back under the same load), as the median and the range over the rounds.
 
 Only max_tokens bounds the output (our API refuses vLLM's ignore_eos / min_tokens); both sides decode greedily
 from the same weights, so they produce the same tokens, and the table shows the output tokens each produced.
@@ -44,6 +48,7 @@ from bench_common import (
     free_port,
     machine_info,
     package_versions,
+    percentile,
     print_table,
     py_spy,
     ratio,
@@ -178,6 +183,21 @@ def prompt_tokens_by_kind(results: list[RequestResult]) -> dict[str, dict[str, i
     return {kind: {"min": min(v), "max": max(v), "sum": sum(v)} for kind, v in out.items()}
 
 
+def per_round_ratios(rounds: list[dict[str, Any]], key: str) -> list[float]:
+    """ours/vLLM for ``key`` within each round: the two servers ran back to back under the same load."""
+    by_round: dict[int, dict[str, float]] = {}
+    for entry in rounds:
+        by_round.setdefault(entry["round"], {})[entry["server"]] = entry[key]
+    return [ratio(pair["ours"], pair["vllm"]) for _, pair in sorted(by_round.items()) if len(pair) == 2]
+
+
+def spread(values: list[float]) -> str:
+    """'median [min-max]' of per-round ratios, for the table."""
+    if not values:
+        return "-"
+    return f"{percentile(values, 50):.3f} [{min(values):.3f}-{max(values):.3f}]"
+
+
 def drive(service: Service, bodies: list[tuple[str, dict[str, Any]]], concurrency: int) -> None:
     asyncio.run(run_load(specs_for(service, bodies), concurrency))
 
@@ -188,7 +208,7 @@ def drive(service: Service, bodies: list[tuple[str, dict[str, Any]]], concurrenc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="tiny-mistral3-vllm", help="our profile; vLLM gets the same settings")
-    parser.add_argument("--rounds", type=int, default=4, help="measured rounds per server (order alternates)")
+    parser.add_argument("--rounds", type=int, default=10, help="measured rounds per server (order alternates)")
     parser.add_argument("--requests", type=int, default=32, help="requests per round")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -266,12 +286,14 @@ def main() -> None:
     keys = ("requests_per_s", "output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms",
             "api_cpu_ms_per_request", "all_cpu_ms_per_request")
     ratios = {key: ratio(totals["ours"][key], totals["vllm"][key]) for key in keys}
+    round_keys = ("requests_per_s", "ttft_p50_ms", "e2e_p50_ms")
+    within_rounds = {key: per_round_ratios(rounds, key) for key in round_keys}
     info["loadavg_end"] = list(os.getloadavg())
     payload = {
         "benchmark": "serving", "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
         "commands": {"vllm": shown(theirs.command), "ours": ours.command},
         "startup_s": {"vllm": theirs.ready_after_s, "ours": ours.ready_after_s},
-        "totals": totals, "ratios_ours_over_vllm": ratios, "rounds": rounds,
+        "totals": totals, "ratios_ours_over_vllm": ratios, "ratios_within_rounds": within_rounds, "rounds": rounds,
         "prompt_tokens_by_kind": {n: prompt_tokens_by_kind(per_side[n]) for n in per_side},
         "targets": {"throughput_ratio_min": 1.05, "ttft_p50_ratio_max": 1.0,
                     "throughput_met": ratios["requests_per_s"] >= 1.05, "ttft_met": ratios["ttft_p50_ms"] <= 1.0},
@@ -285,10 +307,12 @@ def main() -> None:
               "ttft_p99_ms": "TTFT p99 ms", "e2e_p50_ms": "e2e p50 ms", "e2e_p99_ms": "e2e p99 ms",
               "api_cpu_ms_per_request": "API process CPU ms/request",
               "all_cpu_ms_per_request": "all processes CPU ms/request"}
-    rows: list[tuple[object, ...]] = [(labels[k], totals["ours"][k], totals["vllm"][k], ratios[k]) for k in keys]
-    rows.append(("errors", totals["ours"]["errors"], totals["vllm"]["errors"], "-"))
-    rows.append(("output tokens", totals["ours"]["output_tokens"], totals["vllm"]["output_tokens"], "-"))
-    print_table(("metric", "ours", "vLLM", "ours/vLLM"), rows)
+    rows: list[tuple[object, ...]] = [
+        (labels[k], totals["ours"][k], totals["vllm"][k], ratios[k], spread(within_rounds.get(k, []))) for k in keys
+    ]
+    rows.append(("errors", totals["ours"]["errors"], totals["vllm"]["errors"], "-", "-"))
+    rows.append(("output tokens", totals["ours"]["output_tokens"], totals["vllm"]["output_tokens"], "-", "-"))
+    print_table(("metric", "ours", "vLLM", "ours/vLLM", "within rounds: median [range]"), rows)
 
 
 if __name__ == "__main__":
