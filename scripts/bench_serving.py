@@ -215,6 +215,8 @@ def main() -> None:
     parser.add_argument("--image-share", type=float, default=0.5, help="share of requests with one image")
     parser.add_argument("--image-size", default="256x192", help="WxH of the generated PNGs")
     parser.add_argument("--warmup", type=int, default=8, help="unmeasured requests per server first")
+    parser.add_argument("--settle", type=float, default=2.0,
+                        help="seconds of pause before each measured run, so the other server has gone idle")
     parser.add_argument("--ready-timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "serving.json")
     parser.add_argument("--py-spy", type=Path, default=None, help="folder for py-spy stacks of one extra round")
@@ -255,18 +257,25 @@ def main() -> None:
             order = (ours, theirs) if r % 2 == 0 else (theirs, ours)
             for service in order:
                 assert service.process is not None
+                other = theirs if service is ours else ours
+                assert other.process is not None
+                # vLLM's worker keeps polling its queue for a second after its last step (shm_broadcast's
+                # busy loop): without a pause, whichever server runs second in a round shares the CPU with that.
+                time.sleep(args.settle)
                 pid = service.process.pid
-                before = cpu_seconds(pid), cpu_seconds(pid, tree=True)
+                before = cpu_seconds(pid), cpu_seconds(pid, tree=True), cpu_seconds(other.process.pid, tree=True)
                 results, wall = asyncio.run(run_load(specs_for(service, bodies), args.concurrency))
                 cpu[service.name]["api"] += cpu_seconds(pid) - before[0]
                 cpu[service.name]["all"] += cpu_seconds(pid, tree=True) - before[1]
+                idle_cpu_s = cpu_seconds(other.process.pid, tree=True) - before[2]
                 per_side[service.name] += results
                 walls[service.name] += wall
                 summary = summarize(results, wall)
-                rounds.append({"round": r, "server": service.name, "loadavg": list(os.getloadavg()), **summary})
+                rounds.append({"round": r, "server": service.name, "loadavg": list(os.getloadavg()),
+                               "other_server_cpu_s": idle_cpu_s, **summary})
                 print(f"  round {r} {service.name:5s} {summary['requests_per_s']:.2f} req/s  "
                       f"{summary['output_tokens_per_s']:.1f} tok/s  TTFT p50 {summary['ttft_p50_ms']:.0f} ms  "
-                      f"errors {summary['errors']}")
+                      f"errors {summary['errors']}  (the idle server used {idle_cpu_s:.2f} CPU s meanwhile)")
         profiles = {}
         if args.py_spy:
             extra = build_bodies(args.requests, 200_000, **common)
