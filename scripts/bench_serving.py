@@ -12,8 +12,9 @@ two servers each round (ABBA...), and reports requests/s, output tokens/s, TTFT 
 p50/p99 for each, and ours/vLLM ratios. Targets: throughput ratio >= 1.05, TTFT p50 ratio <= 1.0.
 
 On a shared machine one round of one server can be 10-15 % off the next, so the ratio of the totals alone
-cannot tell a real difference from a lucky round: the table also gives the ratio within each round (the two
-servers back to back under the same load), as the median and the range over the rounds.
+cannot tell a real difference from a lucky round. The table also gives the ratio within pairs of rounds (ours
+first, then vLLM first: the geometric mean of the two rounds' ratios, so the order effect cancels; the server
+that runs first in a round measured ~8 % faster here), as the median and the range over the pairs.
 
 Only max_tokens bounds the output (our API refuses vLLM's ignore_eos / min_tokens); both sides decode greedily
 from the same weights, so they produce the same tokens, and the table shows the output tokens each produced.
@@ -30,6 +31,7 @@ import base64
 import functools
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -191,8 +193,13 @@ def per_round_ratios(rounds: list[dict[str, Any]], key: str) -> list[float]:
     return [ratio(pair["ours"], pair["vllm"]) for _, pair in sorted(by_round.items()) if len(pair) == 2]
 
 
+def order_balanced(per_round: list[float]) -> list[float]:
+    """Rounds 0+1, 2+3, ...: each pair has each server once first; the geometric mean cancels the order."""
+    return [math.sqrt(a * b) for a, b in zip(per_round[::2], per_round[1::2], strict=False)]
+
+
 def spread(values: list[float]) -> str:
-    """'median [min-max]' of per-round ratios, for the table."""
+    """'median [min-max]' of ratios, for the table."""
     if not values:
         return "-"
     return f"{percentile(values, 50):.3f} [{min(values):.3f}-{max(values):.3f}]"
@@ -215,8 +222,6 @@ def main() -> None:
     parser.add_argument("--image-share", type=float, default=0.5, help="share of requests with one image")
     parser.add_argument("--image-size", default="256x192", help="WxH of the generated PNGs")
     parser.add_argument("--warmup", type=int, default=8, help="unmeasured requests per server first")
-    parser.add_argument("--settle", type=float, default=2.0,
-                        help="seconds of pause before each measured run, so the other server has gone idle")
     parser.add_argument("--ready-timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "serving.json")
     parser.add_argument("--py-spy", type=Path, default=None, help="folder for py-spy stacks of one extra round")
@@ -259,15 +264,12 @@ def main() -> None:
                 assert service.process is not None
                 other = theirs if service is ours else ours
                 assert other.process is not None
-                # vLLM's worker keeps polling its queue for a second after its last step (shm_broadcast's
-                # busy loop): without a pause, whichever server runs second in a round shares the CPU with that.
-                time.sleep(args.settle)
                 pid = service.process.pid
                 before = cpu_seconds(pid), cpu_seconds(pid, tree=True), cpu_seconds(other.process.pid, tree=True)
                 results, wall = asyncio.run(run_load(specs_for(service, bodies), args.concurrency))
                 cpu[service.name]["api"] += cpu_seconds(pid) - before[0]
                 cpu[service.name]["all"] += cpu_seconds(pid, tree=True) - before[1]
-                idle_cpu_s = cpu_seconds(other.process.pid, tree=True) - before[2]
+                idle_cpu_s = cpu_seconds(other.process.pid, tree=True) - before[2]  # what the idle one took
                 per_side[service.name] += results
                 walls[service.name] += wall
                 summary = summarize(results, wall)
@@ -297,12 +299,14 @@ def main() -> None:
     ratios = {key: ratio(totals["ours"][key], totals["vllm"][key]) for key in keys}
     round_keys = ("requests_per_s", "ttft_p50_ms", "e2e_p50_ms")
     within_rounds = {key: per_round_ratios(rounds, key) for key in round_keys}
+    balanced = {key: order_balanced(values) for key, values in within_rounds.items()}
     info["loadavg_end"] = list(os.getloadavg())
     payload = {
         "benchmark": "serving", "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
         "commands": {"vllm": shown(theirs.command), "ours": ours.command},
         "startup_s": {"vllm": theirs.ready_after_s, "ours": ours.ready_after_s},
-        "totals": totals, "ratios_ours_over_vllm": ratios, "ratios_within_rounds": within_rounds, "rounds": rounds,
+        "totals": totals, "ratios_ours_over_vllm": ratios, "ratios_within_rounds": within_rounds,
+        "ratios_order_balanced_pairs": balanced, "rounds": rounds,
         "prompt_tokens_by_kind": {n: prompt_tokens_by_kind(per_side[n]) for n in per_side},
         "targets": {"throughput_ratio_min": 1.05, "ttft_p50_ratio_max": 1.0,
                     "throughput_met": ratios["requests_per_s"] >= 1.05, "ttft_met": ratios["ttft_p50_ms"] <= 1.0},
@@ -317,11 +321,11 @@ def main() -> None:
               "api_cpu_ms_per_request": "API process CPU ms/request",
               "all_cpu_ms_per_request": "all processes CPU ms/request"}
     rows: list[tuple[object, ...]] = [
-        (labels[k], totals["ours"][k], totals["vllm"][k], ratios[k], spread(within_rounds.get(k, []))) for k in keys
+        (labels[k], totals["ours"][k], totals["vllm"][k], ratios[k], spread(balanced.get(k, []))) for k in keys
     ]
     rows.append(("errors", totals["ours"]["errors"], totals["vllm"]["errors"], "-", "-"))
     rows.append(("output tokens", totals["ours"]["output_tokens"], totals["vllm"]["output_tokens"], "-", "-"))
-    print_table(("metric", "ours", "vLLM", "ours/vLLM", "within rounds: median [range]"), rows)
+    print_table(("metric", "ours", "vLLM", "ours/vLLM", "round pairs: median [range]"), rows)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
         engine=engine,
         dispatcher=dispatcher,
         # Re-encoded bytes are only needed when images may be forwarded to Azure.
-        intake=ImageIntake(settings, reencode=azure is not None),
+        intake=ImageIntake(settings),
     )
     telemetry = Telemetry(settings, services)  # ops (issue 4): metrics, request log, recent requests
 

@@ -200,7 +200,7 @@ def describe_contents(generation: GenerationRequest) -> dict[str, Any]:
             if isinstance(part, TextPart):
                 parts.append({"text": part.text})
             elif isinstance(part, ImagePart):
-                digest = hashlib.sha256(part.encoded).hexdigest() if part.encoded else None
+                digest = hashlib.sha256(part.image.tobytes()).hexdigest()  # of the pixels the model sees
                 parts.append({"image": {"size": list(part.image.size), "source": part.source, "sha256": digest}})
         messages.append({"role": message.role, "content": parts})
     return {"messages": messages}

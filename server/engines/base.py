@@ -30,8 +30,8 @@ class ImagePart(BaseModel):
 
     type: Literal["image"] = "image"
     image: Image.Image
-    # Re-encoded bytes and their MIME type, for engines that forward images (Azure).
-    encoded: bytes = b""
+    # The source's type, as sniffed from its bytes: engines that forward images (Azure) re-encode the pixels
+    # above, as JPEG for photo sources, and only when they forward them.
     mime_type: str = "image/png"
     source: str = ""  # "data-url", "https", "upload": for logs, never the content
 

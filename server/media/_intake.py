@@ -29,7 +29,7 @@ from PIL import Image
 from server.config import Settings
 from server.engines.base import ImagePart
 from server.errors import ImageError
-from server.media._decode import ALLOWED_FORMATS, DecodedImage, decode_image, unsupported
+from server.media._decode import ALLOWED_FORMATS, decode_image, unsupported
 from server.media._fetch import SafeFetcher
 from server.media._grid import MISTRAL_SMALL_3_1, VisionGrid
 
@@ -77,7 +77,7 @@ class ImageBudget:
 
 
 class ImageIntake:
-    """One per app. ``reencode``: fill ``ImagePart.encoded`` for engines that forward images (Azure)."""
+    """One per app."""
 
     def __init__(
         self,
@@ -85,12 +85,10 @@ class ImageIntake:
         *,
         grid: VisionGrid = MISTRAL_SMALL_3_1,
         fetcher: SafeFetcher | None = None,
-        reencode: bool = True,
     ) -> None:
         self.settings = settings
         self.grid = grid
         self.fetcher = fetcher or SafeFetcher.from_settings(settings)
-        self.reencode = reencode
 
     def budget(self) -> ImageBudget:
         return ImageBudget(self.settings.max_images_per_request, self.settings.max_total_image_bytes)
@@ -140,8 +138,7 @@ class ImageIntake:
 
     def _decode(self, data: bytes, source: str) -> ImagePart:
         decoded = decode_image(data, max_pixels=self.settings.max_image_pixels, grid=self.grid)
-        encoded, mime = reencode(decoded) if self.reencode else (b"", decoded.mime_type)
-        return ImagePart(image=decoded.image, encoded=encoded, mime_type=mime, source=source)
+        return ImagePart(image=decoded.image, mime_type=decoded.mime_type, source=source)
 
 
 def _declared_pixels(data: bytes) -> float:
@@ -178,17 +175,3 @@ def decode_data_url(url: str, max_bytes: int) -> tuple[str | None, bytes]:
         return match.group("mime"), base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ImageError("image data URL is not valid base64", code="image_invalid_data_url") from exc
-
-
-def reencode(decoded: DecodedImage) -> tuple[bytes, str]:
-    """Clean bytes of what the model sees, for forwarding: no metadata, no trailing payload, already resized.
-
-    Photos (JPEG/WebP sources) as JPEG; lossless sources (screenshots, diagrams) as PNG, fast setting.
-    """
-    buffer = io.BytesIO()
-    image: Image.Image = decoded.image
-    if decoded.format in ("JPEG", "WEBP"):
-        image.save(buffer, format="JPEG", quality=90)
-        return buffer.getvalue(), "image/jpeg"
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue(), "image/png"

@@ -82,10 +82,8 @@ def _request(
     text: str = "hello", *, image: bool = False, logprobs: bool = False, stream: bool = True
 ) -> GenerationRequest:
     content: list[TextPart | ImagePart] = [TextPart(text=text)]
-    if image:
-        buffer = io.BytesIO()
-        Image.new("RGB", (4, 4), "red").save(buffer, format="JPEG")
-        content.append(ImagePart(image=Image.new("RGB", (4, 4)), encoded=buffer.getvalue(), mime_type="image/jpeg"))
+    if image:  # a photo source: forwarded as JPEG
+        content.append(ImagePart(image=Image.new("RGB", (28, 14), (200, 30, 30)), mime_type="image/jpeg"))
     return GenerationRequest(
         request_id="req-1",
         messages=[Message(role="system", content=[TextPart(text="be brief")]), Message(role="user", content=content)],
@@ -117,7 +115,10 @@ async def test_v1_request_wire_format_and_streamed_chunks(fake: FakeAzure, sleep
         assert text_part == {"type": "text", "text": "describe this"}
         url = image_part["image_url"]["url"]
         assert url.startswith("data:image/jpeg;base64,")
-        assert base64.b64decode(url.split(",", 1)[1]) == request.messages[1].content[1].encoded  # type: ignore[union-attr]
+        forwarded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+        assert forwarded.format == "JPEG" and forwarded.size == (28, 14)  # the pixels the local model would see
+        red, green, blue = forwarded.convert("RGB").getpixel((14, 7))  # type: ignore[misc]
+        assert red > 180 and green < 60 and blue < 60
 
         # Azure's metadata-only first chunk and the empty role chunk are dropped; deltas arrive one by one.
         assert [c.text for c in chunks if c.text] == ["one", " two", " three"]
