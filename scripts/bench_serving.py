@@ -221,7 +221,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--image-share", type=float, default=0.5, help="share of requests with one image")
     parser.add_argument("--image-size", default="256x192", help="WxH of the generated PNGs")
-    parser.add_argument("--warmup", type=int, default=8, help="unmeasured requests per server first")
+    parser.add_argument("--warmup", type=int, default=24, help="unmeasured requests per server first")
+    parser.add_argument("--settle", type=float, default=2.0,
+                        help="seconds of pause before each measured run, so the other server has gone idle")
     parser.add_argument("--ready-timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "serving.json")
     parser.add_argument("--py-spy", type=Path, default=None, help="folder for py-spy stacks of one extra round")
@@ -264,12 +266,16 @@ def main() -> None:
                 assert service.process is not None
                 other = theirs if service is ours else ours
                 assert other.process is not None
+                # A server that has just finished can keep a core busy for about a second more (vLLM's worker
+                # polls its queue for 1 s after its last step): without this pause the idle server took up to
+                # 1.1 CPU-seconds during the other's run, in some rounds and not others. Recorded per round.
+                time.sleep(args.settle)
                 pid = service.process.pid
                 before = cpu_seconds(pid), cpu_seconds(pid, tree=True), cpu_seconds(other.process.pid, tree=True)
                 results, wall = asyncio.run(run_load(specs_for(service, bodies), args.concurrency))
                 cpu[service.name]["api"] += cpu_seconds(pid) - before[0]
                 cpu[service.name]["all"] += cpu_seconds(pid, tree=True) - before[1]
-                idle_cpu_s = cpu_seconds(other.process.pid, tree=True) - before[2]  # what the idle one took
+                idle_cpu_s = cpu_seconds(other.process.pid, tree=True) - before[2]
                 per_side[service.name] += results
                 walls[service.name] += wall
                 summary = summarize(results, wall)
