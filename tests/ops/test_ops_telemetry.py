@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
+from PIL import Image
 
 from server.engines.base import GenerationRequest
 from server.errors import UpstreamError
@@ -80,6 +84,27 @@ async def test_contents_are_logged_only_when_turned_on(make_client, access_log) 
     client = make_client(log_contents=True)
     await client.post("/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": "visible"}]})
     assert access_log.lines[-1]["contents"]["messages"][0]["content"] == [{"text": "visible"}]
+
+
+def _png_url(color: tuple[int, int, int]) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 16), color).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+async def test_logged_images_are_fingerprints_of_their_pixels(make_client, access_log) -> None:
+    client = make_client(log_contents=True)
+    images = []
+    for color in ((200, 10, 10), (200, 10, 10), (10, 10, 200)):
+        image = {"type": "image_url", "image_url": {"url": _png_url(color)}}
+        message = {"role": "user", "content": [{"type": "text", "text": "what is this"}, image]}
+        response = await client.post("/v1/chat/completions", json={**CHAT, "messages": [message]})
+        assert response.status_code == 200
+        [_, part] = access_log.lines[-1]["contents"]["messages"][0]["content"]
+        images.append(part["image"])
+    assert images[0]["source"] == "data-url" and re.fullmatch(r"[0-9a-f]{64}", images[0]["sha256"])
+    assert images[0]["sha256"] == images[1]["sha256"] != images[2]["sha256"]  # same pixels, same fingerprint
+    assert "base64" not in json.dumps(access_log.lines)
 
 
 async def test_refused_requests_are_logged_with_their_error_code(make_client, access_log) -> None:
