@@ -44,7 +44,6 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
         profile=profile,
         engine=engine,
         dispatcher=dispatcher,
-        # Re-encoded bytes are only needed when images may be forwarded to Azure.
         intake=ImageIntake(settings),
     )
     telemetry = Telemetry(settings, services)  # ops (issue 4): metrics, request log, recent requests
