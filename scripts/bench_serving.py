@@ -266,9 +266,9 @@ def main() -> None:
                 assert service.process is not None
                 other = theirs if service is ours else ours
                 assert other.process is not None
-                # A server that has just finished can keep a core busy for about a second more (vLLM's worker
-                # polls its queue for 1 s after its last step): without this pause the idle server took up to
-                # 1.1 CPU-seconds during the other's run, in some rounds and not others. Recorded per round.
+                # A server that has just finished can keep a core busy for about a second more (likely vLLM's
+                # worker, which polls its queue for 1 s after its last step): without this pause the idle server
+                # took up to 1.1 CPU-seconds during the other's run, in some rounds and not others. Recorded.
                 time.sleep(args.settle)
                 pid = service.process.pid
                 before = cpu_seconds(pid), cpu_seconds(pid, tree=True), cpu_seconds(other.process.pid, tree=True)
