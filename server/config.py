@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     # the common ones), so the server never closes a connection the balancer is about to reuse.
     keep_alive_timeout_s: int = 75
     drain_timeout_s: float = 30.0  # on SIGTERM: how long in-flight requests may finish before they are aborted
+    # How long a thread may hold the GIL while another waits (Python's default is 5 ms). vLLM tokenizes and
+    # prepares images in worker threads; under streaming load the event loop rarely blocks, so each hand-over
+    # to them waited the full interval (docs/BENCHMARKS.md: 1 ms cut vLLM's render p50 from 23 to 16 ms).
+    gil_switch_interval_ms: float = Field(default=1.0, gt=0.0, le=100.0)
     log_contents: bool = False  # put prompt text (and image sizes/hashes, never pixels) in the request log
     recent_requests: int = 200  # size of the recent-requests ring buffer the dashboard shows
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from types import FrameType
 
 import uvicorn
@@ -34,6 +35,11 @@ def begin_drain(app: FastAPI) -> None:
     limiter = getattr(app.state, "limiter", None)
     if limiter is not None and not limiter.draining:
         limiter.drain()
+
+
+def set_switch_interval(settings: Settings) -> None:
+    """Apply ``gil_switch_interval_ms`` to this process (the serving process only: it is an interpreter setting)."""
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
 
 
 class DrainingServer(uvicorn.Server):
@@ -59,6 +65,7 @@ def serve(app: FastAPI, settings: Settings) -> str | None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
                             timeout_keep_alive=settings.keep_alive_timeout_s, access_log=False)
+    set_switch_interval(settings)
     server = DrainingServer(config, app)
     failures: list[str] = []
 
