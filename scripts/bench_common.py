@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import signal
 import socket
 import subprocess
@@ -303,24 +304,48 @@ async def _read_stream(client: httpx.AsyncClient, spec: RequestSpec, start: floa
     result.ok = True
 
 
-async def run_load(specs: Sequence[RequestSpec], concurrency: int, *, timeout_s: float = 300.0
-                   ) -> tuple[list[RequestResult], float]:
-    """Send ``specs`` with ``concurrency`` requests in flight (a closed loop); (results, wall seconds)."""
-    queue: asyncio.Queue[RequestSpec] = asyncio.Queue()
-    for spec in specs:
-        queue.put_nowait(spec)
+async def run_load(specs: Sequence[RequestSpec], concurrency: int, *, arrivals: Sequence[float] | None = None,
+                   timeout_s: float = 300.0) -> tuple[list[RequestResult], float]:
+    """Send ``specs``; (results, wall seconds).
+
+    Without ``arrivals``: a closed loop, ``concurrency`` requests in flight, the next sent as one finishes. With
+    ``arrivals`` (seconds from the start, one per spec): an open loop, each request sent at its time whatever is
+    still running, as real clients do (``concurrency`` is then unused).
+    """
     results: list[RequestResult] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    connections = concurrency if arrivals is None else len(specs)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
         t0 = time.perf_counter()
+        if arrivals is None:
+            queue: asyncio.Queue[RequestSpec] = asyncio.Queue()
+            for spec in specs:
+                queue.put_nowait(spec)
 
-        async def worker() -> None:
-            while not queue.empty():
-                results.append(await _one(client, queue.get_nowait(), t0))
+            async def worker() -> None:
+                while not queue.empty():
+                    results.append(await _one(client, queue.get_nowait(), t0))
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        else:
+            async def at(offset: float, spec: RequestSpec) -> None:
+                await asyncio.sleep(max(0.0, offset - (time.perf_counter() - t0)))
+                results.append(await _one(client, spec, t0))
+
+            await asyncio.gather(*(at(offset, spec) for offset, spec in zip(arrivals, specs, strict=True)))
         wall = time.perf_counter() - t0
     return results, wall
+
+
+def poisson_arrivals(count: int, rate: float, seed: int) -> list[float]:
+    """``count`` send times (seconds from the start) of a Poisson process at ``rate`` per second; same seed, same
+    times, so both servers of a round get the very same schedule."""
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    for _ in range(count):
+        times.append(t)
+        t += rng.expovariate(rate)
+    return times
 
 
 def summarize(results: Sequence[RequestResult], wall_s: float) -> dict[str, Any]:

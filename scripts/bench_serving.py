@@ -1,6 +1,7 @@
 """Our server against vLLM's own OpenAI server, same model, same engine settings, same load.
 
     .venv-vllm/bin/python scripts/bench_serving.py [--rounds 10] [--requests 32] [--concurrency 8] [--max-tokens 64]
+                                                   [--rate R]
 
 Starts, from the interpreter running this script (a venv with vllm and this project's dependencies):
   A  `vllm serve <model>` with the flags derived from the profile (server.engines.vllm.engine_args, so the
@@ -15,6 +16,13 @@ On a shared machine one round of one server can be 10-15 % off the next, so the 
 cannot tell a real difference from a lucky round. The table also gives the ratio within pairs of rounds (ours
 first, then vLLM first: the geometric mean of the two rounds' ratios, so the order effect cancels; the server
 that runs first in a round measured ~8 % faster here), as the median and the range over the pairs.
+
+`--rate R` makes it an open loop instead: each round's requests are sent at the times of a Poisson process at R
+requests/s (seeded per round, so both servers get the very same schedule), whatever is still running, the way
+`vllm bench serve --request-rate` loads a server. The closed loop with a fixed max_tokens keeps requests in step:
+they finish together and the next N arrive together, so its TTFT is mostly which engine step a request's prefill
+lands in; the open loop spreads the arrivals. There, requests/s is the offered rate while the servers keep up, and
+TTFT and end-to-end latency are the figures to compare.
 
 Only max_tokens bounds the output (our API refuses vLLM's ignore_eos / min_tokens); both sides decode greedily
 from the same weights, so they produce the same tokens, and the table shows the output tokens each produced.
@@ -51,6 +59,7 @@ from bench_common import (
     machine_info,
     package_versions,
     percentile,
+    poisson_arrivals,
     print_table,
     py_spy,
     ratio,
@@ -218,6 +227,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="measured rounds per server (order alternates)")
     parser.add_argument("--requests", type=int, default=32, help="requests per round")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="open loop instead: Poisson arrivals at this many requests/s (same schedule for both)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--image-share", type=float, default=0.5, help="share of requests with one image")
     parser.add_argument("--image-size", default="256x192", help="WxH of the generated PNGs")
@@ -262,6 +273,7 @@ def main() -> None:
         for r in range(args.rounds):
             bodies = build_bodies(args.requests, r * args.requests, **common)
             order = (ours, theirs) if r % 2 == 0 else (theirs, ours)
+            arrivals = poisson_arrivals(len(bodies), args.rate, seed=r) if args.rate else None
             for service in order:
                 assert service.process is not None
                 other = theirs if service is ours else ours
@@ -272,7 +284,7 @@ def main() -> None:
                 time.sleep(args.settle)
                 pid = service.process.pid
                 before = cpu_seconds(pid), cpu_seconds(pid, tree=True), cpu_seconds(other.process.pid, tree=True)
-                results, wall = asyncio.run(run_load(specs_for(service, bodies), args.concurrency))
+                results, wall = asyncio.run(run_load(specs_for(service, bodies), args.concurrency, arrivals=arrivals))
                 cpu[service.name]["api"] += cpu_seconds(pid) - before[0]
                 cpu[service.name]["all"] += cpu_seconds(pid, tree=True) - before[1]
                 idle_cpu_s = cpu_seconds(other.process.pid, tree=True) - before[2]
