@@ -239,6 +239,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "serving.json")
     parser.add_argument("--py-spy", type=Path, default=None, help="folder for py-spy stacks of one extra round")
     args = parser.parse_args()
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be above 0 (requests per second)")
 
     python = Path(sys.executable)
     image_size = tuple(int(v) for v in args.image_size.lower().split("x"))
@@ -273,7 +275,7 @@ def main() -> None:
         for r in range(args.rounds):
             bodies = build_bodies(args.requests, r * args.requests, **common)
             order = (ours, theirs) if r % 2 == 0 else (theirs, ours)
-            arrivals = poisson_arrivals(len(bodies), args.rate, seed=r) if args.rate else None
+            arrivals = poisson_arrivals(len(bodies), args.rate, seed=r) if args.rate is not None else None
             for service in order:
                 assert service.process is not None
                 other = theirs if service is ours else ours
