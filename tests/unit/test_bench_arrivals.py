@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from tests.fakes.fake_azure import FakeAzure, Reply
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,3 +36,18 @@ def test_gaps_average_one_over_the_rate() -> None:
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert abs(statistics.fmean(gaps) - 0.5) < 0.05
     assert abs(statistics.pstdev(gaps) - 0.5) < 0.05  # exponential: the deviation equals the mean
+
+
+async def test_open_loop_sends_each_request_at_its_time_without_waiting_for_the_others() -> None:
+    common = bench_common()
+    with FakeAzure() as backend:
+        backend.script = [Reply(delay_s=0.6) for _ in range(3)]  # each answer takes 0.6 s to start
+        spec = common.RequestSpec(url=backend.endpoint + "/openai/v1/chat/completions", headers={"api-key": "test-key"},
+                                  body={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+                                        "stream": True})
+        results, wall = await common.run_load([spec] * 3, 1, arrivals=[0.0, 0.2, 0.4])
+    assert all(r.ok for r in results), [r.error for r in results]
+    starts = sorted(r.start_s for r in results)
+    for start, due in zip(starts, [0.0, 0.2, 0.4], strict=True):  # on schedule, although one "slot" was asked for
+        assert due <= start < due + 0.15
+    assert wall < 1.5  # a closed loop with one in flight would take at least 3 x 0.6 s
