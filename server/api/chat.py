@@ -17,9 +17,20 @@ router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 429, 502, 503, 504)
 }
+# With "stream": true the 200 is server-sent events; the schema describes one event (OpenAPI < 3.2): its data is a
+# chat.completion.chunk in JSON, an {"error": ...} object if the stream fails midway, or the final "[DONE]".
+_STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A chat.completion object, or with stream: true, server-sent chat.completion.chunk events",
+        "content": {"text/event-stream": {"schema": {
+            "type": "object", "required": ["data"],
+            "properties": {"data": {"type": "string", "description": "a chat.completion.chunk (JSON), or [DONE]"}},
+        }}},
+    },
+}
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses={**_STREAMED, **_ERRORS})
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,

@@ -34,3 +34,7 @@ def test_unknown_path_is_openai_shaped_404(live_server: LiveServer) -> None:
 def test_openapi_documents_chat(live_server: LiveServer) -> None:
     schema = httpx.get(f"{live_server.base_url}/openapi.json").json()
     assert "/v1/chat/completions" in schema["paths"]
+    # Both kinds of 200 are documented: a chat.completion, and with "stream": true, events (schemathesis checks them)
+    ok = schema["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
+    assert set(ok) == {"application/json", "text/event-stream"}
+    assert ok["text/event-stream"]["schema"]["required"] == ["data"]
