@@ -7,6 +7,7 @@ Only the standard library and httpx, so the scripts run in any of the project's 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -16,10 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -28,6 +29,7 @@ LOOPBACK = "127.0.0.1"
 # .pth files a clean venv may hold: setuptools' shim and editable installs of this project. Anything else runs
 # code at every interpreter start (the 2026 LiteLLM compromise shipped exactly that), so its presence is fatal.
 ALLOWED_PTH_PREFIXES = ("distutils-precedence", "__editable__.mistral_small_server", "_mistral_small_server")
+Spec = TypeVar("Spec")  # what drive_load hands to its send function: a RequestSpec, or a body
 
 
 # -- numbers ----------------------------------------------------------------------------------------------------
@@ -306,35 +308,41 @@ async def _read_stream(client: httpx.AsyncClient, spec: RequestSpec, start: floa
 
 async def run_load(specs: Sequence[RequestSpec], concurrency: int, *, arrivals: Sequence[float] | None = None,
                    timeout_s: float = 300.0) -> tuple[list[RequestResult], float]:
-    """Send ``specs``; (results, wall seconds).
-
-    Without ``arrivals``: a closed loop, ``concurrency`` requests in flight, the next sent as one finishes. With
-    ``arrivals`` (seconds from the start, one per spec): an open loop, each request sent at its time whatever is
-    still running, as real clients do (``concurrency`` is then unused).
-    """
-    results: list[RequestResult] = []
+    """Send ``specs`` over HTTP; (results, wall seconds). The schedule is ``drive_load``'s."""
     connections = concurrency if arrivals is None else len(specs)
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
-        t0 = time.perf_counter()
-        if arrivals is None:
-            queue: asyncio.Queue[RequestSpec] = asyncio.Queue()
-            for spec in specs:
-                queue.put_nowait(spec)
+        return await drive_load(specs, concurrency, functools.partial(_one, client), arrivals=arrivals)
 
-            async def worker() -> None:
-                while not queue.empty():
-                    results.append(await _one(client, queue.get_nowait(), t0))
 
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        else:
-            async def at(offset: float, spec: RequestSpec) -> None:
-                await asyncio.sleep(max(0.0, offset - (time.perf_counter() - t0)))
-                results.append(await _one(client, spec, t0))
+async def drive_load(specs: Sequence[Spec], concurrency: int, send: Callable[[Spec, float], Awaitable[RequestResult]],
+                     *, arrivals: Sequence[float] | None = None) -> tuple[list[RequestResult], float]:
+    """Run ``send(spec, t0)`` for each spec; (results, wall seconds).
 
-            await asyncio.gather(*(at(offset, spec) for offset, spec in zip(arrivals, specs, strict=True)))
-        wall = time.perf_counter() - t0
-    return results, wall
+    Without ``arrivals``: a closed loop, ``concurrency`` requests in flight, the next sent as one finishes. With
+    ``arrivals`` (seconds from the start, one per spec): an open loop, each request sent at its time whatever is
+    still running, as real clients do (``concurrency`` is then unused). ``send`` is an HTTP request for the servers,
+    a direct engine call for bench_engine_direct.py: the same schedule either way.
+    """
+    results: list[RequestResult] = []
+    t0 = time.perf_counter()
+    if arrivals is None:
+        queue: asyncio.Queue[Spec] = asyncio.Queue()
+        for spec in specs:
+            queue.put_nowait(spec)
+
+        async def worker() -> None:
+            while not queue.empty():
+                results.append(await send(queue.get_nowait(), t0))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    else:
+        async def at(offset: float, spec: Spec) -> None:
+            await asyncio.sleep(max(0.0, offset - (time.perf_counter() - t0)))
+            results.append(await send(spec, t0))
+
+        await asyncio.gather(*(at(offset, spec) for offset, spec in zip(arrivals, specs, strict=True)))
+    return results, time.perf_counter() - t0
 
 
 def poisson_arrivals(count: int, rate: float, seed: int) -> list[float]:

@@ -27,6 +27,10 @@ TTFT and end-to-end latency are the figures to compare.
 Only max_tokens bounds the output (our API refuses vLLM's ignore_eos / min_tokens); both sides decode greedily
 from the same weights, so they produce the same tokens, and the table shows the output tokens each produced.
 
+`--direct` adds a third contender, the ceiling: vLLM's renderer and AsyncLLM driven in-process by
+scripts/bench_engine_direct.py with the same engine arguments, bodies and schedule, and no HTTP or API server at all.
+direct/vLLM is then the most any API layer on this engine could gain over `vllm serve` here.
+
 `--py-spy DIR` adds one profiled round per side afterwards (py-spy must be installed in this venv), writing
 collapsed stacks of each API process to DIR; they do not count in the figures.
 """
@@ -69,6 +73,7 @@ from bench_common import (
     wait_ready,
     write_json,
 )
+from bench_engine_direct import DirectEngine
 
 from server.config import load_profile
 from server.engines.vllm import engine_args
@@ -123,11 +128,15 @@ def vllm_serve_flags(profile_name: str) -> tuple[str, list[str]]:
     return model, flags
 
 
+def engine_env() -> dict[str, str]:
+    """The same environment for every contender; our engine would default the CPU KV cache to 1 GiB, vLLM to 4."""
+    return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+
+
 def make_services(python: Path, profile: str, logs: Path) -> tuple[Service, Service]:
     model, flags = vllm_serve_flags(profile)
     launcher = [str(python), "-c", VLLM_CLI]
-    # The same environment for both; our engine would default the CPU KV cache to 1 GiB, vLLM to 4 GiB.
-    env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    env = engine_env()
     vllm_port, ours_port = free_port(), free_port()
     theirs = Service("vllm", [*launcher, "serve", model, "--host", "127.0.0.1", "--port", str(vllm_port), *flags],
                      vllm_port, logs / "vllm.log", env=env, ready_path="/health")
@@ -194,12 +203,12 @@ def prompt_tokens_by_kind(results: list[RequestResult]) -> dict[str, dict[str, i
     return {kind: {"min": min(v), "max": max(v), "sum": sum(v)} for kind, v in out.items()}
 
 
-def per_round_ratios(rounds: list[dict[str, Any]], key: str) -> list[float]:
-    """ours/vLLM for ``key`` within each round: the two servers ran back to back under the same load."""
+def per_round_ratios(rounds: list[dict[str, Any]], key: str, side: str = "ours") -> list[float]:
+    """side/vLLM for ``key`` within each round: the contenders ran back to back under the same load."""
     by_round: dict[int, dict[str, float]] = {}
     for entry in rounds:
         by_round.setdefault(entry["round"], {})[entry["server"]] = entry[key]
-    return [ratio(pair["ours"], pair["vllm"]) for _, pair in sorted(by_round.items()) if len(pair) == 2]
+    return [ratio(got[side], got["vllm"]) for _, got in sorted(by_round.items()) if side in got and "vllm" in got]
 
 
 def order_balanced(per_round: list[float]) -> list[float]:
@@ -216,6 +225,22 @@ def spread(values: list[float]) -> str:
 
 def drive(service: Service, bodies: list[tuple[str, dict[str, Any]]], concurrency: int) -> None:
     asyncio.run(run_load(specs_for(service, bodies), concurrency))
+
+
+def measure(contender: Service | DirectEngine, bodies: list[tuple[str, dict[str, Any]]], concurrency: int,
+            arrivals: list[float] | None = None) -> tuple[list[RequestResult], float]:
+    """One load on one contender: over HTTP for a server, in its own process for the direct engine."""
+    if isinstance(contender, DirectEngine):
+        return contender.run(bodies, concurrency, arrivals)
+    return asyncio.run(run_load(specs_for(contender, bodies), concurrency, arrivals=arrivals))
+
+
+def round_order(r: int, ours: Service, theirs: Service, direct: DirectEngine | None) -> list[Service | DirectEngine]:
+    """ours/vLLM alternate first (ABBA...); the direct engine, when present, alternates between first and last."""
+    pair: list[Service | DirectEngine] = [ours, theirs] if r % 2 == 0 else [theirs, ours]
+    if direct is None:
+        return pair
+    return [direct, *pair] if r % 2 == 0 else [*pair, direct]
 
 
 # -- main -------------------------------------------------------------------------------------------------------
@@ -238,6 +263,8 @@ def main() -> None:
     parser.add_argument("--ready-timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "serving.json")
     parser.add_argument("--py-spy", type=Path, default=None, help="folder for py-spy stacks of one extra round")
+    parser.add_argument("--direct", action="store_true",
+                        help="add the ceiling: vLLM's renderer + AsyncLLM in-process, no HTTP (bench_engine_direct.py)")
     args = parser.parse_args()
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be above 0 (requests per second)")
@@ -250,46 +277,51 @@ def main() -> None:
                                                  "httpx", "mistral-small-server"])
     logs = args.out.parent / "serving-logs"
     ours, theirs = make_services(python, args.profile, logs)
+    direct = DirectEngine.for_profile(python, args.profile, logs / "direct.log", engine_env()) if args.direct else None
+    contenders: list[Service | DirectEngine] = [ours, theirs] + ([direct] if direct else [])
     model = load_profile(args.profile).model_name
     print(f"load average at start: {info['loadavg_start']}")
     print(f"starting {theirs.name}: {' '.join(shown(theirs.command))}")
     print(f"starting {ours.name}: {' '.join(ours.command)}")
+    if direct:
+        print(f"starting {direct.name}: {' '.join(direct.command)}")
     started = time.monotonic()
     try:
-        ours.start()
-        theirs.start()
-        wait_ready([ours, theirs], args.ready_timeout)
+        for contender in contenders:
+            contender.start()
+        wait_ready(contenders, args.ready_timeout)  # type: ignore[arg-type]
         common = {"model": model, "max_tokens": args.max_tokens, "image_share": args.image_share,
                   "image_size": image_size}
         warm = build_bodies(args.warmup, 100_000, **common)
-        for service in (ours, theirs):
-            results, _ = asyncio.run(run_load(specs_for(service, warm), args.concurrency))
+        for contender in contenders:
+            results, _ = measure(contender, warm, args.concurrency)
             bad = [r.error for r in results if not r.ok]
             if bad:
-                raise RuntimeError(f"{service.name} warm-up failed: {bad[0]}")
-        per_side: dict[str, list[RequestResult]] = {"ours": [], "vllm": []}
-        walls: dict[str, float] = {"ours": 0.0, "vllm": 0.0}
-        # CPU seconds during the measured rounds: the API server process alone, and with its engine processes
-        cpu: dict[str, dict[str, float]] = {"ours": {"api": 0.0, "all": 0.0}, "vllm": {"api": 0.0, "all": 0.0}}
+                raise RuntimeError(f"{contender.name} warm-up failed: {bad[0]}")
+        names = [c.name for c in contenders]
+        per_side: dict[str, list[RequestResult]] = {name: [] for name in names}
+        walls: dict[str, float] = dict.fromkeys(names, 0.0)
+        # CPU seconds during the measured rounds: the API server process alone (the direct engine's own process),
+        # and with its engine processes
+        cpu: dict[str, dict[str, float]] = {name: {"api": 0.0, "all": 0.0} for name in names}
         rounds: list[dict[str, Any]] = []
         for r in range(args.rounds):
             bodies = build_bodies(args.requests, r * args.requests, **common)
-            order = (ours, theirs) if r % 2 == 0 else (theirs, ours)
             arrivals = poisson_arrivals(len(bodies), args.rate, seed=r) if args.rate is not None else None
-            for service in order:
+            for service in round_order(r, ours, theirs, direct):
                 assert service.process is not None
-                other = theirs if service is ours else ours
-                assert other.process is not None
+                others = [c.process.pid for c in contenders if c is not service and c.process is not None]
                 # A server that has just finished can keep a core busy for about a second more (likely vLLM's
                 # worker, which polls its queue for 1 s after its last step): without this pause the idle server
                 # took up to 1.1 CPU-seconds during the other's run, in some rounds and not others. Recorded.
                 time.sleep(args.settle)
                 pid = service.process.pid
-                before = cpu_seconds(pid), cpu_seconds(pid, tree=True), cpu_seconds(other.process.pid, tree=True)
-                results, wall = asyncio.run(run_load(specs_for(service, bodies), args.concurrency, arrivals=arrivals))
+                idle_before = sum(cpu_seconds(other, tree=True) for other in others)
+                before = cpu_seconds(pid), cpu_seconds(pid, tree=True)
+                results, wall = measure(service, bodies, args.concurrency, arrivals)
                 cpu[service.name]["api"] += cpu_seconds(pid) - before[0]
                 cpu[service.name]["all"] += cpu_seconds(pid, tree=True) - before[1]
-                idle_cpu_s = cpu_seconds(other.process.pid, tree=True) - before[2]
+                idle_cpu_s = sum(cpu_seconds(other, tree=True) for other in others) - idle_before
                 per_side[service.name] += results
                 walls[service.name] += wall
                 summary = summarize(results, wall)
@@ -297,7 +329,7 @@ def main() -> None:
                                "other_server_cpu_s": idle_cpu_s, **summary})
                 print(f"  round {r} {service.name:5s} {summary['requests_per_s']:.2f} req/s  "
                       f"{summary['output_tokens_per_s']:.1f} tok/s  TTFT p50 {summary['ttft_p50_ms']:.0f} ms  "
-                      f"errors {summary['errors']}  (the idle server used {idle_cpu_s:.2f} CPU s meanwhile)")
+                      f"errors {summary['errors']}  (the idle contenders used {idle_cpu_s:.2f} CPU s meanwhile)")
         profiles = {}
         if args.py_spy:
             extra = build_bodies(args.requests, 200_000, **common)
@@ -307,8 +339,8 @@ def main() -> None:
                              functools.partial(drive, s, extra, args.concurrency))
                 profiles[s.name] = str(out)
     finally:
-        ours.stop()
-        theirs.stop()
+        for contender in contenders:
+            contender.stop()
 
     totals = {name: summarize(per_side[name], walls[name]) for name in per_side}
     for name, total in totals.items():
@@ -317,16 +349,19 @@ def main() -> None:
     keys = ("requests_per_s", "output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms",
             "api_cpu_ms_per_request", "all_cpu_ms_per_request")
     ratios = {key: ratio(totals["ours"][key], totals["vllm"][key]) for key in keys}
+    ceiling = {key: ratio(totals["direct"][key], totals["vllm"][key]) for key in keys} if direct else {}
     round_keys = ("requests_per_s", "ttft_p50_ms", "e2e_p50_ms")
     within_rounds = {key: per_round_ratios(rounds, key) for key in round_keys}
     balanced = {key: order_balanced(values) for key, values in within_rounds.items()}
+    ceiling_balanced = {key: order_balanced(per_round_ratios(rounds, key, "direct")) for key in round_keys}
     info["loadavg_end"] = list(os.getloadavg())
     payload = {
         "benchmark": "serving", "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
-        "commands": {"vllm": shown(theirs.command), "ours": ours.command},
-        "startup_s": {"vllm": theirs.ready_after_s, "ours": ours.ready_after_s},
+        "commands": {"vllm": shown(theirs.command), **{c.name: c.command for c in contenders if c is not theirs}},
+        "startup_s": {c.name: c.ready_after_s for c in contenders},
         "totals": totals, "ratios_ours_over_vllm": ratios, "ratios_within_rounds": within_rounds,
-        "ratios_order_balanced_pairs": balanced, "rounds": rounds,
+        "ratios_order_balanced_pairs": balanced, "ratios_direct_over_vllm": ceiling,
+        "ratios_direct_over_vllm_order_balanced_pairs": ceiling_balanced if direct else {}, "rounds": rounds,
         "prompt_tokens_by_kind": {n: prompt_tokens_by_kind(per_side[n]) for n in per_side},
         "targets": {"throughput_ratio_min": 1.05, "ttft_p50_ratio_max": 1.0,
                     "throughput_met": ratios["requests_per_s"] >= 1.05, "ttft_met": ratios["ttft_p50_ms"] <= 1.0},
@@ -340,12 +375,17 @@ def main() -> None:
               "ttft_p99_ms": "TTFT p99 ms", "e2e_p50_ms": "e2e p50 ms", "e2e_p99_ms": "e2e p99 ms",
               "api_cpu_ms_per_request": "API process CPU ms/request",
               "all_cpu_ms_per_request": "all processes CPU ms/request"}
-    rows: list[tuple[object, ...]] = [
-        (labels[k], totals["ours"][k], totals["vllm"][k], ratios[k], spread(balanced.get(k, []))) for k in keys
+    headers = ["metric", "ours", "vLLM", "ours/vLLM", "round pairs: median [range]"]
+    rows: list[list[object]] = [
+        [labels[k], totals["ours"][k], totals["vllm"][k], ratios[k], spread(balanced.get(k, []))] for k in keys
     ]
-    rows.append(("errors", totals["ours"]["errors"], totals["vllm"]["errors"], "-", "-"))
-    rows.append(("output tokens", totals["ours"]["output_tokens"], totals["vllm"]["output_tokens"], "-", "-"))
-    print_table(("metric", "ours", "vLLM", "ours/vLLM", "round pairs: median [range]"), rows)
+    rows.append(["errors", totals["ours"]["errors"], totals["vllm"]["errors"], "-", "-"])
+    rows.append(["output tokens", totals["ours"]["output_tokens"], totals["vllm"]["output_tokens"], "-", "-"])
+    if direct:  # the ceiling's columns: what no API layer on this engine can beat
+        headers += ["direct", "direct/vLLM", "direct pairs"]
+        for row, key in zip(rows, [*keys, "errors", "output_tokens"], strict=True):
+            row += [totals["direct"][key], ceiling.get(key, "-"), spread(ceiling_balanced.get(key, []))]
+    print_table(headers, rows)
 
 
 if __name__ == "__main__":
