@@ -236,11 +236,18 @@ def measure(contender: Service | DirectEngine, bodies: list[tuple[str, dict[str,
 
 
 def round_order(r: int, ours: Service, theirs: Service, direct: DirectEngine | None) -> list[Service | DirectEngine]:
-    """ours/vLLM alternate first (ABBA...); the direct engine, when present, alternates between first and last."""
-    pair: list[Service | DirectEngine] = [ours, theirs] if r % 2 == 0 else [theirs, ours]
-    if direct is None:
-        return pair
-    return [direct, *pair] if r % 2 == 0 else [*pair, direct]
+    """The contenders' order in round ``r``: an odd round runs the previous round's order reversed.
+
+    So within each pair of rounds every contender runs once before and once after each other one (the pairs
+    ratios need that: the one that runs first measured up to ~8 % faster here). With the direct engine, successive
+    pairs of rounds also rotate the order, so each contender takes each position, the middle one included, alike.
+    """
+    order: list[Service | DirectEngine] = [ours, theirs]
+    if direct is not None:
+        order.append(direct)
+        shift = (r // 2) % len(order)
+        order = order[shift:] + order[:shift]
+    return order if r % 2 == 0 else order[::-1]
 
 
 # -- main -------------------------------------------------------------------------------------------------------

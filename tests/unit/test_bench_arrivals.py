@@ -1,7 +1,8 @@
-"""The open-loop schedule of scripts/bench_serving.py --rate: both servers of a round get the same Poisson times."""
+"""The benchmark drivers: the open-loop schedule of bench_serving.py --rate, the closed loop, the round order."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import itertools
 import statistics
@@ -51,3 +52,54 @@ async def test_open_loop_sends_each_request_at_its_time_without_waiting_for_the_
     for start, due in zip(starts, [0.0, 0.2, 0.4], strict=True):  # on schedule, although one "slot" was asked for
         assert due <= start < due + 0.15
     assert wall < 1.5  # a closed loop with one in flight would take at least 3 x 0.6 s
+
+
+async def test_closed_loop_keeps_the_asked_number_in_flight_and_sends_each_once() -> None:
+    common = bench_common()
+    in_flight, peak, sent = 0, 0, []
+
+    async def send(spec: int, t0: float) -> object:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        sent.append(spec)
+        return common.RequestResult(kind="text", ok=True, start_s=0.0, e2e_s=0.01)
+
+    results, wall = await common.drive_load(list(range(10)), 3, send)
+    assert sorted(sent) == list(range(10)) and len(results) == 10
+    assert peak == 3
+    assert wall >= 0.04  # 10 requests of 10 ms, 3 at a time: four waves
+
+
+def bench_serving() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "scripts"))  # it imports its siblings by name
+    spec = importlib.util.spec_from_file_location("bench_serving", ROOT / "scripts" / "bench_serving.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_server_goes_first_in_every_other_round() -> None:
+    order = bench_serving().round_order
+    assert [order(r, "ours", "vllm", None) for r in range(4)] == [["ours", "vllm"], ["vllm", "ours"]] * 2
+
+
+def test_with_the_ceiling_each_pair_of_rounds_is_balanced_and_every_position_taken_alike() -> None:
+    order = bench_serving().round_order
+    rounds = [order(r, "ours", "vllm", "direct") for r in range(6)]
+    for first, second in zip(rounds[::2], rounds[1::2], strict=True):
+        assert second == first[::-1]  # every contender once before and once after each other one
+    for name in ("ours", "vllm", "direct"):
+        assert sorted(r.index(name) for r in rounds) == [0, 0, 1, 1, 2, 2]
+
+
+def test_ratios_within_rounds_pair_each_side_with_vllm_of_the_same_round() -> None:
+    ratios = bench_serving().per_round_ratios
+    rounds = [{"round": 0, "server": "direct", "rps": 5.0}, {"round": 0, "server": "ours", "rps": 4.0},
+              {"round": 0, "server": "vllm", "rps": 4.0}, {"round": 1, "server": "vllm", "rps": 2.0},
+              {"round": 1, "server": "ours", "rps": 3.0}]  # round 1 lacks the ceiling
+    assert ratios(rounds, "rps") == [1.0, 1.5]
+    assert ratios(rounds, "rps", "direct") == [1.25]

@@ -1,0 +1,73 @@
+"""The benchmark's ceiling contender (scripts/bench_engine_direct.py): vLLM's renderer and engine in-process.
+
+It must see the very prompts the served engine sees, or its requests/s would not bound anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+from tests.images import png_url
+
+pytestmark = pytest.mark.vllm
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "tiny-mistral3"
+
+
+def script(name: str) -> ModuleType:
+    sys.path.insert(0, str(ROOT / "scripts"))  # the scripts import their siblings by name
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def direct(vllm_stack: None, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    engine = script("bench_engine_direct").DirectEngine.for_profile(
+        Path(sys.executable), "tiny-mistral3-vllm", tmp_path_factory.mktemp("direct") / "direct.log",
+        {"VLLM_CPU_KVCACHE_SPACE": "1"},
+    ).start()
+    script("bench_common").wait_ready([engine], 900.0, say=lambda _: None)
+    yield engine
+    engine.stop()
+    assert engine.process.returncode == 0, engine.log_path.read_text()[-2000:]
+
+
+def test_direct_engine_counts_the_served_prompt_tokens_and_decodes_the_same_text(direct, vllm_server: LiveServer):
+    content = [{"type": "text", "text": "Describe this picture."},
+               {"type": "image_url", "image_url": {"url": png_url((252, 196))}}]
+    bodies = [
+        ("text", {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about tides."}], "max_tokens": 12,
+                  "temperature": 0}),
+        ("image", {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 12,
+                   "temperature": 0}),
+    ]
+    results, wall = direct.run(bodies, concurrency=2)
+    assert wall > 0 and all(r.ok for r in results), [r.error for r in results]
+    by_kind = {r.kind: r for r in results}
+    for kind, body in bodies:
+        served = httpx.post(f"{vllm_server.v1}/chat/completions", json=body, timeout=300).json()["usage"]
+        assert by_kind[kind].prompt_tokens == served["prompt_tokens"], kind
+        assert by_kind[kind].output_tokens == served["completion_tokens"], kind
+        assert by_kind[kind].ttft_s is not None and 0 < by_kind[kind].ttft_s <= by_kind[kind].e2e_s
+    assert by_kind["image"].prompt_tokens > by_kind["text"].prompt_tokens + 40  # the image's tokens are in
+
+
+def test_a_failing_request_is_reported_not_fatal(direct) -> None:
+    bad = ("text", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 99_999})
+    good = ("text", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    results, _ = direct.run([bad, good], concurrency=1)
+    assert [r.ok for r in results] == [False, True]
+    assert results[0].error
