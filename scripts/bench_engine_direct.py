@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -54,6 +55,7 @@ class DirectEngine:
     started_at: float = 0.0
     ready_after_s: float | None = None
     _lines: queue.Queue[str] = dataclasses.field(default_factory=queue.Queue)
+    _reader: threading.Thread | None = None
 
     @classmethod
     def for_profile(cls, python: Path, profile: str, log_path: Path, env: dict[str, str]) -> DirectEngine:
@@ -66,7 +68,8 @@ class DirectEngine:
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                             start_new_session=True)
         self.started_at = time.monotonic()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         return self
 
     def _read(self) -> None:
@@ -104,15 +107,18 @@ class DirectEngine:
         return [RequestResult(**r) for r in reply["results"]], float(reply["wall_s"])
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        assert self.process.stdin is not None
+        assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.close()  # ends its loop; it shuts the engine down
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, 9)
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)  # it reads to the end of the output, then the pipe can close
+        self.process.stdout.close()
 
 
 # -- child side -----------------------------------------------------------------------------------------------------

@@ -310,7 +310,8 @@ def main() -> None:
         walls: dict[str, float] = dict.fromkeys(names, 0.0)
         # CPU seconds during the measured rounds: the API server process alone (the direct engine's own process),
         # and with its engine processes
-        cpu: dict[str, dict[str, float]] = {name: {"api": 0.0, "all": 0.0} for name in names}
+        # and this process, the HTTP client (the direct engine makes its load in its own process, counted as "api")
+        cpu: dict[str, dict[str, float]] = {name: {"api": 0.0, "all": 0.0, "client": 0.0} for name in names}
         rounds: list[dict[str, Any]] = []
         for r in range(args.rounds):
             bodies = build_bodies(args.requests, r * args.requests, **common)
@@ -324,8 +325,9 @@ def main() -> None:
                 time.sleep(args.settle)
                 pid = service.process.pid
                 idle_before = sum(cpu_seconds(other, tree=True) for other in others)
-                before = cpu_seconds(pid), cpu_seconds(pid, tree=True)
+                before = cpu_seconds(pid), cpu_seconds(pid, tree=True), time.process_time()
                 results, wall = measure(service, bodies, args.concurrency, arrivals)
+                cpu[service.name]["client"] += time.process_time() - before[2]
                 cpu[service.name]["api"] += cpu_seconds(pid) - before[0]
                 cpu[service.name]["all"] += cpu_seconds(pid, tree=True) - before[1]
                 idle_cpu_s = sum(cpu_seconds(other, tree=True) for other in others) - idle_before
@@ -353,8 +355,9 @@ def main() -> None:
     for name, total in totals.items():
         total["api_cpu_ms_per_request"] = cpu[name]["api"] * 1e3 / max(1, total["requests"])
         total["all_cpu_ms_per_request"] = cpu[name]["all"] * 1e3 / max(1, total["requests"])
+        total["client_cpu_ms_per_request"] = cpu[name]["client"] * 1e3 / max(1, total["requests"])
     keys = ("requests_per_s", "output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms",
-            "api_cpu_ms_per_request", "all_cpu_ms_per_request")
+            "api_cpu_ms_per_request", "all_cpu_ms_per_request", "client_cpu_ms_per_request")
     ratios = {key: ratio(totals["ours"][key], totals["vllm"][key]) for key in keys}
     ceiling = {key: ratio(totals["direct"][key], totals["vllm"][key]) for key in keys} if direct else {}
     round_keys = ("requests_per_s", "ttft_p50_ms", "e2e_p50_ms")
@@ -381,7 +384,8 @@ def main() -> None:
     labels = {"requests_per_s": "requests/s", "output_tokens_per_s": "output tokens/s", "ttft_p50_ms": "TTFT p50 ms",
               "ttft_p99_ms": "TTFT p99 ms", "e2e_p50_ms": "e2e p50 ms", "e2e_p99_ms": "e2e p99 ms",
               "api_cpu_ms_per_request": "API process CPU ms/request",
-              "all_cpu_ms_per_request": "all processes CPU ms/request"}
+              "all_cpu_ms_per_request": "all processes CPU ms/request",
+              "client_cpu_ms_per_request": "client CPU ms/request"}
     headers = ["metric", "ours", "vLLM", "ours/vLLM", "round pairs: median [range]"]
     rows: list[list[object]] = [
         [labels[k], totals["ours"][k], totals["vllm"][k], ratios[k], spread(balanced.get(k, []))] for k in keys

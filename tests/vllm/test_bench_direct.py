@@ -66,8 +66,9 @@ def test_direct_engine_counts_the_served_prompt_tokens_and_decodes_the_same_text
 
 
 def test_a_failing_request_is_reported_not_fatal(direct) -> None:
-    bad = ("text", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 99_999})
+    broken = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}]  # "not an image"
+    bad = ("image", {"model": MODEL, "messages": [{"role": "user", "content": broken}], "max_tokens": 2})
     good = ("text", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     results, _ = direct.run([bad, good], concurrency=1)
-    assert [r.ok for r in results] == [False, True]
-    assert results[0].error
+    assert sorted((r.kind, r.ok) for r in results) == [("image", False), ("text", True)]
+    assert next(r.error for r in results if not r.ok)
