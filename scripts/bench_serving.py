@@ -1,7 +1,7 @@
 """Our server against vLLM's own OpenAI server, same model, same engine settings, same load.
 
     .venv-vllm/bin/python scripts/bench_serving.py [--rounds 10] [--requests 32] [--concurrency 8] [--max-tokens 64]
-                                                   [--rate R]
+                                                   [--rate R] [--direct]
 
 Starts, from the interpreter running this script (a venv with vllm and this project's dependencies):
   A  `vllm serve <model>` with the flags derived from the profile (server.engines.vllm.engine_args, so the
