@@ -308,9 +308,8 @@ def main() -> None:
         names = [c.name for c in contenders]
         per_side: dict[str, list[RequestResult]] = {name: [] for name in names}
         walls: dict[str, float] = dict.fromkeys(names, 0.0)
-        # CPU seconds during the measured rounds: the API server process alone (the direct engine's own process),
-        # and with its engine processes
-        # and this process, the HTTP client (the direct engine makes its load in its own process, counted as "api")
+        # CPU seconds during the measured rounds: the API server process alone, with its engine processes, and
+        # this process, the HTTP client (the direct engine makes its load in its own process, so its "api")
         cpu: dict[str, dict[str, float]] = {name: {"api": 0.0, "all": 0.0, "client": 0.0} for name in names}
         rounds: list[dict[str, Any]] = []
         for r in range(args.rounds):
