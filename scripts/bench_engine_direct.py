@@ -165,11 +165,11 @@ async def serve(profile_name: str, protocol: IO[str]) -> None:
     # As our engine and `vllm serve` render: the HF chat template as text, then tokenized with the images.
     chat_params = ChatParams(chat_template_kwargs={"tokenize": profile.format == "mistral"})
     protocol.write(json.dumps({"ready": True}) + "\n")
+    send = functools.partial(one, llm, chat_params)
     loop = asyncio.get_running_loop()
     try:
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             job = json.loads(line)
-            send = functools.partial(one, llm, chat_params)
             results, wall = await drive_load([tuple(b) for b in job["bodies"]], job["concurrency"], send,
                                              arrivals=job["arrivals"])
             protocol.write(json.dumps({"wall_s": wall, "results": results_json(results)}) + "\n")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import load_script
 
 pytest.importorskip("sklearn")
 np = pytest.importorskip("numpy")
@@ -18,12 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def train():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("train_router", ROOT / "scripts" / "train_router.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_router"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_router")
 
 
 def test_strong_minus_weak_label(train) -> None:  # type: ignore[no-untyped-def]

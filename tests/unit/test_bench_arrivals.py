@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import itertools
 import statistics
-import sys
-from pathlib import Path
 from types import ModuleType
 
 from tests.fakes.fake_azure import FakeAzure, Reply
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts import load_script
 
 
 def bench_common() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "scripts" / "bench_common.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_common"] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_common")
 
 
 def test_same_seed_same_schedule_and_another_seed_another() -> None:
@@ -74,12 +65,7 @@ async def test_closed_loop_keeps_the_asked_number_in_flight_and_sends_each_once(
 
 
 def bench_serving() -> ModuleType:
-    sys.path.insert(0, str(ROOT / "scripts"))  # it imports its siblings by name
-    spec = importlib.util.spec_from_file_location("bench_serving", ROOT / "scripts" / "bench_serving.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_serving")
 
 
 def test_each_server_goes_first_in_every_other_round() -> None:

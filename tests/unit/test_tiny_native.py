@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,16 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO
+from tests.scripts import load_script
 
 SCRIPT = REPO / "scripts" / "make_tiny_model.py"
 
 
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_tiny_model", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_tiny_model")
 
 
 def vllm_permute(weight: torch.Tensor, n_heads: int) -> torch.Tensor:

@@ -5,41 +5,29 @@ It must see the very prompts the served engine sees, or its requests/s would not
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
 
 from tests.conftest import LiveServer
 from tests.images import png_url
+from tests.scripts import load_script
 
 pytestmark = pytest.mark.vllm
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = "tiny-mistral3"
-
-
-def script(name: str) -> ModuleType:
-    sys.path.insert(0, str(ROOT / "scripts"))  # the scripts import their siblings by name
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def direct(vllm_stack: None, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    engine = script("bench_engine_direct").DirectEngine.for_profile(
+    engine = load_script("bench_engine_direct").DirectEngine.for_profile(
         Path(sys.executable), "tiny-mistral3-vllm", tmp_path_factory.mktemp("direct") / "direct.log",
         {"VLLM_CPU_KVCACHE_SPACE": "1"},
     ).start()
-    script("bench_common").wait_ready([engine], 900.0, say=lambda _: None)
+    load_script("bench_common").wait_ready([engine], 900.0, say=lambda _: None)
     yield engine
     engine.stop()
     assert engine.process.returncode == 0, engine.log_path.read_text()[-2000:]
