@@ -255,6 +255,7 @@ class RequestResult:
     ttft_s: float | None = None  # streamed requests: first non-empty content delta
     prompt_tokens: int | None = None
     output_tokens: int = 0
+    content_events: int = 0  # streamed: events with text (fewer than tokens where a server merged deltas)
     error: str = ""
 
 
@@ -303,6 +304,7 @@ async def _read_stream(client: httpx.AsyncClient, spec: RequestSpec, start: floa
                 result.prompt_tokens = usage.get("prompt_tokens")
                 result.output_tokens = int(usage.get("completion_tokens") or 0)
     result.output_tokens = result.output_tokens or deltas
+    result.content_events = deltas
     result.ok = True
 
 
@@ -373,6 +375,7 @@ def summarize(results: Sequence[RequestResult], wall_s: float) -> dict[str, Any]
         "ttft_p99_ms": percentile(ttft, 99) * 1e3,
         "e2e_p50_ms": percentile(e2e, 50) * 1e3,
         "e2e_p99_ms": percentile(e2e, 99) * 1e3,
+        "content_events_per_request": sum(r.content_events for r in ok) / len(ok) if ok else float("nan"),
     }
 
 

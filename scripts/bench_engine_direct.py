@@ -124,22 +124,30 @@ class DirectEngine:
 # -- child side -----------------------------------------------------------------------------------------------------
 
 
-async def one(llm: Any, chat_params: Any, item: Body, t0: float) -> RequestResult:
-    """One chat body through the renderer and the engine: first text and last output timed as the client does."""
+async def prepare(llm: Any, chat_params: Any, body: dict[str, Any]) -> tuple[Any, Any]:
+    """(engine input, sampling params) for one chat body, as an OpenAI server on this engine makes them."""
     from vllm.sampling_params import RequestOutputKind, SamplingParams
 
+    _, (engine_input,) = await llm.renderer.render_chat_async([body["messages"]], chat_params)
+    params = SamplingParams(max_tokens=body["max_tokens"], temperature=body.get("temperature", 1.0),
+                            output_kind=RequestOutputKind.DELTA)
+    return engine_input, params
+
+
+async def one(llm: Any, chat_params: Any, item: Body, t0: float) -> RequestResult:
+    """One chat body through the renderer and the engine: first text and last output timed as the client does."""
     kind, body = item
     start = time.perf_counter()
     result = RequestResult(kind=kind, ok=False, start_s=start - t0, e2e_s=0.0)
     try:
-        _, (engine_input,) = await llm.renderer.render_chat_async([body["messages"]], chat_params)
-        params = SamplingParams(max_tokens=body["max_tokens"], temperature=body.get("temperature", 1.0),
-                                output_kind=RequestOutputKind.DELTA)
+        engine_input, params = await prepare(llm, chat_params, body)
         async for output in llm.generate(engine_input, params, uuid.uuid4().hex):
             completion = output.outputs[0]
             result.output_tokens += len(completion.token_ids)
-            if completion.text and result.ttft_s is None:
-                result.ttft_s = time.perf_counter() - start
+            if completion.text:
+                result.content_events += 1
+                if result.ttft_s is None:
+                    result.ttft_s = time.perf_counter() - start
             if output.finished:
                 result.prompt_tokens = len(output.prompt_token_ids or [])
         result.ok = True
@@ -149,7 +157,8 @@ async def one(llm: Any, chat_params: Any, item: Body, t0: float) -> RequestResul
     return result
 
 
-async def serve(profile_name: str, protocol: IO[str]) -> None:
+def start_engine(profile_name: str) -> tuple[Any, Any]:
+    """(AsyncLLM, ChatParams) built from the profile exactly as our vLLM engine builds them."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.renderers.params import ChatParams
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -163,7 +172,11 @@ async def serve(profile_name: str, protocol: IO[str]) -> None:
         raise SystemExit(f"profile {profile_name} has no local model folder")
     llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(profile, model_dir)))
     # As our engine and `vllm serve` render: the HF chat template as text, then tokenized with the images.
-    chat_params = ChatParams(chat_template_kwargs={"tokenize": profile.format == "mistral"})
+    return llm, ChatParams(chat_template_kwargs={"tokenize": profile.format == "mistral"})
+
+
+async def serve(profile_name: str, protocol: IO[str]) -> None:
+    llm, chat_params = start_engine(profile_name)
     protocol.write(json.dumps({"ready": True}) + "\n")
     send = functools.partial(one, llm, chat_params)
     loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """Our server against vLLM's own OpenAI server, same model, same engine settings, same load.
 
     .venv-vllm/bin/python scripts/bench_serving.py [--rounds 10] [--requests 32] [--concurrency 8] [--max-tokens 64]
-                                                   [--rate R] [--direct]
+                                                   [--rate R] [--direct] [--thin]
 
 Starts, from the interpreter running this script (a venv with vllm and this project's dependencies):
   A  `vllm serve <model>` with the flags derived from the profile (server.engines.vllm.engine_args, so the
@@ -29,7 +29,10 @@ from the same weights, so they produce the same tokens, and the table shows the 
 
 `--direct` adds a third contender, the ceiling: vLLM's renderer and AsyncLLM driven in-process by
 scripts/bench_engine_direct.py with the same engine arguments, bodies and schedule, and no HTTP or API server at all.
-direct/vLLM is then the most any API layer on this engine could gain over `vllm serve` here.
+direct/vLLM is then the most any API layer on this engine could gain over `vllm serve` here, were the client free.
+`--thin` adds another: scripts/bench_engine_thin.py, the thinnest OpenAI streaming server on the same engine (a bare
+ASGI app under uvicorn: render, generate, the same SSE events; no validation, middleware, routing or telemetry),
+read by the same client. thin/vLLM is the most any OpenAI server could gain here; thin/ours what our layer costs.
 
 `--py-spy DIR` adds one profiled round per side afterwards (py-spy must be installed in this venv), writing
 collapsed stacks of each API process to DIR; they do not count in the figures.
@@ -77,6 +80,8 @@ from bench_engine_direct import DirectEngine
 
 from server.config import load_profile
 from server.engines.vllm import engine_args
+
+Contender = Service | DirectEngine
 
 TOPICS = ("the tides", "a sourdough starter", "binary search", "the French revolution", "photosynthesis",
           "a bicycle gearbox", "TCP congestion control", "the moons of Jupiter", "compound interest",
@@ -148,6 +153,12 @@ def make_services(python: Path, profile: str, logs: Path) -> tuple[Service, Serv
 def shown(command: list[str]) -> list[str]:
     """The command as a person would type it (the CLI shim shown as `vllm`)."""
     return ["vllm", *command[3:]] if command[1:3] == ["-c", VLLM_CLI] else command
+
+
+def thin_service(python: Path, profile: str, logs: Path) -> Service:
+    port = free_port()
+    command = [str(python), str(REPO / "scripts" / "bench_engine_thin.py"), "--profile", profile, "--port", str(port)]
+    return Service("thin", command, port, logs / "thin.log", env=engine_env(), ready_path="/health")
 
 
 # -- the load ---------------------------------------------------------------------------------------------------
@@ -227,7 +238,7 @@ def drive(service: Service, bodies: list[tuple[str, dict[str, Any]]], concurrenc
     asyncio.run(run_load(specs_for(service, bodies), concurrency))
 
 
-def measure(contender: Service | DirectEngine, bodies: list[tuple[str, dict[str, Any]]], concurrency: int,
+def measure(contender: Contender, bodies: list[tuple[str, dict[str, Any]]], concurrency: int,
             arrivals: list[float] | None = None) -> tuple[list[RequestResult], float]:
     """One load on one contender: over HTTP for a server, in its own process for the direct engine."""
     if isinstance(contender, DirectEngine):
@@ -235,18 +246,15 @@ def measure(contender: Service | DirectEngine, bodies: list[tuple[str, dict[str,
     return asyncio.run(run_load(specs_for(contender, bodies), concurrency, arrivals=arrivals))
 
 
-def round_order(r: int, ours: Service, theirs: Service, direct: DirectEngine | None) -> list[Service | DirectEngine]:
+def round_order(r: int, contenders: list[Contender]) -> list[Contender]:
     """The contenders' order in round ``r``: an odd round runs the previous round's order reversed.
 
     So within each pair of rounds every contender runs once before and once after each other one (the pairs
-    ratios need that: the one that runs first measured up to ~8 % faster here). With the direct engine, successive
-    pairs of rounds also rotate the order, so each contender takes each position, the middle one included, alike.
+    ratios need that: the one that runs first measured up to ~8 % faster here). With more than two, successive
+    pairs of rounds also rotate the order, so each contender takes each position, the middle ones included, alike.
     """
-    order: list[Service | DirectEngine] = [ours, theirs]
-    if direct is not None:
-        order.append(direct)
-        shift = (r // 2) % len(order)
-        order = order[shift:] + order[:shift]
+    shift = (r // 2) % len(contenders) if len(contenders) > 2 else 0
+    order = contenders[shift:] + contenders[:shift]
     return order if r % 2 == 0 else order[::-1]
 
 
@@ -272,6 +280,8 @@ def main() -> None:
     parser.add_argument("--py-spy", type=Path, default=None, help="folder for py-spy stacks of one extra round")
     parser.add_argument("--direct", action="store_true",
                         help="add the ceiling: vLLM's renderer + AsyncLLM in-process, no HTTP (bench_engine_direct.py)")
+    parser.add_argument("--thin", action="store_true",
+                        help="add the thinnest OpenAI server on the same engine, same client (bench_engine_thin.py)")
     args = parser.parse_args()
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be above 0 (requests per second)")
@@ -285,13 +295,15 @@ def main() -> None:
     logs = args.out.parent / "serving-logs"
     ours, theirs = make_services(python, args.profile, logs)
     direct = DirectEngine.for_profile(python, args.profile, logs / "direct.log", engine_env()) if args.direct else None
-    contenders: list[Service | DirectEngine] = [ours, theirs] + ([direct] if direct else [])
+    thin = thin_service(python, args.profile, logs) if args.thin else None
+    ceilings: list[Contender] = [c for c in (direct, thin) if c is not None]
+    contenders: list[Contender] = [ours, theirs, *ceilings]
     model = load_profile(args.profile).model_name
     print(f"load average at start: {info['loadavg_start']}")
     print(f"starting {theirs.name}: {' '.join(shown(theirs.command))}")
     print(f"starting {ours.name}: {' '.join(ours.command)}")
-    if direct:
-        print(f"starting {direct.name}: {' '.join(direct.command)}")
+    for ceiling in ceilings:
+        print(f"starting {ceiling.name}: {' '.join(ceiling.command)}")
     started = time.monotonic()
     try:
         for contender in contenders:
@@ -315,7 +327,7 @@ def main() -> None:
         for r in range(args.rounds):
             bodies = build_bodies(args.requests, r * args.requests, **common)
             arrivals = poisson_arrivals(len(bodies), args.rate, seed=r) if args.rate is not None else None
-            for service in round_order(r, ours, theirs, direct):
+            for service in round_order(r, contenders):
                 assert service.process is not None
                 others = [c.process.pid for c in contenders if c is not service and c.process is not None]
                 # A server that has just finished can keep a core busy for about a second more (likely vLLM's
@@ -356,21 +368,24 @@ def main() -> None:
         total["all_cpu_ms_per_request"] = cpu[name]["all"] * 1e3 / max(1, total["requests"])
         total["client_cpu_ms_per_request"] = cpu[name]["client"] * 1e3 / max(1, total["requests"])
     keys = ("requests_per_s", "output_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms",
-            "api_cpu_ms_per_request", "all_cpu_ms_per_request", "client_cpu_ms_per_request")
+            "api_cpu_ms_per_request", "all_cpu_ms_per_request", "client_cpu_ms_per_request",
+            "content_events_per_request")
     ratios = {key: ratio(totals["ours"][key], totals["vllm"][key]) for key in keys}
-    ceiling = {key: ratio(totals["direct"][key], totals["vllm"][key]) for key in keys} if direct else {}
+    over_vllm = {c.name: {key: ratio(totals[c.name][key], totals["vllm"][key]) for key in keys} for c in ceilings}
     round_keys = ("requests_per_s", "ttft_p50_ms", "e2e_p50_ms")
     within_rounds = {key: per_round_ratios(rounds, key) for key in round_keys}
     balanced = {key: order_balanced(values) for key, values in within_rounds.items()}
-    ceiling_balanced = {key: order_balanced(per_round_ratios(rounds, key, "direct")) for key in round_keys}
+    over_vllm_balanced = {c.name: {key: order_balanced(per_round_ratios(rounds, key, c.name)) for key in round_keys}
+                          for c in ceilings}
     info["loadavg_end"] = list(os.getloadavg())
     payload = {
         "benchmark": "serving", "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
         "commands": {"vllm": shown(theirs.command), **{c.name: c.command for c in contenders if c is not theirs}},
         "startup_s": {c.name: c.ready_after_s for c in contenders},
         "totals": totals, "ratios_ours_over_vllm": ratios, "ratios_within_rounds": within_rounds,
-        "ratios_order_balanced_pairs": balanced, "ratios_direct_over_vllm": ceiling,
-        "ratios_direct_over_vllm_order_balanced_pairs": ceiling_balanced if direct else {}, "rounds": rounds,
+        "ratios_order_balanced_pairs": balanced, "rounds": rounds,
+        **{f"ratios_{name}_over_vllm": over_vllm[name] for name in over_vllm},
+        **{f"ratios_{name}_over_vllm_order_balanced_pairs": over_vllm_balanced[name] for name in over_vllm},
         "prompt_tokens_by_kind": {n: prompt_tokens_by_kind(per_side[n]) for n in per_side},
         "targets": {"throughput_ratio_min": 1.05, "ttft_p50_ratio_max": 1.0,
                     "throughput_met": ratios["requests_per_s"] >= 1.05, "ttft_met": ratios["ttft_p50_ms"] <= 1.0},
@@ -384,17 +399,18 @@ def main() -> None:
               "ttft_p99_ms": "TTFT p99 ms", "e2e_p50_ms": "e2e p50 ms", "e2e_p99_ms": "e2e p99 ms",
               "api_cpu_ms_per_request": "API process CPU ms/request",
               "all_cpu_ms_per_request": "all processes CPU ms/request",
-              "client_cpu_ms_per_request": "client CPU ms/request"}
+              "client_cpu_ms_per_request": "client CPU ms/request",
+              "content_events_per_request": "text events/request"}
     headers = ["metric", "ours", "vLLM", "ours/vLLM", "round pairs: median [range]"]
     rows: list[list[object]] = [
         [labels[k], totals["ours"][k], totals["vllm"][k], ratios[k], spread(balanced.get(k, []))] for k in keys
     ]
     rows.append(["errors", totals["ours"]["errors"], totals["vllm"]["errors"], "-", "-"])
     rows.append(["output tokens", totals["ours"]["output_tokens"], totals["vllm"]["output_tokens"], "-", "-"])
-    if direct:  # the ceiling's columns: what no API layer on this engine can beat
-        headers += ["direct", "direct/vLLM", "direct pairs"]
+    for name in over_vllm:  # the ceilings' columns: what an API layer on this engine cannot beat
+        headers += [name, f"{name}/vLLM", f"{name} pairs"]
         for row, key in zip(rows, [*keys, "errors", "output_tokens"], strict=True):
-            row += [totals["direct"][key], ceiling.get(key, "-"), spread(ceiling_balanced.get(key, []))]
+            row += [totals[name][key], over_vllm[name].get(key, "-"), spread(over_vllm_balanced[name].get(key, []))]
     print_table(headers, rows)
 
 

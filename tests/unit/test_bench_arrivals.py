@@ -7,6 +7,8 @@ import itertools
 import statistics
 from types import ModuleType
 
+import pytest
+
 from tests.fakes.fake_azure import FakeAzure, Reply
 from tests.scripts import load_script
 
@@ -70,16 +72,17 @@ def bench_serving() -> ModuleType:
 
 def test_each_server_goes_first_in_every_other_round() -> None:
     order = bench_serving().round_order
-    assert [order(r, "ours", "vllm", None) for r in range(4)] == [["ours", "vllm"], ["vllm", "ours"]] * 2
+    assert [order(r, ["ours", "vllm"]) for r in range(4)] == [["ours", "vllm"], ["vllm", "ours"]] * 2
 
 
-def test_with_the_ceiling_each_pair_of_rounds_is_balanced_and_every_position_taken_alike() -> None:
+@pytest.mark.parametrize("names", [["ours", "vllm", "direct"], ["ours", "vllm", "direct", "thin"]])
+def test_with_the_ceilings_each_pair_of_rounds_is_balanced_and_every_position_taken_alike(names: list[str]) -> None:
     order = bench_serving().round_order
-    rounds = [order(r, "ours", "vllm", "direct") for r in range(6)]
+    rounds = [order(r, names) for r in range(2 * len(names))]
     for first, second in zip(rounds[::2], rounds[1::2], strict=True):
         assert second == first[::-1]  # every contender once before and once after each other one
-    for name in ("ours", "vllm", "direct"):
-        assert sorted(r.index(name) for r in rounds) == [0, 0, 1, 1, 2, 2]
+    for name in names:
+        assert sorted(r.index(name) for r in rounds) == sorted(list(range(len(names))) * 2)
 
 
 def test_ratios_within_rounds_pair_each_side_with_vllm_of_the_same_round() -> None:
