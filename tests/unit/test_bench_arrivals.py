@@ -41,6 +41,7 @@ async def test_open_loop_sends_each_request_at_its_time_without_waiting_for_the_
                                         "stream": True})
         results, wall = await common.run_load([spec] * 3, 1, arrivals=[0.0, 0.2, 0.4])
     assert all(r.ok for r in results), [r.error for r in results]
+    assert [r.content_events for r in results] == [3, 3, 3]  # "Hello from Azure." streams as three words
     starts = sorted(r.start_s for r in results)
     for start, due in zip(starts, [0.0, 0.2, 0.4], strict=True):  # on schedule, although one "slot" was asked for
         assert due <= start < due + 0.15
