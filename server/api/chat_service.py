@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,7 +9,7 @@ from typing import Any
 
 from server.api.deps import Services
 from server.api.protocol import ChatCompletionRequest, ChatMessage, ImageContentPart, completion_id
-from server.api.sse import DONE, error_event
+from server.api.sse import DONE, ChunkEvents, error_event, event
 from server.engines.base import (
     ContentPart,
     GenerationChunk,
@@ -214,38 +213,36 @@ async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[b
         "system_fingerprint": None,
     }
     usage = Usage()
-
-    def frame(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
-        payload = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
-        if include_usage:
-            payload["usage"] = None
-        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    events = ChunkEvents(base, include_usage=include_usage)
 
     # Frames produced back to back go out in one body message (one socket write): the role frame with the
     # first delta, a finish frame with its delta, the usage frame with [DONE]. The bytes are the same.
-    pending = [frame({"role": "assistant", "content": "", "refusal": None})]
+    pending = [events.chunk({"role": "assistant", "content": "", "refusal": None})]
     try:
         chunk: GenerationChunk | None = routed.first
         rest = routed.rest
         while chunk is not None:
             if chunk.model:
                 base["model"] = chunk.model
-            delta: dict[str, Any] = {}
-            if chunk.text:
-                delta["content"] = chunk.text
-            if chunk.tool_calls:
-                delta["tool_calls"] = [_tool_call_delta(call) for call in chunk.tool_calls]
             logprobs = (
                 {"content": [_logprob_entry(i.token, i.logprob) for i in chunk.logprobs]}
                 if body.logprobs and chunk.logprobs
                 else None
             )
-            if delta or logprobs:
-                pending.append(frame(delta, logprobs=logprobs))
+            if chunk.text and not chunk.tool_calls and logprobs is None:
+                pending.append(events.text(chunk.text))  # nearly every event: only text
+            else:
+                delta: dict[str, Any] = {}
+                if chunk.text:
+                    delta["content"] = chunk.text
+                if chunk.tool_calls:
+                    delta["tool_calls"] = [_tool_call_delta(call) for call in chunk.tool_calls]
+                if delta or logprobs:
+                    pending.append(events.chunk(delta, logprobs=logprobs))
             if chunk.usage:
                 usage = chunk.usage
             if chunk.finish_reason:
-                pending.append(frame({}, finish=chunk.finish_reason))
+                pending.append(events.chunk({}, finish=chunk.finish_reason))
             if pending:
                 yield b"".join(pending)  # before waiting for the next chunk: the client has this one now
                 pending = []
@@ -260,7 +257,7 @@ async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[b
                     "total_tokens": usage.total_tokens,
                 },
             }
-            pending.append(b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+            pending.append(event(payload))
         yield b"".join([*pending, DONE])
     except MSServeError as exc:
         yield error_event(exc)

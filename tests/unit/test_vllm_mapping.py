@@ -136,3 +136,26 @@ async def test_until_never_cancels_the_consumer_between_items() -> None:
     await asyncio.sleep(0.1)  # the consumer's own work outlives the deadline: it must finish undisturbed
     with pytest.raises(TimeoutError):
         await anext(iterator)
+
+
+async def test_until_times_out_a_wait_in_another_task_than_the_first() -> None:
+    """The dispatcher awaits the first item, the response's task the rest: the deadline follows the waiting task."""
+    iterator = _until(_ticks(100, 0.05), time.monotonic() + 0.12)
+    assert await anext(iterator) == 0
+
+    async def read_rest() -> list[int]:
+        return [n async for n in iterator]
+
+    with pytest.raises(TimeoutError):
+        await asyncio.create_task(read_rest())
+
+
+async def test_until_leaves_an_outside_cancellation_a_cancellation() -> None:
+    """A client gone mid-stream cancels the reading task: that must not turn into a timeout, nor be swallowed."""
+    iterator = _until(_ticks(100, 0.05), time.monotonic() + 30)
+    reader = asyncio.create_task(anext(iterator))
+    await asyncio.sleep(0.01)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert reader.cancelled()
