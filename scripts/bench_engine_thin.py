@@ -6,10 +6,11 @@ bench_engine_direct.py has no HTTP and no client, so direct/vLLM bounds what an 
 client cost nothing. This one serves the same engine over HTTP to the same client: a bare ASGI app under uvicorn
 (uvloop and httptools, as `msserve serve` and `vllm serve` run), the start-up heap frozen and the GIL switch interval
 at our 1 ms, that renders each body with vLLM's renderer (as both servers do), streams ``AsyncLLM.generate`` and
-writes the same chat.completion.chunk events ours writes (role with the first delta, one event per output, a finish
-event, the usage event with [DONE]). No validation, no middleware, no routing, no telemetry, no limits: unsafe to
-expose, and the least any OpenAI server on this engine has to do. So thin/vLLM is the most any such server, read by
-this client, could gain over `vllm serve` here, and thin/ours is what our layer costs.
+writes the same chat.completion.chunk events ours writes, with ours' writer (server.api.sse.ChunkEvents: role with
+the first delta, one event per output, a finish event, the usage event with [DONE]). No validation, no middleware,
+no routing, no telemetry, no limits: unsafe to expose, and the least any OpenAI server on this engine has to do. So
+thin/vLLM is the most any such server, read by this client, could gain over `vllm serve` here, and thin/ours is what
+our layer costs.
 
 Only what the benchmark sends is handled: POST /v1/chat/completions with ``stream: true``, and GET /health.
 """
@@ -30,12 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_engine_direct import prepare, start_engine
 
+from server.api.sse import DONE, ChunkEvents, event
+
 Scope = dict[str, Any]
 SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-
-
-def event(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
 async def read_body(receive: Any) -> bytes:
@@ -62,28 +61,25 @@ def make_app(llm: Any, chat_params: Any, model: str) -> Any:
             return
         base = {"id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": model, "system_fingerprint": None}
-
-        def frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return event({**base, "choices": [choice], "usage": None})
+        events = ChunkEvents(base, include_usage=True)  # ours' event writer: the very bytes ours sends
 
         await send({"type": "http.response.start", "status": 200, "headers": SSE})
-        pending = [frame({"role": "assistant", "content": "", "refusal": None})]
+        pending = [events.chunk({"role": "assistant", "content": "", "refusal": None})]
         prompt_tokens = completion_tokens = 0
         async for output in llm.generate(engine_input, params, uuid.uuid4().hex):
             completion = output.outputs[0]
             completion_tokens += len(completion.token_ids)
             if completion.text:
-                pending.append(frame({"content": completion.text}))
+                pending.append(events.text(completion.text))
             if output.finished:
                 prompt_tokens = len(output.prompt_token_ids or [])
-                pending.append(frame({}, finish=completion.finish_reason or "stop"))
+                pending.append(events.chunk({}, finish=completion.finish_reason or "stop"))
             if pending:
                 await send({"type": "http.response.body", "body": b"".join(pending), "more_body": True})
                 pending = []
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
-        last = event({**base, "choices": [], "usage": usage}) + b"data: [DONE]\n\n"
+        last = event({**base, "choices": [], "usage": usage}) + DONE
         await send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
