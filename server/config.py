@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # vLLM: exact running/waiting counts from the scheduler's per-step stats. Off: in-flight requests split at
     # max_num_seqs (what the scheduler batches), saving the stats work on every engine step (a few % of CPU).
     vllm_scheduler_stats: bool = False
+    # vLLM on CPU binds its worker to cores and reserves the rest; keep this process on the reserved ones, off
+    # the worker's (server/engines/cpu_placement.py; docs/BENCHMARKS.md, seventh round).
+    vllm_api_off_worker_cores: bool = True
     request_timeout_s: float = 600.0
     exit_on_engine_failure: bool = True  # engine failed to load: stop the process (false: stay up, /ready 503)
     default_max_tokens: int | None = None  # None: what the context window leaves

@@ -26,7 +26,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from server.engines.base import (
     ToolCallDelta,
     Usage,
 )
+from server.engines.cpu_placement import keep_off_worker_cores
 from server.engines.mistral_tools import ToolCallParser, forced_call_schema
 from server.errors import (
     DeadlineExceededError,
@@ -77,6 +78,8 @@ class VLLMEngine:
         self._client_errors: tuple[type[BaseException], ...] = (ValueError,)
         self._in_flight = 0
         self._stats = _SchedulerCounts()
+        self._on_cpu = False
+        self._unpin: Callable[[], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -88,6 +91,8 @@ class VLLMEngine:
         except Exception as exc:
             self._state, self._detail = "failed", str(exc)
             raise
+        if self._on_cpu and self.settings.vllm_api_off_worker_cores:
+            self._unpin = keep_off_worker_cores()
         self._state = "ready"
 
     def _load(self) -> Any:
@@ -98,6 +103,7 @@ class VLLMEngine:
 
         self._client_errors = (ValueError, VLLMClientError)
         cuda = torch.cuda.is_available()
+        self._on_cpu = not cuda
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
         if self.model_dir is None:
@@ -122,6 +128,9 @@ class VLLMEngine:
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
+        unpin, self._unpin = self._unpin, None
+        if unpin is not None:
+            unpin()
 
     def health(self) -> EngineHealth:
         running, waiting = self._counts()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import LiveServer
@@ -128,6 +130,20 @@ def test_client_disconnect_aborts_the_request(vllm_server: LiveServer, vllm_clie
     )
     assert completion.usage.completion_tokens >= 1
     assert httpx.get(f"{vllm_server.base_url}/health", timeout=10).status_code == 200
+
+
+def test_api_process_keeps_off_the_cpu_workers_cores(vllm_server: LiveServer) -> None:
+    allowed = os.sched_getaffinity(0)  # what the server was started with: it inherited ours
+    if len(allowed) < 2:
+        pytest.skip("one usable core: vLLM reserves none, so there is nowhere else to go")
+    server = psutil.Process(vllm_server.process.pid)
+    workers = [p for p in server.children(recursive=True) if p.name().startswith("VLLM::Worker")]
+    assert workers, [p.name() for p in server.children(recursive=True)]
+    worker_cores = set().union(*(os.sched_getaffinity(w.pid) for w in workers))
+    assert worker_cores < allowed  # vLLM bound its worker (VLLM_CPU_OMP_THREADS_BIND=auto)
+    for thread in server.threads():
+        assert not os.sched_getaffinity(thread.id) & worker_cores, thread
+    assert "the API process keeps to cores" in vllm_server.log()
 
 
 def test_named_tool_choice_must_name_a_given_tool(vllm_server: LiveServer) -> None:
