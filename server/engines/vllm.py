@@ -99,11 +99,12 @@ class VLLMEngine:
         import torch
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.exceptions import VLLMClientError
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self._client_errors = (ValueError, VLLMClientError)
         cuda = torch.cuda.is_available()
-        self._on_cpu = not cuda
+        self._on_cpu = current_platform.is_cpu()  # only the CPU backend binds its workers to cores
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
         if self.model_dir is None:
