@@ -6,9 +6,10 @@ cores. On a small host the API process's event loop and its image-preparation th
 core in the middle of a forward pass, and every stream's next token waits. So once the engine is up, this
 process (all its threads; threads started later inherit it) keeps to the cores no worker is bound to.
 
-Only the API process moves. The EngineCore stays where vLLM put it: pinned beside the API process it took longer
-to schedule each step (docs/BENCHMARKS.md, seventh round). Nothing moves when the workers are not bound (GPU hosts,
-``VLLM_CPU_OMP_THREADS_BIND=nobind``) or when no core would be left.
+Only the API process moves. The EngineCore stays where vLLM put it: pinned beside the API process, first tokens
+came later in the run that tried it (docs/BENCHMARKS.md, seventh round, with what this change measured). Nothing
+moves when the workers are not bound (``VLLM_CPU_OMP_THREADS_BIND=nobind``) or when no core would be left; the
+caller asks only for vLLM's CPU backend.
 """
 
 from __future__ import annotations
