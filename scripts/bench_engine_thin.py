@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_engine_direct import prepare, start_engine
 
-from server.api.sse import DONE, ChunkEvents, event
+from server.api.sse import DONE, ChunkEvents
 
 Scope = dict[str, Any]
 SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -77,9 +77,7 @@ def make_app(llm: Any, chat_params: Any, model: str) -> Any:
             if pending:
                 await send({"type": "http.response.body", "body": b"".join(pending), "more_body": True})
                 pending = []
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
-        last = event({**base, "choices": [], "usage": usage}) + DONE
+        last = events.usage(prompt_tokens, completion_tokens) + DONE
         await send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from server.api.deps import Services
 from server.api.protocol import ChatCompletionRequest, ChatMessage, ImageContentPart, completion_id
-from server.api.sse import DONE, ChunkEvents, error_event, event
+from server.api.sse import DONE, ChunkEvents, error_event
 from server.engines.base import (
     ContentPart,
     GenerationChunk,
@@ -248,16 +248,7 @@ async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[b
                 pending = []
             chunk = await anext(rest, None)
         if include_usage:
-            payload = {
-                **base,
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.total_tokens,
-                },
-            }
-            pending.append(event(payload))
+            pending.append(events.usage(usage.prompt_tokens, usage.completion_tokens))
         yield b"".join([*pending, DONE])
     except MSServeError as exc:
         yield error_event(exc)

@@ -42,6 +42,12 @@ class ChunkEvents:
             payload["usage"] = None
         return event(payload)
 
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        """The last chunk when the client asked for usage: no choices, the token counts."""
+        counts = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens}
+        return event({**self.base, "choices": [], "usage": counts})
+
     def text(self, text: str) -> bytes:
         template = self._template
         if template is None or template[0] != self.base["model"]:

@@ -78,7 +78,6 @@ class VLLMEngine:
         self._client_errors: tuple[type[BaseException], ...] = (ValueError,)
         self._in_flight = 0
         self._stats = _SchedulerCounts()
-        self._on_cpu = False
         self._unpin: Callable[[], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -91,8 +90,6 @@ class VLLMEngine:
         except Exception as exc:
             self._state, self._detail = "failed", str(exc)
             raise
-        if self._on_cpu and self.settings.vllm_api_off_worker_cores:
-            self._unpin = keep_off_worker_cores()
         self._state = "ready"
 
     def _load(self) -> Any:
@@ -104,7 +101,6 @@ class VLLMEngine:
 
         self._client_errors = (ValueError, VLLMClientError)
         cuda = torch.cuda.is_available()
-        self._on_cpu = current_platform.is_cpu()  # only the CPU backend binds its workers to cores
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
         if self.model_dir is None:
@@ -122,6 +118,8 @@ class VLLMEngine:
         loggers = [self._stats.factory()] if self.settings.vllm_scheduler_stats else None
         llm = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
         log.info("vLLM loaded %s on %s in %.1fs", self.name, "cuda" if cuda else "cpu", time.monotonic() - started)
+        if current_platform.is_cpu() and self.settings.vllm_api_off_worker_cores:  # only it binds workers to cores
+            self._unpin = keep_off_worker_cores()
         return llm
 
     async def stop(self) -> None:
