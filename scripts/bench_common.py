@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import os
 import platform
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -50,7 +52,83 @@ def ratio(ours: float, theirs: float) -> float:
     return ours / theirs if theirs else float("nan")
 
 
+def per_round_ratios(rounds: list[dict[str, Any]], key: str, side: str = "ours") -> list[float]:
+    """side/vLLM for ``key`` within each round: the contenders ran back to back under the same load."""
+    by_round: dict[int, dict[str, float]] = {}
+    for entry in rounds:
+        by_round.setdefault(entry["round"], {})[entry["server"]] = entry[key]
+    return [ratio(got[side], got["vllm"]) for _, got in sorted(by_round.items()) if side in got and "vllm" in got]
+
+
+def order_balanced(per_round: list[float]) -> list[float]:
+    """Rounds 0+1, 2+3, ...: each pair has each server once first; the geometric mean cancels the order."""
+    return [math.sqrt(a * b) for a, b in zip(per_round[::2], per_round[1::2], strict=False)]
+
+
+@functools.cache  # ~0.1 s per call, and a run asks for the same few again and again
+def student_t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with ``df`` degrees of freedom, from its density.
+
+    The standard library has no t distribution and the benchmark venvs need not hold scipy: Simpson's rule on
+    the density (fine enough for 4 decimals at df >= 1) and bisection on the CDF.
+    """
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError("need 0.5 < p < 1 and df >= 1")
+    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def density(t: float) -> float:
+        return scale * (1 + t * t / df) ** (-(df + 1) / 2)
+
+    def cdf(x: float, steps: int = 2000) -> float:  # 0.5 + the integral from 0 to x (x >= 0), Simpson
+        h = x / steps
+        inner = sum((4 if i % 2 else 2) * density(i * h) for i in range(1, steps))
+        return 0.5 + h / 3 * (density(0.0) + inner + density(x))
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        low, high = high, high * 2
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def ratio_interval(ratios: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float] | None:
+    """Geometric mean of ``ratios`` and its ``confidence`` interval; None for fewer than two usable values.
+
+    Ratios multiply, so they are averaged as logs, and the interval is Student's t on the logs: the ratios of
+    order-balanced pairs of rounds are the samples (each pair already cancels the order effect), and with the
+    handful of pairs one run gives, t's wider tails matter (2.57 against the normal 1.96 for six pairs).
+    """
+    logs = [math.log(r) for r in ratios if r > 0 and math.isfinite(r)]
+    if len(logs) < 2:
+        return None
+    mean = statistics.fmean(logs)
+    half = student_t_quantile((1 + confidence) / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def interval_text(ratios: Sequence[float]) -> str:
+    """'geomean [low-high]' (95 %) of ratios, for the tables."""
+    return format_interval(ratio_interval(ratios))
+
+
+def format_interval(found: tuple[float, float, float] | None) -> str:
+    return "-" if found is None else "{:.3f} [{:.3f}-{:.3f}]".format(*found)
+
+
 # -- machine ----------------------------------------------------------------------------------------------------
+
+
+def git_commit() -> str | None:
+    """This checkout's commit, '+dirty' when tracked files differ from it (runs pooled by bench_pool.py say which)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def machine_info() -> dict[str, Any]:
@@ -60,6 +138,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "loadavg_start": list(os.getloadavg()),
+        "commit": git_commit(),
     }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -15,7 +15,9 @@ p50/p99 for each, and ours/vLLM ratios. Targets: throughput ratio >= 1.05, TTFT 
 On a shared machine one round of one server can be 10-15 % off the next, so the ratio of the totals alone
 cannot tell a real difference from a lucky round. The table also gives the ratio within pairs of rounds (ours
 first, then vLLM first: the geometric mean of the two rounds' ratios, so the order effect cancels; the server
-that runs first in a round measured ~8 % faster here), as the median and the range over the pairs.
+that runs first in a round measured ~8 % faster here): their geometric mean and its 95 % interval (Student's t on
+the logs), so a target counts as met only where the whole interval is on its side. scripts/bench_pool.py pools
+the pairs of several runs' JSON files for a narrower interval.
 
 `--rate R` makes it an open loop instead: each round's requests are sent at the times of a Poisson process at R
 requests/s (seeded per round, so both servers get the very same schedule), whatever is still running, the way
@@ -46,7 +48,6 @@ import base64
 import functools
 import io
 import json
-import math
 import os
 import sys
 import time
@@ -63,13 +64,16 @@ from bench_common import (
     Service,
     cpu_seconds,
     free_port,
+    interval_text,
     machine_info,
+    order_balanced,
     package_versions,
-    percentile,
+    per_round_ratios,
     poisson_arrivals,
     print_table,
     py_spy,
     ratio,
+    ratio_interval,
     results_json,
     run_load,
     summarize,
@@ -212,26 +216,6 @@ def prompt_tokens_by_kind(results: list[RequestResult]) -> dict[str, dict[str, i
         if r.ok and r.prompt_tokens is not None:
             out.setdefault(r.kind, []).append(r.prompt_tokens)
     return {kind: {"min": min(v), "max": max(v), "sum": sum(v)} for kind, v in out.items()}
-
-
-def per_round_ratios(rounds: list[dict[str, Any]], key: str, side: str = "ours") -> list[float]:
-    """side/vLLM for ``key`` within each round: the contenders ran back to back under the same load."""
-    by_round: dict[int, dict[str, float]] = {}
-    for entry in rounds:
-        by_round.setdefault(entry["round"], {})[entry["server"]] = entry[key]
-    return [ratio(got[side], got["vllm"]) for _, got in sorted(by_round.items()) if side in got and "vllm" in got]
-
-
-def order_balanced(per_round: list[float]) -> list[float]:
-    """Rounds 0+1, 2+3, ...: each pair has each server once first; the geometric mean cancels the order."""
-    return [math.sqrt(a * b) for a, b in zip(per_round[::2], per_round[1::2], strict=False)]
-
-
-def spread(values: list[float]) -> str:
-    """'median [min-max]' of ratios, for the table."""
-    if not values:
-        return "-"
-    return f"{percentile(values, 50):.3f} [{min(values):.3f}-{max(values):.3f}]"
 
 
 def drive(service: Service, bodies: list[tuple[str, dict[str, Any]]], concurrency: int) -> None:
@@ -383,7 +367,9 @@ def main() -> None:
         "commands": {"vllm": shown(theirs.command), **{c.name: c.command for c in contenders if c is not theirs}},
         "startup_s": {c.name: c.ready_after_s for c in contenders},
         "totals": totals, "ratios_ours_over_vllm": ratios, "ratios_within_rounds": within_rounds,
-        "ratios_order_balanced_pairs": balanced, "rounds": rounds,
+        "ratios_order_balanced_pairs": balanced,
+        "ratio_intervals_order_balanced_pairs": {key: ratio_interval(values) for key, values in balanced.items()},
+        "rounds": rounds,
         **{f"ratios_{name}_over_vllm": over_vllm[name] for name in over_vllm},
         **{f"ratios_{name}_over_vllm_order_balanced_pairs": over_vllm_balanced[name] for name in over_vllm},
         "prompt_tokens_by_kind": {n: prompt_tokens_by_kind(per_side[n]) for n in per_side},
@@ -401,16 +387,17 @@ def main() -> None:
               "all_cpu_ms_per_request": "all processes CPU ms/request",
               "client_cpu_ms_per_request": "client CPU ms/request",
               "content_events_per_request": "text events/request"}
-    headers = ["metric", "ours", "vLLM", "ours/vLLM", "round pairs: median [range]"]
+    headers = ["metric", "ours", "vLLM", "ours/vLLM", "round pairs: geomean [95 % interval]"]
     rows: list[list[object]] = [
-        [labels[k], totals["ours"][k], totals["vllm"][k], ratios[k], spread(balanced.get(k, []))] for k in keys
+        [labels[k], totals["ours"][k], totals["vllm"][k], ratios[k], interval_text(balanced.get(k, []))] for k in keys
     ]
     rows.append(["errors", totals["ours"]["errors"], totals["vllm"]["errors"], "-", "-"])
     rows.append(["output tokens", totals["ours"]["output_tokens"], totals["vllm"]["output_tokens"], "-", "-"])
     for name in over_vllm:  # the ceilings' columns: what an API layer on this engine cannot beat
         headers += [name, f"{name}/vLLM", f"{name} pairs"]
         for row, key in zip(rows, [*keys, "errors", "output_tokens"], strict=True):
-            row += [totals[name][key], over_vllm[name].get(key, "-"), spread(over_vllm_balanced[name].get(key, []))]
+            pairs = over_vllm_balanced[name].get(key, [])
+            row += [totals[name][key], over_vllm[name].get(key, "-"), interval_text(pairs)]
     print_table(headers, rows)
 
 

@@ -87,7 +87,7 @@ def test_with_the_ceilings_each_pair_of_rounds_is_balanced_and_every_position_ta
 
 
 def test_ratios_within_rounds_pair_each_side_with_vllm_of_the_same_round() -> None:
-    ratios = bench_serving().per_round_ratios
+    ratios = bench_common().per_round_ratios
     rounds = [{"round": 0, "server": "direct", "rps": 5.0}, {"round": 0, "server": "ours", "rps": 4.0},
               {"round": 0, "server": "vllm", "rps": 4.0}, {"round": 1, "server": "vllm", "rps": 2.0},
               {"round": 1, "server": "ours", "rps": 3.0}]  # round 1 lacks the ceiling

@@ -1,0 +1,122 @@
+"""Pool several runs of bench_serving.py: one estimate, with its interval, from all their pairs of rounds.
+
+    python scripts/bench_pool.py bench-results/run1.json bench-results/run2.json ... [--out pooled.json]
+
+One run on a shared 2-vCPU machine gives five or six order-balanced pairs of rounds, and its 95 % interval for
+ours/vLLM is often +-5 % or more: wider than the distance to either target. Runs of the same benchmark (same load,
+same contenders) are independent samples of the same ratio, so their pairs can be pooled: the geometric mean over
+all pairs and its interval (Student's t on the logs, bench_common.ratio_interval) say whether a target holds, is
+missed, or cannot be told on this machine. Each run's own estimate is shown beside the pooled one, so a run that
+disagrees with the others is seen, not averaged away.
+
+Refuses to pool runs whose load differs (requests, concurrency, max_tokens, rate, image share and size) and says
+which commits the runs measured (recorded since the runs that carry `machine.commit`). Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench_common import (
+    format_interval,
+    interval_text,
+    order_balanced,
+    per_round_ratios,
+    print_table,
+    ratio_interval,
+    write_json,
+)
+
+# What must match for two runs to measure the same thing (bench_serving.py's arguments).
+SAME_LOAD = ("requests", "concurrency", "max_tokens", "rate", "image_share", "image_size")
+METRICS = {"requests_per_s": "requests/s", "ttft_p50_ms": "TTFT p50", "e2e_p50_ms": "e2e p50"}
+# Where each target's interval must lie for it to count as met: throughput at least 1.05, TTFT p50 at most 1.0.
+TARGETS = {"requests_per_s": (">=", 1.05), "ttft_p50_ms": ("<=", 1.0)}
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    run = json.loads(path.read_text())
+    if run.get("benchmark") != "serving" or "rounds" not in run:
+        raise SystemExit(f"{path}: not a bench_serving.py result")
+    return run
+
+
+def check_same_load(runs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The common load of ``runs``; exits naming the first argument that differs."""
+    first_name, first = next(iter(runs.items()))
+    load = {key: first["args"].get(key) for key in SAME_LOAD}
+    for name, run in runs.items():
+        for key in SAME_LOAD:
+            if run["args"].get(key) != load[key]:
+                raise SystemExit(f"cannot pool: {name} ran {key}={run['args'].get(key)}, {first_name} {load[key]}")
+    return load
+
+
+def contenders(run: dict[str, Any]) -> set[str]:
+    return {entry["server"] for entry in run["rounds"]} - {"vllm"}
+
+
+def verdict(metric: str, interval: tuple[float, float, float] | None) -> str:
+    """'met': the whole interval is on the target's side; 'missed': all on the other; else 'not shown'."""
+    if metric not in TARGETS or interval is None:
+        return "-"
+    side, bound = TARGETS[metric]
+    _, low, high = interval
+    if (low >= bound) if side == ">=" else (high <= bound):
+        return "met"
+    if (high < bound) if side == ">=" else (low > bound):
+        return "missed"
+    return "not shown"
+
+
+def pool(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per contender and metric: each run's pairs, the pooled pairs' interval and, for ours, the target's verdict."""
+    shared = set.intersection(*(contenders(run) for run in runs.values()))
+    out: dict[str, Any] = {}
+    for side in sorted(shared, key=lambda name: (name != "ours", name)):
+        for metric in METRICS:
+            per_run = {name: order_balanced(per_round_ratios(run["rounds"], metric, side))
+                       for name, run in runs.items()}
+            pooled = [pair for pairs in per_run.values() for pair in pairs]
+            interval = ratio_interval(pooled)
+            out.setdefault(side, {})[metric] = {
+                "pairs_by_run": per_run, "pairs": len(pooled), "interval_95": interval,
+                "target": verdict(metric, interval) if side == "ours" else "-",
+            }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="bench_serving.py JSON results")
+    parser.add_argument("--out", type=Path, help="write the pooled figures here as JSON")
+    args = parser.parse_args()
+    runs = {str(path): load_run(path) for path in args.runs}
+    load = check_same_load(runs)
+    pooled = pool(runs)
+    commits = {name: run["machine"].get("commit", "not recorded") for name, run in runs.items()}
+    if args.out:
+        write_json(args.out, {"benchmark": "serving-pooled", "load": load, "commits": commits, "pooled": pooled})
+    for name, commit in commits.items():
+        print(f"{name}: commit {commit}, load average {run_load_text(runs[name])}")
+    run_names = list(runs)
+    headers = ["over vLLM", "metric", *[f"run {i + 1}" for i in range(len(run_names))], "pooled [95 %]", "pairs",
+               "target"]
+    rows = [[side, METRICS[metric], *[interval_text(found["pairs_by_run"][name]) for name in run_names],
+             format_interval(found["interval_95"]), found["pairs"],
+             found["target"]]
+            for side, by_metric in pooled.items() for metric, found in by_metric.items()]
+    print_table(headers, rows)
+
+
+def run_load_text(run: dict[str, Any]) -> str:
+    start, end = run["machine"].get("loadavg_start"), run["machine"].get("loadavg_end")
+    return "-" if not start or not end else f"{start[0]:.1f} -> {end[0]:.1f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

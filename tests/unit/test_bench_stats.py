@@ -1,0 +1,147 @@
+"""The benchmarks' statistics: the interval of a ratio from pairs of rounds, and the pooling of several runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.scripts import SCRIPTS, load_script
+
+
+def bench_common() -> ModuleType:
+    return load_script("bench_common")
+
+
+def bench_pool() -> ModuleType:
+    return load_script("bench_pool")
+
+
+@pytest.mark.parametrize(("df", "published"), [(1, 12.7062), (2, 4.3027), (5, 2.5706), (11, 2.2010), (30, 2.0423),
+                                               (1000, 1.9623)])
+def test_t_quantile_matches_the_published_table(df: int, published: float) -> None:
+    assert bench_common().student_t_quantile(0.975, df) == pytest.approx(published, abs=2e-4)
+
+
+def test_t_quantile_refuses_what_it_cannot_answer() -> None:
+    with pytest.raises(ValueError):
+        bench_common().student_t_quantile(0.4, 5)
+    with pytest.raises(ValueError):
+        bench_common().student_t_quantile(0.975, 0)
+
+
+def test_interval_is_the_geometric_mean_and_symmetric_in_logs() -> None:
+    interval = bench_common().ratio_interval
+    mean, low, high = interval([2.0, 0.5, 1.0])
+    assert mean == pytest.approx(1.0)
+    assert low * high == pytest.approx(1.0)  # ours/theirs and theirs/ours give reciprocal intervals
+    flipped = interval([0.5, 2.0, 1.0])
+    assert flipped == pytest.approx((1.0, low, high))
+    assert interval([1.04] * 5) == pytest.approx((1.04, 1.04, 1.04))  # no spread, no doubt
+    assert interval([1.0]) is None and interval([]) is None  # one pair says nothing about its spread
+    assert interval([1.0, float("nan"), 0.0]) is None  # what cannot be a ratio is left out
+
+
+def test_more_spread_or_fewer_pairs_widen_the_interval() -> None:
+    interval = bench_common().ratio_interval
+    narrow = interval([0.98, 1.02] * 3)
+    wide = interval([0.9, 1.1] * 3)
+    few = interval([0.98, 1.02])
+    assert narrow is not None and wide is not None and few is not None
+    assert wide[2] - wide[1] > narrow[2] - narrow[1]
+    assert few[2] - few[1] > narrow[2] - narrow[1]
+
+
+def test_the_interval_covers_the_true_ratio_95_times_in_100_with_six_pairs() -> None:
+    # Six pairs is what one 12-round run gives. With the normal quantile instead of t it covers ~91 %.
+    interval = bench_common().ratio_interval
+    rng = random.Random(7)
+    trials, true_ratio = 3000, 1.03
+    covered = 0
+    for _ in range(trials):
+        pairs = [true_ratio * math.exp(rng.gauss(0, 0.08)) for _ in range(6)]
+        found = interval(pairs)
+        assert found is not None
+        covered += found[1] <= true_ratio <= found[2]
+    assert 0.935 <= covered / trials <= 0.965
+
+
+def rounds_for(pairs: list[tuple[float, float]], *, ours_rps: float = 1.0, side: str = "ours") -> list[dict[str, Any]]:
+    """bench_serving.py rounds whose ours/vLLM requests/s ratios are the given (first, second) round of each pair."""
+    rounds: list[dict[str, Any]] = []
+    for index, (first, second) in enumerate(pairs):
+        for offset, value in ((0, first), (1, second)):
+            number = 2 * index + offset
+            rounds += [{"round": number, "server": side, "requests_per_s": ours_rps * value, "ttft_p50_ms": 100.0,
+                        "e2e_p50_ms": 200.0},
+                       {"round": number, "server": "vllm", "requests_per_s": ours_rps, "ttft_p50_ms": 100.0 * value,
+                        "e2e_p50_ms": 200.0}]
+    return rounds
+
+
+def run_file(path: Path, pairs: list[tuple[float, float]], **load: str) -> Path:
+    args = {"requests": "32", "concurrency": "8", "max_tokens": "64", "rate": "None", "image_share": "0.5",
+            "image_size": "256x192", **load}
+    path.write_text(json.dumps({"benchmark": "serving", "args": args, "rounds": rounds_for(pairs),
+                                "machine": {"commit": "abc", "loadavg_start": [1.0], "loadavg_end": [2.0]}}))
+    return path
+
+
+def test_pooling_takes_every_pair_of_every_run() -> None:
+    pool = bench_pool().pool
+    runs = {"a": {"rounds": rounds_for([(1.1, 1.0), (1.2, 1.2)])}, "b": {"rounds": rounds_for([(1.0, 1.0)])}}
+    found = pool(runs)["ours"]["requests_per_s"]
+    assert found["pairs_by_run"]["a"] == pytest.approx([math.sqrt(1.1), 1.2])  # each pair cancels the order
+    assert found["pairs_by_run"]["b"] == pytest.approx([1.0])
+    assert found["pairs"] == 3
+    assert found["interval_95"][0] == pytest.approx((math.sqrt(1.1) * 1.2) ** (1 / 3))
+
+
+def test_only_contenders_every_run_has_are_pooled() -> None:
+    runs = {"a": {"rounds": rounds_for([(1.0, 1.0)]) + rounds_for([(1.0, 1.0)], side="thin")},
+            "b": {"rounds": rounds_for([(1.0, 1.0)])}}
+    assert list(bench_pool().pool(runs)) == ["ours"]
+
+
+@pytest.mark.parametrize(("pairs", "throughput", "ttft"), [
+    ([1.10, 1.12, 1.09, 1.11], "met", "met"),  # requests/s above 1.05 and vLLM's TTFT 1.1 x ours
+    ([0.95, 0.97, 0.96, 0.94], "missed", "missed"),
+    ([0.98, 1.10, 1.02, 1.08], "not shown", "not shown"),
+])
+def test_a_target_is_met_only_when_the_whole_interval_is_on_its_side(pairs: list[float], throughput: str,
+                                                                     ttft: str) -> None:
+    pool = bench_pool().pool
+    found = pool({"run": {"rounds": rounds_for([(p, p) for p in pairs])}})["ours"]
+    assert found["requests_per_s"]["target"] == throughput
+    # rounds_for puts the ratio on vLLM's TTFT, so ours/vLLM there is 1/p: below 1.0 is the good side
+    assert found["ttft_p50_ms"]["target"] == ttft
+    assert found["e2e_p50_ms"]["target"] == "-"
+
+
+def test_the_script_prints_the_pooled_table_and_writes_json(tmp_path: Path) -> None:
+    first = run_file(tmp_path / "one.json", [(1.10, 1.08), (1.12, 1.10), (1.09, 1.07)])
+    second = run_file(tmp_path / "two.json", [(1.11, 1.09), (1.08, 1.10)])
+    out = tmp_path / "pooled.json"
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_pool.py"), str(first), str(second), "--out", str(out)],
+                          capture_output=True, text=True, check=True)
+    row = next(line for line in done.stdout.splitlines() if "requests/s" in line)
+    assert row.split()[-2:] == ["5", "met"]
+    pooled = json.loads(out.read_text())
+    assert pooled["commits"] == {str(first): "abc", str(second): "abc"}
+    assert pooled["pooled"]["ours"]["requests_per_s"]["pairs"] == 5
+
+
+def test_runs_of_different_loads_are_not_pooled(tmp_path: Path) -> None:
+    first = run_file(tmp_path / "one.json", [(1.0, 1.0)])
+    second = run_file(tmp_path / "two.json", [(1.0, 1.0)], concurrency="16")
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_pool.py"), str(first), str(second)],
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "concurrency=16" in done.stderr
