@@ -1,9 +1,10 @@
-"""`msserve bench serving|gateway|media|router`: run the benchmark scripts of a source checkout.
+"""`msserve bench serving|gateway|media|router|pool`: run the benchmark scripts of a source checkout.
 
 The benchmarks live in scripts/ (they are not part of the installed package) and each needs its own venv:
 serving needs vLLM (.venv-vllm), gateway needs LiteLLM (.venv-bench, from scripts/bench_env.sh). Each
 command runs its script in a subprocess with that venv's interpreter when it exists (--python overrides),
-passing every further argument through, e.g. `msserve bench serving --rounds 2`.
+passing every further argument through, e.g. `msserve bench serving --rounds 2`. `pool` reads the JSON
+results of several serving runs and pools their pairs of rounds into one ratio with its 95 % interval.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "gateway": ("bench_gateway.py", ".venv-bench"),
     "media": ("bench_media.py", None),
     "router": ("bench_router.py", None),
+    "pool": ("bench_pool.py", None),
 }
 PythonOption = Annotated[Path | None, typer.Option("--python", help="interpreter to run the script with")]
 
@@ -68,3 +70,9 @@ def media(ctx: typer.Context, python: PythonOption = None) -> None:
 def router(ctx: typer.Context, python: PythonOption = None) -> None:
     """Router decision latency."""
     run("router", ctx.args, python)
+
+
+@app.command(context_settings=PASS_THROUGH)
+def pool(ctx: typer.Context, python: PythonOption = None) -> None:
+    """Pool several `bench serving` results (JSON files): ours/vLLM with its 95 % interval, target met or not."""
+    run("pool", ctx.args, python)

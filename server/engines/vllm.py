@@ -127,6 +127,10 @@ class VLLMEngine:
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
+            # AsyncLLM.__del__ calls shutdown() again, and the object lives until interpreter exit, when vLLM's
+            # module globals are already None: a TypeError traceback on every shutdown. It is shut down: make the
+            # second call a no-op.
+            llm.shutdown = _already_shut_down
         unpin, self._unpin = self._unpin, None
         if unpin is not None:
             unpin()
@@ -375,6 +379,9 @@ def to_openai_message(message: Message, *, data_urls: bool = False) -> dict[str,
         out["name"] = message.name
     return out
 
+
+def _already_shut_down(timeout: float | None = None) -> None:
+    """Stands in for a stopped AsyncLLM's shutdown(), which its __del__ would otherwise call again at exit."""
 
 def _data_url(part: ImagePart) -> str:
     buffer = io.BytesIO()

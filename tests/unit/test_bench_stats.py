@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import REPO
 from tests.scripts import SCRIPTS, load_script
 
 
@@ -136,6 +137,16 @@ def test_the_script_prints_the_pooled_table_and_writes_json(tmp_path: Path) -> N
     pooled = json.loads(out.read_text())
     assert pooled["commits"] == {str(first): "abc", str(second): "abc"}
     assert pooled["pooled"]["ours"]["requests_per_s"]["pairs"] == 5
+
+
+def test_msserve_bench_pool_runs_the_script(tmp_path: Path) -> None:
+    first = run_file(tmp_path / "one.json", [(0.95, 0.96), (0.97, 0.95)])
+    second = run_file(tmp_path / "two.json", [(0.96, 0.94)])
+    done = subprocess.run([sys.executable, "-m", "server", "bench", "pool", str(first), str(second)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if "requests/s" in line)
+    assert row.split()[-2:] == ["3", "missed"]
 
 
 def test_runs_of_different_loads_are_not_pooled(tmp_path: Path) -> None:

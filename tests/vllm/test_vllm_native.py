@@ -144,3 +144,13 @@ def test_scheduler_stats_count_a_running_request(native_server: LiveServer) -> N
     with long_stream(native_server, MODEL, seed=2):
         assert engine_block(native_server)["running"] == 1  # the scheduler has stepped: its stats say so
     assert wait_idle(native_server)["running"] == 0
+
+
+# Last in this module: it stops the module's server.
+def test_sigterm_shuts_the_engine_down_cleanly(native_server: LiveServer) -> None:
+    stop_server(native_server)  # SIGTERM, as systemd or Docker sends it
+    assert native_server.process.returncode == 0
+    log = native_server.log()
+    assert "Application shutdown complete" in log
+    # vLLM's AsyncLLM.__del__ used to shut down a second time at interpreter exit and print a TypeError traceback.
+    assert "Traceback" not in log and "Exception ignored" not in log, log[-3000:]
