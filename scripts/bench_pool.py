@@ -39,8 +39,11 @@ TARGETS = {"requests_per_s": (">=", 1.05), "ttft_p50_ms": ("<=", 1.0)}
 
 
 def load_run(path: Path) -> dict[str, Any]:
-    run = json.loads(path.read_text())
-    if run.get("benchmark") != "serving" or "rounds" not in run:
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"{path}: cannot read a JSON result ({exc})") from exc
+    if not isinstance(run, dict) or run.get("benchmark") != "serving" or "rounds" not in run:
         raise SystemExit(f"{path}: not a bench_serving.py result")
     return run
 

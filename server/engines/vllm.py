@@ -383,6 +383,7 @@ def to_openai_message(message: Message, *, data_urls: bool = False) -> dict[str,
 def _already_shut_down(timeout: float | None = None) -> None:
     """Stands in for a stopped AsyncLLM's shutdown(), which its __del__ would otherwise call again at exit."""
 
+
 def _data_url(part: ImagePart) -> str:
     buffer = io.BytesIO()
     part.image.save(buffer, format="PNG")

@@ -156,3 +156,13 @@ def test_runs_of_different_loads_are_not_pooled(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert "concurrency=16" in done.stderr
+
+
+def test_a_missing_or_foreign_file_is_refused_by_name(tmp_path: Path) -> None:
+    gateway = tmp_path / "gateway.json"
+    gateway.write_text(json.dumps({"benchmark": "gateway"}))
+    for path in (tmp_path / "absent.json", gateway):
+        done = subprocess.run([sys.executable, str(SCRIPTS / "bench_pool.py"), str(path)], capture_output=True,
+                              text=True)
+        assert done.returncode != 0
+        assert str(path) in done.stderr and "Traceback" not in done.stderr
