@@ -127,9 +127,10 @@ class VLLMEngine:
         llm, self._llm = self._llm, None
         if llm is not None:
             await asyncio.to_thread(llm.shutdown)
-            # AsyncLLM.__del__ calls shutdown() again, and the object lives until interpreter exit, when vLLM's
-            # module globals are already None: a TypeError traceback on every shutdown. It is shut down: make the
-            # second call a no-op.
+            # AsyncLLM.__del__ calls shutdown() again, and the object lives until interpreter exit (its one
+            # referrer is a closure cell outside our code, which gc.collect() does not free), when vLLM's module
+            # globals are already None: a TypeError traceback on every shutdown. It is shut down: make the second
+            # call a no-op.
             llm.shutdown = _already_shut_down
         unpin, self._unpin = self._unpin, None
         if unpin is not None:
