@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 BITSANDBYTES = ("bnb-4bit", "bnb-8bit", "bitsandbytes")
 CPU_KVCACHE_GIB = "1"
+INLINE_RENDER_MAX_CHARS = 2000  # ~1.7 ms of template and tokenizer work on the benchmark machine's CPU
 
 
 class VLLMEngine:
@@ -227,7 +228,10 @@ class VLLMEngine:
             template_kwargs["tools"] = request.tools
         params = ChatParams(chat_template_kwargs=template_kwargs)
         try:
-            _, (engine_input,) = await renderer.render_chat_async([messages], params)
+            if renders_inline(request):
+                _, (engine_input,) = renderer.render_chat([messages], params)
+            else:
+                _, (engine_input,) = await renderer.render_chat_async([messages], params)
         except self._client_errors as exc:
             raise InvalidRequestError(
                 f"messages cannot be formatted for this model: {exc}", code="invalid_messages", param="messages"
@@ -258,6 +262,22 @@ class VLLMEngine:
 
 
 # -- pure mappings (no vllm import: unit-tested without the vLLM stack) ------------------------------
+
+
+def renders_inline(request: GenerationRequest) -> bool:
+    """Whether a request's prompt is rendered on the event loop rather than through vLLM's renderer pools.
+
+    For a text prompt the async render hands the work on six times (three tasks, a template thread, a tokenizer
+    thread, the template's timeout), and on a loop busy with other streams each hand-off waits its turn: a short
+    prompt took ~16 ms there for ~1 ms of template and tokenizer work (docs/BENCHMARKS.md, ninth round). Only
+    short, text-only, tool-free prompts come inline: images must go through vLLM's multimodal thread (its cache
+    is not thread-safe), and a long prompt's tokenization would hold the loop (~0.6 ms + 0.6 ms per 1000
+    characters here).
+    """
+    if request.tools or request.image_count:
+        return False
+    characters = sum(len(part.text) for m in request.messages for part in m.content if isinstance(part, TextPart))
+    return characters <= INLINE_RENDER_MAX_CHARS
 
 
 def check_quantization(profile: ModelProfile) -> None:

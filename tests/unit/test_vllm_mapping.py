@@ -12,11 +12,13 @@ from PIL import Image
 from server.config import Settings, load_profile
 from server.engines.base import GenerationRequest, ImagePart, Message, SamplingParams, TextPart, ToolCall
 from server.engines.vllm import (
+    INLINE_RENDER_MAX_CHARS,
     VLLMEngine,
     _until,
     engine_args,
     finish_reason,
     max_new_tokens,
+    renders_inline,
     sampling_kwargs,
     structured_output_kwargs,
     to_openai_message,
@@ -159,3 +161,23 @@ async def test_until_leaves_an_outside_cancellation_a_cancellation() -> None:
     with pytest.raises(asyncio.CancelledError):
         await reader
     assert reader.cancelled()
+
+
+def _text_request(*texts: str, **fields: object) -> GenerationRequest:
+    messages = [Message(role="user", content=[TextPart(text=t)]) for t in texts]
+    return GenerationRequest(request_id="r", messages=messages, **fields)  # type: ignore[arg-type]
+
+
+def test_short_text_prompts_render_inline_and_long_ones_in_vllms_pool() -> None:
+    assert renders_inline(_text_request("Tell me about tides."))
+    # The limit counts every message's text: two halves together are exactly at it, one more character is over.
+    half = "x" * (INLINE_RENDER_MAX_CHARS // 2)
+    assert renders_inline(_text_request(half, half))
+    assert not renders_inline(_text_request(half, half + "x"))
+
+
+def test_images_and_tools_always_take_vllms_async_render() -> None:
+    picture = Message(role="user", content=[TextPart(text="Describe it."), ImagePart(image=Image.new("RGB", (8, 8)))])
+    assert not renders_inline(GenerationRequest(request_id="r", messages=[picture]))
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    assert not renders_inline(_text_request("Call f.", tools=[tool]))
