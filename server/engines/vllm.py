@@ -272,7 +272,8 @@ def renders_inline(request: GenerationRequest) -> bool:
     prompt took ~16 ms there for ~1 ms of template and tokenizer work (docs/BENCHMARKS.md, ninth round). Only
     short, text-only, tool-free prompts come inline: images must go through vLLM's multimodal thread (its cache
     is not thread-safe), and a long prompt's tokenization would hold the loop (~0.6 ms + 0.6 ms per 1000
-    characters here).
+    characters here). The tokenizer is then used from two threads at once, which vLLM allows itself
+    (``renderer_num_workers`` > 1); the multimodal processor has its own copy.
     """
     if request.tools or request.image_count:
         return False

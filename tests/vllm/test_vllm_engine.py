@@ -13,6 +13,7 @@ import httpx
 import psutil
 import pytest
 
+from server.engines.vllm import INLINE_RENDER_MAX_CHARS
 from tests.conftest import LiveServer
 from tests.images import png_url
 
@@ -108,6 +109,29 @@ def test_eight_concurrent_requests_complete(vllm_client) -> None:
         results = list(pool.map(one, range(8)))
     assert len(results) == 8
     assert all(reason in ("length", "stop") and tokens >= 1 for reason, tokens in results)
+
+
+def test_prompts_rendered_inline_and_in_vllms_pools_at_once_count_what_they_count_alone(vllm_client) -> None:
+    # Short text renders on the event loop, long text and images in vLLM's renderer threads
+    # (server.engines.vllm.renders_inline); sharing the tokenizer across them must not change a prompt.
+    long_text = "Tell me about the tides and the moon. " * 80
+    assert len(long_text) > INLINE_RENDER_MAX_CHARS
+    contents: list[object] = [f"Short request {n}" for n in range(4)]
+    contents += [f"{n} {long_text}" for n in range(4)]
+    contents += [[{"type": "text", "text": f"Picture {n}"},
+                  {"type": "image_url", "image_url": {"url": png_url((112 + 28 * n, 84))}}] for n in range(4)]
+
+    def prompt_tokens(content: object) -> int:
+        completion = vllm_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=2, temperature=0
+        )
+        return completion.usage.prompt_tokens  # type: ignore[no-any-return]
+
+    alone = [prompt_tokens(content) for content in contents]
+    with ThreadPoolExecutor(max_workers=len(contents)) as pool:
+        together = list(pool.map(prompt_tokens, contents))
+    assert together == alone
+    assert max(alone[:4]) < 100 < 500 < min(alone[4:8])  # ~4.5 characters per token
 
 
 def test_response_format_json_object(vllm_client) -> None:
