@@ -26,9 +26,11 @@ import io
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from server.config import ModelProfile, Settings
 from server.engines.base import (
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 BITSANDBYTES = ("bnb-4bit", "bnb-8bit", "bitsandbytes")
 CPU_KVCACHE_GIB = "1"
 INLINE_RENDER_MAX_CHARS = 2000  # ~1.7 ms of template and tokenizer work on the benchmark machine's CPU
+INLINE_ENCODE_MAX_PIXELS = 512 * 512  # ~4 ms to a BMP data URL there; larger images are encoded in a thread
 
 
 class VLLMEngine:
@@ -222,7 +225,8 @@ class VLLMEngine:
         from vllm.renderers.params import ChatParams
 
         renderer = self._llm.renderer
-        messages = [to_openai_message(m, data_urls=self.profile.format == "mistral") for m in request.messages]
+        urls = iter(await image_data_urls(request.messages)) if self.profile.format == "mistral" else None
+        messages = [to_openai_message(m, image_urls=urls) for m in request.messages]
         template_kwargs: dict[str, Any] = {"tokenize": self.profile.format == "mistral"}
         if request.tools:
             template_kwargs["tools"] = request.tools
@@ -368,11 +372,11 @@ def structured_output_kwargs(response_format: dict[str, Any] | None) -> dict[str
     raise InvalidRequestError(f"unknown response_format type {kind!r}", param="response_format.type")
 
 
-def to_openai_message(message: Message, *, data_urls: bool = False) -> dict[str, Any]:
+def to_openai_message(message: Message, *, image_urls: Iterator[str] | None = None) -> dict[str, Any]:
     """Our message -> the OpenAI-shaped dict vLLM's renderer parses.
 
     Images go in as PIL images (``image_pil``) for HF checkpoints; mistral_common (format mistral)
-    only reads ``image_url``, so there they travel as PNG data URLs.
+    only reads ``image_url``, so there each image takes the next of ``image_urls`` (``image_data_urls``).
     """
     out: dict[str, Any] = {"role": message.role}
     if message.images:
@@ -382,8 +386,8 @@ def to_openai_message(message: Message, *, data_urls: bool = False) -> dict[str,
                 parts.append({"type": "text", "text": part.text})
             elif isinstance(part, ImagePart):
                 parts.append(
-                    {"type": "image_url", "image_url": {"url": _data_url(part)}}
-                    if data_urls
+                    {"type": "image_url", "image_url": {"url": next(image_urls)}}
+                    if image_urls is not None
                     else {"type": "image_pil", "image_pil": part.image}
                 )
         out["content"] = parts
@@ -406,10 +410,27 @@ def _already_shut_down(timeout: float | None = None) -> None:
     """Stands in for a stopped AsyncLLM's shutdown(), which its __del__ would otherwise call again at exit."""
 
 
-def _data_url(part: ImagePart) -> str:
+async def image_data_urls(messages: list[Message]) -> list[str]:
+    """Every image of ``messages``, in order, as a data URL; large ones encoded in a worker thread.
+
+    BMP, not PNG: lossless either way, and the decoders on the other side (vLLM's media loader and
+    mistral_common) open any format, but zlib made a PNG cost ~340 ms for a 1540 x 1540 photo against
+    ~34 ms as BMP (docs/BENCHMARKS.md, ninth round).
+    """
+    urls = []
+    for message in messages:
+        for image in message.images:
+            if image.width * image.height <= INLINE_ENCODE_MAX_PIXELS:
+                urls.append(bmp_data_url(image))
+            else:
+                urls.append(await asyncio.to_thread(bmp_data_url, image))
+    return urls
+
+
+def bmp_data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
-    part.image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    image.save(buffer, format="BMP")
+    return "data:image/bmp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _logprobs(completion: Any) -> list[TokenLogprob]:

@@ -17,6 +17,7 @@ from server.engines.vllm import (
     _until,
     engine_args,
     finish_reason,
+    image_data_urls,
     max_new_tokens,
     renders_inline,
     sampling_kwargs,
@@ -82,8 +83,8 @@ def test_messages_become_openai_dicts_with_images_in_place() -> None:
     assert to_openai_message(message)["content"] == [
         {"type": "text", "text": "a"}, {"type": "image_pil", "image_pil": image}, {"type": "text", "text": "b"}
     ]
-    as_url = to_openai_message(message, data_urls=True)["content"][1]
-    assert as_url["image_url"]["url"].startswith("data:image/png;base64,")
+    as_url = to_openai_message(message, image_urls=iter(["data:image/bmp;base64,Qk0="]))["content"][1]
+    assert as_url == {"type": "image_url", "image_url": {"url": "data:image/bmp;base64,Qk0="}}
     call = Message(role="assistant", tool_calls=[ToolCall(id="abcDEF123", name="f", arguments="{}")])
     assert to_openai_message(call)["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
     assert to_openai_message(Message(role="system", content=[TextPart(text="s")])) == {"role": "system", "content": "s"}
@@ -181,3 +182,32 @@ def test_images_and_tools_always_take_vllms_async_render() -> None:
     assert not renders_inline(GenerationRequest(request_id="r", messages=[picture]))
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     assert not renders_inline(_text_request("Call f.", tools=[tool]))
+
+
+@pytest.mark.parametrize("size", [(40, 30), (700, 500)])  # encoded on the event loop / in a worker thread
+def test_images_travel_to_mistral_common_as_lossless_data_urls_in_order(size: tuple[int, int], monkeypatch) -> None:
+    import base64
+    import io
+
+    import numpy as np
+
+    from server.engines import vllm
+
+    offloaded = []
+
+    async def to_thread(function, *args):  # type: ignore[no-untyped-def]
+        offloaded.append(args)
+        return function(*args)
+
+    monkeypatch.setattr(vllm.asyncio, "to_thread", to_thread)
+
+    pixels = np.random.default_rng(7).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    first, second = Image.fromarray(pixels), Image.fromarray(255 - pixels)
+    messages = [Message(role="user", content=[TextPart(text="a"), ImagePart(image=first)]),
+                Message(role="user", content=[ImagePart(image=second)])]
+    urls = asyncio.run(image_data_urls(messages))
+    assert len(urls) == 2 and all(url.startswith("data:image/bmp;base64,") for url in urls)
+    for url, image in zip(urls, (first, second), strict=True):
+        decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+        assert decoded.size == size and np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(image))
+    assert len(offloaded) == (2 if size[0] * size[1] > vllm.INLINE_ENCODE_MAX_PIXELS else 0)
