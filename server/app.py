@@ -65,6 +65,8 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
             services.draining = True
             begin_drain(app)
             if not loading.done():
+                # Its thread cannot be interrupted; serve() exits without waiting for it (server.shutdown).
+                app.state.engine_load_abandoned = True
                 loading.cancel()
             with contextlib.suppress(BaseException):
                 await loading

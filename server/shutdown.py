@@ -9,15 +9,19 @@ the captured signal with the previous handlers restored, so under the default ha
 
 What we add: the moment the signal arrives, ``begin_drain`` marks the server draining (``/ready`` answers
 503, requests still waiting for a slot get 503 + Retry-After), and we install the server's own handler first so the
-re-raised signal lands in our handler again and the process exits normally, status 0.
+re-raised signal lands in our handler again and the process exits normally, status 0. A signal that comes
+while the engine is still loading ends the process as soon as uvicorn is done, without waiting for the load.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import signal
 import sys
 from types import FrameType
+from typing import NoReturn
 
 import uvicorn
 from fastapi import FastAPI
@@ -25,6 +29,8 @@ from fastapi import FastAPI
 from server.config import Settings
 
 log = logging.getLogger(__name__)
+
+CHILD_EXIT_TIMEOUT_S = 10.0  # vLLM's engine process stops its workers on SIGTERM; after this it is killed
 
 
 def begin_drain(app: FastAPI) -> None:
@@ -79,4 +85,31 @@ def serve(app: FastAPI, settings: Settings) -> str | None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, server.handle_exit)
     server.run()
+    if getattr(app.state, "engine_load_abandoned", False):
+        exit_without_the_loading_engine()
     return failures[0] if failures else None
+
+
+def exit_without_the_loading_engine() -> NoReturn:
+    """Exit now, status 0, though the engine's load is still running in its thread.
+
+    A load cannot be interrupted (a hub download, vLLM starting its engine processes, weights being read), and
+    at exit the interpreter would wait for its thread: minutes for Mistral Small 3.1, after the server had
+    already said it shut down. What the load started is stopped first: vLLM's engine process, on SIGTERM, stops
+    its workers. The loop runs again because the load thread may start a process while we wait.
+    """
+    log.warning("the engine was still loading: stopping what it started and exiting without waiting for it")
+    for _ in range(3):
+        children = multiprocessing.active_children()
+        if not children:
+            break
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(CHILD_EXIT_TIMEOUT_S)
+            if child.is_alive():
+                child.kill()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

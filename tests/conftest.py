@@ -45,8 +45,9 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
-def launch(command: list[str], tmp_dir: Path, env: dict[str, str], *, port: int, ready_timeout: float) -> LiveServer:
-    """Start a server process on 127.0.0.1:port and wait until GET /ready says 200 (or fail with its log)."""
+def launch(command: list[str], tmp_dir: Path, env: dict[str, str], *, port: int, ready_timeout: float,
+           ready_path: str = "/ready") -> LiveServer:
+    """Start a server process on 127.0.0.1:port and wait until GET ready_path says 200 (or fail with its log)."""
     log_path = tmp_dir / f"server-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -56,7 +57,7 @@ def launch(command: list[str], tmp_dir: Path, env: dict[str, str], *, port: int,
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.base_url}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{server.base_url}{ready_path}", timeout=2).status_code == 200:
                 return server
         except httpx.TransportError:
             pass

@@ -30,6 +30,7 @@ from server.engines.base import (
     ToolCallDelta,
     Usage,
 )
+from server.engines.loading import in_load_thread
 from server.engines.mistral_format import EncodedPrompt, MistralChatFormat
 from server.engines.mistral_tools import ToolCallParser
 from server.engines.stops import StopMatcher
@@ -63,7 +64,7 @@ class HFEngine:
 
     async def start(self) -> None:
         try:
-            await asyncio.to_thread(self._load)
+            await in_load_thread(self._load, name="hf-load")
         except Exception as exc:
             self._state, self._detail = "failed", str(exc)
             raise

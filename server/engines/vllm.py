@@ -47,6 +47,7 @@ from server.engines.base import (
     Usage,
 )
 from server.engines.cpu_placement import keep_off_worker_cores
+from server.engines.loading import in_load_thread
 from server.engines.mistral_tools import ToolCallParser, forced_call_schema
 from server.errors import (
     DeadlineExceededError,
@@ -90,7 +91,7 @@ class VLLMEngine:
         try:
             # Loading takes minutes and blocks: keep the event loop free so /health answers meanwhile.
             # AsyncLLM binds its output loop lazily, on the first request, to the running loop.
-            self._llm = await asyncio.to_thread(self._load)
+            self._llm = await in_load_thread(self._load, name="vllm-load")
         except Exception as exc:
             self._state, self._detail = "failed", str(exc)
             raise

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import multiprocessing
+import time
 from collections.abc import AsyncIterator
 
 from server.engines.base import EngineCapabilities, EngineHealth, GenerationChunk, GenerationRequest, Usage
+from server.engines.loading import in_load_thread
 
 
 class PacedEngine:
-    def __init__(self, *, chunks: int = 5, delay_s: float = 0.0, name: str = "paced-test") -> None:
+    def __init__(self, *, chunks: int = 5, delay_s: float = 0.0, load_s: float = 0.0, name: str = "paced-test") -> None:
         self.name = name
+        self.load_s = load_s  # > 0: start() loads like a real engine: a helper process, then a blocking wait
         self.capabilities = EngineCapabilities(logprobs=False)
         self.chunks = chunks
         self.delay_s = delay_s
@@ -20,6 +25,12 @@ class PacedEngine:
         self.ready = False
 
     async def start(self) -> None:
+        if self.load_s:
+            # As vLLM starts its engine process and then blocks a thread until it is up.
+            helper = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(self.load_s,))
+            helper.start()
+            logging.getLogger(__name__).info("loading for %.0fs; helper process %d", self.load_s, helper.pid)
+            await in_load_thread(lambda: time.sleep(self.load_s), name="paced-load")
         self.ready = True
 
     async def stop(self) -> None:

@@ -1,6 +1,7 @@
 """Run the real app (all middleware, telemetry, shutdown handling) with a PacedEngine, as its own process.
 
-    python tests/ops/scripted_server.py PORT    (settings from MSSERVE_*; OPS_CHUNKS, OPS_DELAY_S for the engine)
+    python tests/ops/scripted_server.py PORT
+    (settings from MSSERVE_*; OPS_CHUNKS, OPS_DELAY_S, OPS_LOAD_S for the engine)
 
 The operations tests need a server they can flood, SIGTERM and measure without a model in the way; it is
 served by ``server.shutdown.serve``, the same function ``msserve serve`` uses.
@@ -24,7 +25,8 @@ from tests.ops.paced_engine import PacedEngine
 def main() -> None:
     settings = Settings(host="127.0.0.1", port=int(sys.argv[1]))
     engine = PacedEngine(chunks=int(os.environ.get("OPS_CHUNKS", "5")),
-                         delay_s=float(os.environ.get("OPS_DELAY_S", "0")))
+                         delay_s=float(os.environ.get("OPS_DELAY_S", "0")),
+                         load_s=float(os.environ.get("OPS_LOAD_S", "0")))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(create_app(settings, engine=engine), settings)
 

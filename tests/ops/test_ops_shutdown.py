@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.conftest import LiveServer, stop_server
 from tests.ops.conftest import CHAT, log_lines, start_scripted_server
@@ -114,3 +116,22 @@ def test_streams_past_the_drain_timeout_are_aborted(tmp_path: Path) -> None:
     lines = {line["request_id"]: line for line in log_lines(server)}
     assert lines["long-0"]["outcome"] == lines["long-1"]["outcome"] == "aborted"
     assert "timeout graceful shutdown exceeded" in server.log()
+
+
+def test_sigterm_while_the_engine_loads_exits_at_once_and_stops_what_the_load_started(tmp_path: Path) -> None:
+    # The load blocks a thread for 10 minutes after starting a helper process, as vLLM's start-up does.
+    server = start_scripted_server(tmp_path, {"OPS_LOAD_S": "600"}, ready_path="/health")
+    try:
+        deadline = time.monotonic() + 30
+        while (found := re.search(r"helper process (\d+)", server.log())) is None:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+        helper = psutil.Process(int(found.group(1)))
+        assert httpx.get(f"{server.base_url}/ready").status_code == 503  # still loading
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(60) == 0  # not after the load's 600 s
+        helper.wait(10)  # raises psutil.TimeoutExpired if the helper outlived the server, orphaned
+        assert not helper.is_running()
+    finally:
+        stop_server(server)
+    assert "the engine was still loading" in server.log()
