@@ -62,6 +62,10 @@ log = logging.getLogger(__name__)
 
 BITSANDBYTES = ("bnb-4bit", "bnb-8bit", "bitsandbytes")
 CPU_KVCACHE_GIB = "1"
+# How long vLLM's engine process may take to stop its workers and free the device before it is killed. vLLM's own
+# default, 5 s, was too short on the 2-core CI machine (a worker took 4 s to exit: the kill then logged an
+# EngineDeadError traceback), and a kill mid-teardown can leave GPU memory held.
+ENGINE_EXIT_TIMEOUT_S = 20.0
 INLINE_RENDER_MAX_CHARS = 2000  # ~1.7 ms of template and tokenizer work on the benchmark machine's CPU
 INLINE_ENCODE_MAX_PIXELS = 512 * 512  # ~4 ms to a BMP data URL there; larger images are encoded in a thread
 
@@ -131,7 +135,7 @@ class VLLMEngine:
         self._state = "stopped"
         llm, self._llm = self._llm, None
         if llm is not None:
-            await asyncio.to_thread(llm.shutdown)
+            await asyncio.to_thread(llm.shutdown, ENGINE_EXIT_TIMEOUT_S)
             # AsyncLLM.__del__ calls shutdown() again, and the object lives until interpreter exit (its one
             # referrer is a closure cell outside our code, which gc.collect() does not free), when vLLM's module
             # globals are already None: a TypeError traceback on every shutdown. It is shut down: make the second
