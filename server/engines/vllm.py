@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import logging
 import os
@@ -135,6 +136,13 @@ class VLLMEngine:
         self._state = "stopped"
         llm, self._llm = self._llm, None
         if llm is not None:
+            # Stop reading outputs before the engine process goes: vLLM cancels this task only after the process
+            # has exited, and a reader still waiting then (seconds on 2 busy cores) logs an EngineDeadError traceback.
+            reader = getattr(llm, "output_handler", None)
+            if reader is not None and not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
             await asyncio.to_thread(llm.shutdown, ENGINE_EXIT_TIMEOUT_S)
             # AsyncLLM.__del__ calls shutdown() again, and the object lives until interpreter exit (its one
             # referrer is a closure cell outside our code, which gc.collect() does not free), when vLLM's module
