@@ -64,8 +64,8 @@ log = logging.getLogger(__name__)
 BITSANDBYTES = ("bnb-4bit", "bnb-8bit", "bitsandbytes")
 CPU_KVCACHE_GIB = "1"
 # How long vLLM's engine process may take to stop its workers and free the device before it is killed. vLLM's own
-# default, 5 s, was too short on the 2-core CI machine (a worker took 4 s to exit: the kill then logged an
-# EngineDeadError traceback), and a kill mid-teardown can leave GPU memory held.
+# default, 5 s, killed one still stopping its worker on the 2-core CI machine (the worker took 4 s), and a kill
+# mid-teardown can leave GPU memory held.
 ENGINE_EXIT_TIMEOUT_S = 20.0
 INLINE_RENDER_MAX_CHARS = 2000  # ~1.7 ms of template and tokenizer work on the benchmark machine's CPU
 INLINE_ENCODE_MAX_PIXELS = 512 * 512  # ~4 ms to a BMP data URL there; larger images are encoded in a thread
@@ -294,8 +294,7 @@ def renders_inline(request: GenerationRequest) -> bool:
     """
     if request.tools or request.image_count:
         return False
-    characters = sum(len(part.text) for m in request.messages for part in m.content if isinstance(part, TextPart))
-    return characters <= INLINE_RENDER_MAX_CHARS
+    return sum(len(message.text) for message in request.messages) <= INLINE_RENDER_MAX_CHARS
 
 
 def check_quantization(profile: ModelProfile) -> None:
