@@ -1,6 +1,7 @@
 """Pool several runs of bench_serving.py: one estimate, with its interval, from all their pairs of rounds.
 
     python scripts/bench_pool.py bench-results/run1.json bench-results/run2.json ... [--out pooled.json]
+    python scripts/bench_pool.py docs/bench-data/serving/*.json.gz     # the published runs (gzip is read as is)
 
 One run on a shared 2-vCPU machine gives five or six order-balanced pairs of rounds, and its 95 % interval for
 ours/vLLM is often +-5 % or more: wider than the distance to either target. Runs of the same benchmark (same load,
@@ -10,12 +11,14 @@ missed, or cannot be told on this machine. Each run's own estimate is shown besi
 disagrees with the others is seen, not averaged away.
 
 Refuses to pool runs whose load differs (requests, concurrency, max_tokens, rate, image share and size) and says
-which commits the runs measured (recorded since the runs that carry `machine.commit`). Standard library only.
+which commits the runs measured (recorded since the runs that carry `machine.commit`). No numpy or scipy: any of
+the project's venvs runs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -40,8 +43,9 @@ TARGETS = {"requests_per_s": (">=", 1.05), "ttft_p50_ms": ("<=", 1.0)}
 
 def load_run(path: Path) -> dict[str, Any]:
     try:
-        run = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        raw = path.read_bytes()
+        run = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)  # the gzip magic number
+    except (OSError, ValueError, EOFError) as exc:
         raise SystemExit(f"{path}: cannot read a JSON result ({exc})") from exc
     if not isinstance(run, dict) or run.get("benchmark") != "serving" or "rounds" not in run:
         raise SystemExit(f"{path}: not a bench_serving.py result")

@@ -7,7 +7,8 @@ core in the middle of a forward pass, and every stream's next token waits. So on
 process (all its threads; threads started later inherit it) keeps to the cores no worker is bound to.
 
 Only the API process moves. The EngineCore stays where vLLM put it: pinned beside the API process, first tokens
-came later in the run that tried it (docs/BENCHMARKS.md, seventh round, with what this change measured). Nothing
+came later in the run that tried it (docs/BENCHMARKS.md, seventh round, with what this change measured); pinned
+beside the worker, requests/s fell 8 % (tenth round). Nothing
 moves when the workers are not bound (``VLLM_CPU_OMP_THREADS_BIND=nobind``) or when no core would be left; the
 caller asks only for vLLM's CPU backend.
 """
