@@ -1,7 +1,7 @@
 """Pool several runs of bench_serving.py: one estimate, with its interval, from all their pairs of rounds.
 
     python scripts/bench_pool.py bench-results/run1.json bench-results/run2.json ... [--out pooled.json]
-    python scripts/bench_pool.py docs/bench-data/serving/*.json.gz     # the published runs (gzip is read as is)
+    python scripts/bench_pool.py docs/bench-data/serving/run*.json.gz     # the published runs (gzip is read as is)
 
 One run on a shared 2-vCPU machine gives five or six order-balanced pairs of rounds, and its 95 % interval for
 ours/vLLM is often +-5 % or more: wider than the distance to either target. Runs of the same benchmark (same load,
@@ -10,7 +10,8 @@ all pairs and its interval (Student's t on the logs, bench_common.ratio_interval
 missed, or cannot be told on this machine. Each run's own estimate is shown beside the pooled one, so a run that
 disagrees with the others is seen, not averaged away.
 
-Refuses to pool runs whose load differs (requests, concurrency, max_tokens, rate, image share and size) and says
+Refuses to pool runs whose load differs (requests, concurrency, max_tokens, rate, image share and size) or whose
+baseline differs (`vllm serve` in the benchmark as it ships; an A/B run puts another server there), and says
 which commits the runs measured (recorded since the runs that carry `machine.commit`). No numpy or scipy: any of
 the project's venvs runs it.
 """
@@ -53,14 +54,24 @@ def load_run(path: Path) -> dict[str, Any]:
 
 
 def check_same_load(runs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """The common load of ``runs``; exits naming the first argument that differs."""
+    """The common load of ``runs``; exits naming the first argument, or the baseline, that differs."""
     first_name, first = next(iter(runs.items()))
     load = {key: first["args"].get(key) for key in SAME_LOAD}
     for name, run in runs.items():
         for key in SAME_LOAD:
             if run["args"].get(key) != load[key]:
                 raise SystemExit(f"cannot pool: {name} ran {key}={run['args'].get(key)}, {first_name} {load[key]}")
+        if baseline(run) != baseline(first):
+            raise SystemExit(f"cannot pool: the \"vllm\" side of {name} ran `{baseline(run)}`, "
+                             f"of {first_name} `{baseline(first)}`")
     return load
+
+
+def baseline(run: dict[str, Any]) -> str | None:
+    """What the "vllm" side ran, by its first two words with paths cut to names: "vllm serve" as the benchmark
+    ships, "python -m" where an A/B run put our server there; None where the run recorded no command."""
+    command = run.get("commands", {}).get("vllm")
+    return " ".join(Path(word).name for word in command[:2]) if command else None
 
 
 def contenders(run: dict[str, Any]) -> set[str]:

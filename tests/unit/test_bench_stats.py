@@ -88,11 +88,14 @@ def rounds_for(pairs: list[tuple[float, float]], *, ours_rps: float = 1.0, side:
     return rounds
 
 
-def run_file(path: Path, pairs: list[tuple[float, float]], **load: str) -> Path:
+def run_file(path: Path, pairs: list[tuple[float, float]], baseline: list[str] | None = None, **load: str) -> Path:
     args = {"requests": "32", "concurrency": "8", "max_tokens": "64", "rate": "None", "image_share": "0.5",
             "image_size": "256x192", **load}
-    path.write_text(json.dumps({"benchmark": "serving", "args": args, "rounds": rounds_for(pairs),
-                                "machine": {"commit": "abc", "loadavg_start": [1.0], "loadavg_end": [2.0]}}))
+    run = {"benchmark": "serving", "args": args, "rounds": rounds_for(pairs),
+           "machine": {"commit": "abc", "loadavg_start": [1.0], "loadavg_end": [2.0]}}
+    if baseline is not None:  # the "vllm" side's command
+        run["commands"] = {"vllm": baseline}
+    path.write_text(json.dumps(run))
     return path
 
 
@@ -155,6 +158,7 @@ def test_gzipped_runs_pool_like_plain_ones(tmp_path: Path) -> None:
     assert str(broken) in done.stderr and "Traceback" not in done.stderr
 
 
+PUBLISHED = REPO / "docs" / "bench-data" / "serving"
 # The published runs by the BENCHMARKS.md section whose pooled row they make, and where that section ends.
 PUBLISHED_ROUNDS = {
     "### Tenth round": (range(17, 23), "### Eleventh round"),
@@ -167,19 +171,19 @@ PUBLISHED_ROUNDS = {
 def test_the_published_runs_pool_to_the_figures_benchmarks_md_gives(heading: str) -> None:
     """Each round's pooled row in docs/BENCHMARKS.md is what its published runs give, to the digit, verdicts too."""
     numbers, section_end = PUBLISHED_ROUNDS[heading]
-    published = [REPO / "docs" / "bench-data" / "serving" / f"run{n}.json.gz" for n in numbers]
+    published = [PUBLISHED / f"run{n}.json.gz" for n in numbers]
     script, common = bench_pool(), bench_common()  # loaded once: each call executes the script afresh
     pooled = script.pool({str(path): script.load_run(path) for path in published})["ours"]
     doc = (REPO / "docs" / "BENCHMARKS.md").read_text()
     section = doc[doc.index(heading):doc.index(section_end)]
-    for metric, target in (("requests_per_s", ">= 1.05"), ("ttft_p50_ms", "<= 1.0")):
+    for metric, (side, bound) in script.TARGETS.items():
         verdict = pooled[metric]["target"]
         shown = f"**{verdict}**" if verdict == "met" else verdict
-        assert f"| **{common.format_interval(pooled[metric]['interval_95'])}** | {target}: {shown} |" in section
+        assert f"| **{common.format_interval(pooled[metric]['interval_95'])}** | {side} {bound}: {shown} |" in section
 
 
 def test_every_published_run_belongs_to_a_round() -> None:
-    published = {path.name for path in (REPO / "docs" / "bench-data" / "serving").glob("run*.json.gz")}
+    published = {path.name for path in PUBLISHED.glob("run*.json.gz")}
     claimed = {f"run{n}.json.gz" for numbers, _ in PUBLISHED_ROUNDS.values() for n in numbers}
     assert published == claimed
 
@@ -201,6 +205,19 @@ def test_runs_of_different_loads_are_not_pooled(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert "concurrency=16" in done.stderr
+
+
+def test_runs_against_another_baseline_are_not_pooled(tmp_path: Path) -> None:
+    """An A/B run, whose "vllm" side was our own server, is never averaged into runs against `vllm serve`."""
+    shipped = run_file(tmp_path / "run.json", [(1.0, 1.0)], ["vllm", "serve", "/models/tiny"])
+    ab = run_file(tmp_path / "ab.json", [(1.0, 1.0)], ["/venv/bin/python", "-m", "server", "serve"])
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_pool.py"), str(shipped), str(ab)],
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert str(ab) in done.stderr and "`python -m`" in done.stderr and "`vllm serve`" in done.stderr
+    same = run_file(tmp_path / "ab2.json", [(1.0, 1.0)], ["/elsewhere/bin/python", "-m", "server", "serve"])
+    script = bench_pool()
+    assert script.check_same_load({str(path): script.load_run(path) for path in (ab, same)})["concurrency"] == "8"
 
 
 def test_a_missing_or_foreign_file_is_refused_by_name(tmp_path: Path) -> None:
