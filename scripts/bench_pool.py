@@ -8,7 +8,11 @@ ours/vLLM is often +-5 % or more: wider than the distance to either target. Runs
 same contenders) are independent samples of the same ratio, so their pairs can be pooled: the geometric mean over
 all pairs and its interval (Student's t on the logs, bench_common.ratio_interval) say whether a target holds, is
 missed, or cannot be told on this machine. Each run's own estimate is shown beside the pooled one, so a run that
-disagrees with the others is seen, not averaged away.
+disagrees with the others is seen, not averaged away; and so is a spread between runs larger than within them
+(another VM, another day), which would make the pairs' interval too narrow: "runs as samples" is the interval
+with each run's estimate as one sample. The verdict stays the pairs' (the rule the rounds were planned with).
+An A/B run (bench_serving.py --baseline-env) measures one of our settings against itself: it is pooled only with
+A/B runs of the same setting, and gets no target verdict.
 
 Refuses to pool runs whose load differs (requests, concurrency, max_tokens, rate, image share and size) or whose
 baseline differs (`vllm serve` in the benchmark as it ships; an A/B run puts another server there), and says
@@ -21,6 +25,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,6 +84,12 @@ def baseline(run: dict[str, Any]) -> str | None:
     return " ".join([*(Path(word).name for word in command[:2]), *(f"{k}={v}" for k, v in sorted(settings.items()))])
 
 
+def against_vllm_serve(run: dict[str, Any]) -> bool:
+    """Whether the run measured ours against `vllm serve` (as every run that recorded no command did): only then
+    do #6's targets apply; an A/B run measures one of our settings, not a target."""
+    return baseline(run) in (None, "vllm serve")
+
+
 def contenders(run: dict[str, Any]) -> set[str]:
     return {entry["server"] for entry in run["rounds"]} - {"vllm"}
 
@@ -96,7 +108,9 @@ def verdict(metric: str, interval: tuple[float, float, float] | None) -> str:
 
 
 def pool(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per contender and metric: each run's pairs, the pooled pairs' interval and, for ours, the target's verdict."""
+    """Per contender and metric: each run's pairs, the pooled pairs' interval and, for ours against `vllm serve`,
+    the target's verdict."""
+    targets = all(against_vllm_serve(run) for run in runs.values())
     shared = set.intersection(*(contenders(run) for run in runs.values()))
     out: dict[str, Any] = {}
     for side in sorted(shared, key=lambda name: (name != "ours", name)):
@@ -105,9 +119,14 @@ def pool(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                        for name, run in runs.items()}
             pooled = [pair for pairs in per_run.values() for pair in pairs]
             interval = ratio_interval(pooled)
+            # The check on the pairs' interval: were runs to differ by more than their pairs do (another VM,
+            # another day), pairs would not be independent samples, and each run's estimate as one sample is wider.
+            run_means = [math.exp(statistics.fmean(math.log(pair) for pair in pairs))
+                         for pairs in per_run.values() if pairs]
             out.setdefault(side, {})[metric] = {
                 "pairs_by_run": per_run, "pairs": len(pooled), "interval_95": interval,
-                "target": verdict(metric, interval) if side == "ours" else "-",
+                "runs_as_samples_interval_95": ratio_interval(run_means),
+                "target": verdict(metric, interval) if side == "ours" and targets else "-",
             }
     return out
 
@@ -126,11 +145,15 @@ def main() -> None:
     for name, commit in commits.items():
         print(f"{name}: commit {commit}, load average {run_load_text(runs[name])}")
     run_names = list(runs)
-    headers = ["over vLLM", "metric", *[f"run {i + 1}" for i in range(len(run_names))], "pooled [95 %]", "pairs",
+    first = next(iter(runs.values()))
+    if not against_vllm_serve(first):
+        print(f"the baseline ran `{baseline(first)}`: an A/B of our own server, so no target applies")
+    headers = ["over vLLM" if against_vllm_serve(first) else "over baseline", "metric",
+               *[f"run {i + 1}" for i in range(len(run_names))], "pooled [95 %]", "runs as samples [95 %]", "pairs",
                "target"]
     rows = [[side, METRICS[metric], *[interval_text(found["pairs_by_run"][name]) for name in run_names],
-             format_interval(found["interval_95"]), found["pairs"],
-             found["target"]]
+             format_interval(found["interval_95"]), format_interval(found["runs_as_samples_interval_95"]),
+             found["pairs"], found["target"]]
             for side, by_metric in pooled.items() for metric, found in by_metric.items()]
     print_table(headers, rows)
 

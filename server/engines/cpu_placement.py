@@ -8,10 +8,10 @@ process (all its threads; threads started later inherit it) keeps to the cores n
 
 Only the API process moves. The EngineCore stays where vLLM put it: pinned beside the API process, first tokens
 came later in the run that tried it (docs/BENCHMARKS.md, seventh round, with what this change measured); pinned
-beside the worker, requests/s fell 8 % (tenth round). Measured against itself again (eleventh round), this
-placement was not shown to help throughput (0.970 [0.934-1.006]); it stays on by default until a confirmatory
-A/B decides. Nothing moves when the workers are not bound (``VLLM_CPU_OMP_THREADS_BIND=nobind``) or when no
-core would be left; the caller asks only for vLLM's CPU backend.
+beside the worker, requests/s fell 8 % (tenth round). Measured against itself, this placement gave 5.4 % more
+requests/s and 10 % sooner first tokens on one VM (twelfth round, planned beforehand, 36 pairs) and was not shown
+to matter on another (eleventh round), so it is on by default. Nothing moves when the workers are not bound
+(``VLLM_CPU_OMP_THREADS_BIND=nobind``) or when no core would be left; the caller asks only for vLLM's CPU backend.
 """
 
 from __future__ import annotations

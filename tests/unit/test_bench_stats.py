@@ -133,6 +133,22 @@ def test_a_target_is_met_only_when_the_whole_interval_is_on_its_side(pairs: list
     assert found["e2e_p50_ms"]["target"] == "-"
 
 
+def test_runs_that_differ_more_than_their_pairs_widen_the_runs_as_samples_interval(tmp_path: Path) -> None:
+    """Each run tight around its own level (another VM, another day): the pairs' interval, which takes every pair
+    as independent, is too narrow; each run's estimate as one sample says so."""
+    script = bench_pool()
+    levels = (0.98, 1.05, 1.12)
+    runs = {f"run{n}": script.load_run(run_file(tmp_path / f"run{n}.json",
+                                                [(level, level * 1.002), (level * 1.001, level), (level, level)]))
+            for n, level in enumerate(levels)}
+    found = script.pool(runs)["ours"]["requests_per_s"]
+    mean, low, high = found["runs_as_samples_interval_95"]
+    assert mean == pytest.approx(math.prod(levels) ** (1 / 3), rel=1e-3)
+    _, pairs_low, pairs_high = found["interval_95"]
+    assert high - low > 3 * (pairs_high - pairs_low)
+    assert found["pairs"] == 9
+
+
 def test_the_script_prints_the_pooled_table_and_writes_json(tmp_path: Path) -> None:
     first = run_file(tmp_path / "one.json", [(1.10, 1.08), (1.12, 1.10), (1.09, 1.07)])
     second = run_file(tmp_path / "two.json", [(1.11, 1.09), (1.08, 1.10)])
@@ -185,6 +201,22 @@ def test_the_published_runs_pool_to_the_figures_benchmarks_md_gives(heading: str
         assert f"| **{common.format_interval(pooled[metric]['interval_95'])}** | {side} {bound}: {shown} |" in section
 
 
+def test_the_published_confirmatory_ab_pools_to_the_figures_benchmarks_md_gives() -> None:
+    """The twelfth round's A/B row, pooled pairs and each run as one sample, for every metric, to the digit."""
+    published = sorted(PUBLISHED.glob("ab-confirm-api-off-worker-cores-*.json.gz"))
+    assert len(published) == 6
+    script, common = bench_pool(), bench_common()
+    pooled = script.pool({str(path): script.load_run(path) for path in published})["ours"]
+    doc = (REPO / "docs" / "BENCHMARKS.md").read_text()
+    section = doc[doc.index("### Twelfth round"):doc.index("## Gateway")]
+    for metric, label in script.METRICS.items():
+        found = pooled[metric]
+        assert found["target"] == "-"
+        both = (f"**{common.format_interval(found['interval_95'])}** | "
+                f"{common.format_interval(found['runs_as_samples_interval_95'])} |")
+        assert f"| {label} | " in section and both in section
+
+
 def test_every_published_run_belongs_to_a_round() -> None:
     published = {path.name for path in PUBLISHED.glob("run*.json.gz")}
     claimed = {f"run{n}.json.gz" for numbers, _ in PUBLISHED_ROUNDS.values() for n in numbers}
@@ -223,17 +255,24 @@ def test_runs_against_another_baseline_are_not_pooled(tmp_path: Path) -> None:
     assert script.check_same_load({str(path): script.load_run(path) for path in (ab, same)})["concurrency"] == "8"
 
 
-def test_ab_runs_of_different_settings_are_not_pooled(tmp_path: Path) -> None:
+def test_ab_runs_pool_only_with_the_same_setting_and_meet_no_target(tmp_path: Path) -> None:
     ours = ["/venv/bin/python", "-m", "server", "serve"]
-    off = run_file(tmp_path / "off.json", [(1.0, 1.0)], ours, {"MSSERVE_VLLM_API_OFF_WORKER_CORES": "false"})
+    faster = [(1.2, 1.21), (1.19, 1.2), (1.22, 1.2)]  # pooled, these would meet >= 1.05 against `vllm serve`
+    off = run_file(tmp_path / "off.json", faster, ours, {"MSSERVE_VLLM_API_OFF_WORKER_CORES": "false"})
     other = run_file(tmp_path / "other.json", [(1.0, 1.0)], ours, {"MSSERVE_OTHER": "1"})
     done = subprocess.run([sys.executable, str(SCRIPTS / "bench_pool.py"), str(off), str(other)],
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert "`python -m MSSERVE_OTHER=1`" in done.stderr and "MSSERVE_VLLM_API_OFF_WORKER_CORES=false" in done.stderr
-    again = run_file(tmp_path / "off2.json", [(1.0, 1.0)], ours, {"MSSERVE_VLLM_API_OFF_WORKER_CORES": "false"})
-    script = bench_pool()
-    assert script.check_same_load({str(path): script.load_run(path) for path in (off, again)})
+    again = run_file(tmp_path / "off2.json", faster, ours, {"MSSERVE_VLLM_API_OFF_WORKER_CORES": "false"})
+    out = tmp_path / "pooled.json"
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_pool.py"), str(off), str(again), "--out", str(out)],
+                          capture_output=True, text=True, check=True)
+    assert "`python -m MSSERVE_VLLM_API_OFF_WORKER_CORES=false`: an A/B" in done.stdout
+    assert "over baseline" in done.stdout
+    pooled = json.loads(out.read_text())["pooled"]["ours"]
+    assert pooled["requests_per_s"]["interval_95"][1] > 1.05
+    assert pooled["requests_per_s"]["target"] == pooled["ttft_p50_ms"]["target"] == "-"
 
 
 def test_the_baseline_env_is_parsed_and_handed_to_a_second_copy_of_our_server(tmp_path: Path) -> None:
