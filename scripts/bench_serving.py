@@ -37,7 +37,7 @@ ASGI app under uvicorn: render, generate, the same SSE events; no validation, mi
 read by the same client. thin/vLLM is the most any OpenAI server could gain here; thin/ours what our layer costs.
 
 `--baseline-env KEY=VALUE` (repeatable) measures one of our settings against itself instead: the baseline side
-(still called "vllm" in the JSON and the table) is a second copy of our server with that environment, e.g.
+(still called "vllm" in the JSON, "baseline" in the table) is a second copy of our server with that environment, e.g.
 `--baseline-env MSSERVE_VLLM_API_OFF_WORKER_CORES=false`; the JSON records the setting, and bench_pool.py pools
 only runs whose baselines agree.
 
