@@ -201,20 +201,32 @@ def test_the_published_runs_pool_to_the_figures_benchmarks_md_gives(heading: str
         assert f"| **{common.format_interval(pooled[metric]['interval_95'])}** | {side} {bound}: {shown} |" in section
 
 
-def test_the_published_confirmatory_ab_pools_to_the_figures_benchmarks_md_gives() -> None:
-    """The twelfth round's A/B row, pooled pairs and each run as one sample, for every metric, to the digit."""
-    published = sorted(PUBLISHED.glob("ab-confirm-api-off-worker-cores-*.json.gz"))
-    assert len(published) == 6
+# The twelfth round's context runs (not in any verdict): the files, and the first cells of their rows in its tables.
+PUBLISHED_CONTEXT = {
+    "ab-confirm-api-off-worker-cores-*.json.gz": (6, {"ours": ""}),  # the A/B's rows name only the metric
+    "ceiling-*.json.gz": (3, {"ours": "ours, ", "direct": "direct, ", "thin": "thin, "}),
+}
+
+
+@pytest.mark.parametrize("pattern", list(PUBLISHED_CONTEXT))
+def test_the_twelfth_rounds_published_runs_pool_to_the_figures_benchmarks_md_gives(pattern: str) -> None:
+    """Each row: the pooled pairs and each run as one sample, to the digit, and no target verdict for an A/B."""
+    count, row_starts = PUBLISHED_CONTEXT[pattern]
+    published = sorted(PUBLISHED.glob(pattern))
+    assert len(published) == count
     script, common = bench_pool(), bench_common()
-    pooled = script.pool({str(path): script.load_run(path) for path in published})["ours"]
+    runs = {str(path): script.load_run(path) for path in published}
+    pooled = script.pool(runs)
     doc = (REPO / "docs" / "BENCHMARKS.md").read_text()
-    section = doc[doc.index("### Twelfth round"):doc.index("## Gateway")]
-    for metric, label in script.METRICS.items():
-        found = pooled[metric]
-        assert found["target"] == "-"
-        both = (f"**{common.format_interval(found['interval_95'])}** | "
-                f"{common.format_interval(found['runs_as_samples_interval_95'])} |")
-        assert f"| {label} | " in section and both in section
+    lines = doc[doc.index("### Twelfth round"):doc.index("## Gateway")].splitlines()
+    for side, start in row_starts.items():
+        for metric in ("requests_per_s", "ttft_p50_ms"):
+            found = pooled[side][metric]
+            row = next(line for line in lines if line.startswith(f"| {start}{script.METRICS[metric]} | "))
+            assert row.endswith(f"| **{common.format_interval(found['interval_95'])}** | "
+                                f"{common.format_interval(found['runs_as_samples_interval_95'])} |")
+    if not all(script.against_vllm_serve(run) for run in runs.values()):
+        assert {pooled["ours"][metric]["target"] for metric in script.METRICS} == {"-"}
 
 
 def test_every_published_run_belongs_to_a_round() -> None:
