@@ -12,7 +12,8 @@ disagrees with the others is seen, not averaged away; and so is a spread between
 (another VM, another day), which would make the pairs' interval too narrow: "runs as samples" is the interval
 with each run's estimate as one sample. The verdict stays the pairs' (the rule the rounds were planned with).
 An A/B run (bench_serving.py --baseline-env) measures one of our settings against itself: it is pooled only with
-A/B runs of the same setting, and gets no target verdict.
+A/B runs of the same setting, and gets no target verdict; nor does an open-loop run (--rate), whose requests/s is
+the offered rate.
 
 Refuses to pool runs whose load differs (requests, concurrency, max_tokens, rate, image share and size) or whose
 baseline differs (`vllm serve` in the benchmark as it ships; an A/B run puts another server there), and says
@@ -90,6 +91,12 @@ def against_vllm_serve(run: dict[str, Any]) -> bool:
     return baseline(run) in (None, "vllm serve")
 
 
+def targets_apply(run: dict[str, Any]) -> bool:
+    """#6's targets are for the closed loop against `vllm serve`: in the open loop (--rate) requests/s is the
+    offered rate, not a server's capacity, and an A/B measures a setting."""
+    return against_vllm_serve(run) and run.get("args", {}).get("rate") in (None, "None")
+
+
 def contenders(run: dict[str, Any]) -> set[str]:
     return {entry["server"] for entry in run["rounds"]} - {"vllm"}
 
@@ -110,7 +117,7 @@ def verdict(metric: str, interval: tuple[float, float, float] | None) -> str:
 def pool(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per contender and metric: each run's pairs, the pooled pairs' interval and, for ours against `vllm serve`,
     the target's verdict."""
-    targets = all(against_vllm_serve(run) for run in runs.values())
+    targets = all(targets_apply(run) for run in runs.values())
     shared = set.intersection(*(contenders(run) for run in runs.values()))
     out: dict[str, Any] = {}
     for side in sorted(shared, key=lambda name: (name != "ours", name)):
@@ -148,6 +155,8 @@ def main() -> None:
     first = next(iter(runs.values()))
     if not against_vllm_serve(first):
         print(f"the baseline ran `{baseline(first)}`: an A/B of our own server, so no target applies")
+    elif not targets_apply(first):
+        print(f"open loop at {first['args']['rate']} requests/s: requests/s is the offered rate, so no target applies")
     headers = ["over vLLM" if against_vllm_serve(first) else "over baseline", "metric",
                *[f"run {i + 1}" for i in range(len(run_names))], "pooled [95 %]", "runs as samples [95 %]", "pairs",
                "target"]

@@ -149,6 +149,20 @@ def test_runs_that_differ_more_than_their_pairs_widen_the_runs_as_samples_interv
     assert found["pairs"] == 9
 
 
+def test_open_loop_runs_get_no_target_verdict(tmp_path: Path) -> None:
+    """In the open loop requests/s is the offered rate: equal on both sides, it would read as a missed target."""
+    script = bench_pool()
+    level = [(1.0, 1.001), (0.999, 1.0), (1.0, 1.0)]
+    closed = {"closed": script.load_run(run_file(tmp_path / "closed.json", level))}
+    assert script.pool(closed)["ours"]["requests_per_s"]["target"] == "missed"
+    open_loop = {"open": script.load_run(run_file(tmp_path / "open.json", level, rate="4.0"))}
+    found = script.pool(open_loop)["ours"]
+    assert found["requests_per_s"]["target"] == found["ttft_p50_ms"]["target"] == "-"
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_pool.py"), str(tmp_path / "open.json")],
+                          capture_output=True, text=True, check=True)
+    assert "open loop at 4.0 requests/s" in done.stdout
+
+
 def test_the_script_prints_the_pooled_table_and_writes_json(tmp_path: Path) -> None:
     first = run_file(tmp_path / "one.json", [(1.10, 1.08), (1.12, 1.10), (1.09, 1.07)])
     second = run_file(tmp_path / "two.json", [(1.11, 1.09), (1.08, 1.10)])
@@ -205,6 +219,8 @@ def test_the_published_runs_pool_to_the_figures_benchmarks_md_gives(heading: str
 PUBLISHED_CONTEXT = {
     "ab-confirm-api-off-worker-cores-*.json.gz": (6, {"ours": ""}),  # the A/B's rows name only the metric
     "ceiling-*.json.gz": (3, {"ours": "ours, ", "direct": "direct, ", "thin": "thin, "}),
+    "open-rate4-*.json.gz": (2, {"ours": "rate 4, "}),
+    "open-rate7-*.json.gz": (2, {"ours": "rate 7, "}),
 }
 
 
@@ -225,7 +241,7 @@ def test_the_twelfth_rounds_published_runs_pool_to_the_figures_benchmarks_md_giv
             row = next(line for line in lines if line.startswith(f"| {start}{script.METRICS[metric]} | "))
             assert row.endswith(f"| **{common.format_interval(found['interval_95'])}** | "
                                 f"{common.format_interval(found['runs_as_samples_interval_95'])} |")
-    if not all(script.against_vllm_serve(run) for run in runs.values()):
+    if not all(script.targets_apply(run) for run in runs.values()):
         assert {pooled["ours"][metric]["target"] for metric in script.METRICS} == {"-"}
 
 
