@@ -115,8 +115,8 @@ def verdict(metric: str, interval: tuple[float, float, float] | None) -> str:
 
 
 def pool(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per contender and metric: each run's pairs, the pooled pairs' interval and, for ours against `vllm serve`,
-    the target's verdict."""
+    """Per contender and metric: each run's pairs, the pooled pairs' interval, each run as one sample's interval
+    and, for ours in the closed loop against `vllm serve`, the target's verdict."""
     targets = all(targets_apply(run) for run in runs.values())
     shared = set.intersection(*(contenders(run) for run in runs.values()))
     out: dict[str, Any] = {}
@@ -128,8 +128,9 @@ def pool(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             interval = ratio_interval(pooled)
             # The check on the pairs' interval: were runs to differ by more than their pairs do (another VM,
             # another day), pairs would not be independent samples, and each run's estimate as one sample is wider.
-            run_means = [math.exp(statistics.fmean(math.log(pair) for pair in pairs))
-                         for pairs in per_run.values() if pairs]
+            run_logs = [[math.log(pair) for pair in pairs if pair > 0 and math.isfinite(pair)]
+                        for pairs in per_run.values()]
+            run_means = [math.exp(statistics.fmean(logs)) for logs in run_logs if logs]
             out.setdefault(side, {})[metric] = {
                 "pairs_by_run": per_run, "pairs": len(pooled), "interval_95": interval,
                 "runs_as_samples_interval_95": ratio_interval(run_means),
