@@ -52,12 +52,12 @@ def ratio(ours: float, theirs: float) -> float:
     return ours / theirs if theirs else float("nan")
 
 
-def per_round_ratios(rounds: list[dict[str, Any]], key: str, side: str = "ours") -> list[float]:
-    """side/vLLM for ``key`` within each round: the contenders ran back to back under the same load."""
+def per_round_ratios(rounds: list[dict[str, Any]], key: str, side: str = "ours", over: str = "vllm") -> list[float]:
+    """side/over (vLLM unless told) for ``key`` within each round: the contenders ran back to back, same load."""
     by_round: dict[int, dict[str, float]] = {}
     for entry in rounds:
         by_round.setdefault(entry["round"], {})[entry["server"]] = entry[key]
-    return [ratio(got[side], got["vllm"]) for _, got in sorted(by_round.items()) if side in got and "vllm" in got]
+    return [ratio(got[side], got[over]) for _, got in sorted(by_round.items()) if side in got and over in got]
 
 
 def order_balanced(per_round: list[float]) -> list[float]:

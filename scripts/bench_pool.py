@@ -2,6 +2,7 @@
 
     python scripts/bench_pool.py bench-results/run1.json bench-results/run2.json ... [--out pooled.json]
     python scripts/bench_pool.py docs/bench-data/serving/run*.json.gz     # the published runs (gzip is read as is)
+    python scripts/bench_pool.py --over direct docs/bench-data/serving/ceiling-*.json.gz   # ours over the ceiling
 
 One run on a shared 2-vCPU machine gives five or six order-balanced pairs of rounds, and its 95 % interval for
 ours/vLLM is often +-5 % or more: wider than the distance to either target. Runs of the same benchmark (same load,
@@ -98,7 +99,7 @@ def targets_apply(run: dict[str, Any]) -> bool:
 
 
 def contenders(run: dict[str, Any]) -> set[str]:
-    return {entry["server"] for entry in run["rounds"]} - {"vllm"}
+    return {entry["server"] for entry in run["rounds"]}
 
 
 def verdict(metric: str, interval: tuple[float, float, float] | None) -> str:
@@ -114,15 +115,17 @@ def verdict(metric: str, interval: tuple[float, float, float] | None) -> str:
     return "not shown"
 
 
-def pool(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per contender and metric: each run's pairs, the pooled pairs' interval, each run as one sample's interval
-    and, for ours in the closed loop against `vllm serve`, the target's verdict."""
-    targets = all(targets_apply(run) for run in runs.values())
+def pool(runs: dict[str, dict[str, Any]], over: str = "vllm") -> dict[str, Any]:
+    """Per contender and metric, over ``over``: each run's pairs, the pooled pairs' interval, each run as one
+    sample's interval and, for ours in the closed loop against `vllm serve`, the target's verdict."""
+    targets = over == "vllm" and all(targets_apply(run) for run in runs.values())
     shared = set.intersection(*(contenders(run) for run in runs.values()))
+    if over not in shared:
+        raise SystemExit(f"cannot pool over {over!r}: not every run has it (they share {', '.join(sorted(shared))})")
     out: dict[str, Any] = {}
-    for side in sorted(shared, key=lambda name: (name != "ours", name)):
+    for side in sorted(shared - {over}, key=lambda name: (name != "ours", name)):
         for metric in METRICS:
-            per_run = {name: order_balanced(per_round_ratios(run["rounds"], metric, side))
+            per_run = {name: order_balanced(per_round_ratios(run["rounds"], metric, side, over))
                        for name, run in runs.items()}
             pooled = [pair for pairs in per_run.values() for pair in pairs]
             interval = ratio_interval(pooled)
@@ -143,10 +146,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="bench_serving.py JSON results")
     parser.add_argument("--out", type=Path, help="write the pooled figures here as JSON")
+    parser.add_argument("--over", default="vllm",
+                        help="the contender the others are divided by, e.g. direct (the ceiling); vllm by default")
     args = parser.parse_args()
     runs = {str(path): load_run(path) for path in args.runs}
     load = check_same_load(runs)
-    pooled = pool(runs)
+    pooled = pool(runs, args.over)
     commits = {name: run["machine"].get("commit", "not recorded") for name, run in runs.items()}
     if args.out:
         write_json(args.out, {"benchmark": "serving-pooled", "load": load, "commits": commits, "pooled": pooled})
@@ -158,7 +163,8 @@ def main() -> None:
         print(f"the baseline ran `{baseline(first)}`: an A/B of our own server, so no target applies")
     elif not targets_apply(first):
         print(f"open loop at {first['args']['rate']} requests/s: requests/s is the offered rate, so no target applies")
-    headers = ["over vLLM" if against_vllm_serve(first) else "over baseline", "metric",
+    over = args.over if args.over != "vllm" else "vLLM" if against_vllm_serve(first) else "baseline"
+    headers = [f"over {over}", "metric",
                *[f"run {i + 1}" for i in range(len(run_names))], "pooled [95 %]", "runs as samples [95 %]", "pairs",
                "target"]
     rows = [[side, METRICS[metric], *[interval_text(found["pairs_by_run"][name]) for name in run_names],

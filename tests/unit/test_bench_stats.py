@@ -245,6 +245,34 @@ def test_the_twelfth_rounds_published_runs_pool_to_the_figures_benchmarks_md_giv
         assert {pooled["ours"][metric]["target"] for metric in script.METRICS} == {"-"}
 
 
+def test_ours_over_the_ceiling_is_what_benchmarks_md_gives() -> None:
+    script, common = bench_pool(), bench_common()
+    runs = {str(path): script.load_run(path) for path in sorted(PUBLISHED.glob("ceiling-*.json.gz"))}
+    ours = script.pool(runs, over="direct")["ours"]
+    doc = " ".join((REPO / "docs" / "BENCHMARKS.md").read_text().split())  # the sentence wraps
+    shown = (f"requests/s {common.format_interval(ours['requests_per_s']['interval_95'])}, "
+             f"TTFT p50 {common.format_interval(ours['ttft_p50_ms']['interval_95'])}")
+    assert "Ours over direct, from the same rounds' pairs (`bench_pool.py --over direct " in doc and shown in doc
+
+
+def test_pooling_over_another_contender_divides_by_it_and_gives_no_verdict(tmp_path: Path) -> None:
+    rounds = [{"round": r, "server": server, "requests_per_s": rps, "ttft_p50_ms": 100.0, "e2e_p50_ms": 200.0}
+              for r in range(4) for server, rps in (("ours", 9.0), ("direct", 10.0), ("vllm", 8.0))]
+    path = tmp_path / "three.json"
+    path.write_text(json.dumps({"benchmark": "serving", "args": {"rate": "None"}, "rounds": rounds,
+                                "machine": {}}))
+    script = bench_pool()
+    pooled = script.pool({"three": script.load_run(path)}, over="direct")
+    assert set(pooled) == {"ours", "vllm"}
+    assert pooled["ours"]["requests_per_s"]["interval_95"][0] == pytest.approx(0.9)
+    assert pooled["vllm"]["requests_per_s"]["interval_95"][0] == pytest.approx(0.8)
+    assert pooled["ours"]["requests_per_s"]["target"] == "-"  # the targets are over `vllm serve`
+    assert script.pool({"three": script.load_run(path)})["ours"]["requests_per_s"]["target"] == "met"  # 1.125
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_pool.py"), "--over", "thin", str(path)],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "'thin'" in done.stderr and "direct, ours, vllm" in done.stderr
+
+
 def test_every_published_run_belongs_to_a_round() -> None:
     published = {path.name for path in PUBLISHED.glob("run*.json.gz")}
     claimed = {f"run{n}.json.gz" for numbers, _ in PUBLISHED_ROUNDS.values() for n in numbers}
