@@ -92,10 +92,18 @@ def against_vllm_serve(run: dict[str, Any]) -> bool:
     return baseline(run) in (None, "vllm serve")
 
 
-def targets_apply(run: dict[str, Any]) -> bool:
-    """#6's targets are for the closed loop against `vllm serve`: in the open loop (--rate) requests/s is the
-    offered rate, not a server's capacity, and an A/B measures a setting."""
-    return against_vllm_serve(run) and run.get("args", {}).get("rate") in (None, "None")
+def no_target_reason(run: dict[str, Any], over: str = "vllm") -> str | None:
+    """Why #6's targets do not apply to ``run`` pooled over ``over``; None where they do. They are for ours over
+    `vllm serve` in the closed loop: an A/B measures a setting, and in the open loop (--rate) requests/s is the
+    offered rate, not a server's capacity."""
+    if over != "vllm":
+        return f"pooled over {over}"
+    if not against_vllm_serve(run):
+        return f"the baseline ran `{baseline(run)}`: an A/B of our own server"
+    rate = run.get("args", {}).get("rate")
+    if rate not in (None, "None"):
+        return f"open loop at {rate} requests/s: requests/s is the offered rate"
+    return None
 
 
 def contenders(run: dict[str, Any]) -> set[str]:
@@ -118,7 +126,7 @@ def verdict(metric: str, interval: tuple[float, float, float] | None) -> str:
 def pool(runs: dict[str, dict[str, Any]], over: str = "vllm") -> dict[str, Any]:
     """Per contender and metric, over ``over``: each run's pairs, the pooled pairs' interval, each run as one
     sample's interval and, for ours in the closed loop against `vllm serve`, the target's verdict."""
-    targets = over == "vllm" and all(targets_apply(run) for run in runs.values())
+    targets = not any(no_target_reason(run, over) for run in runs.values())
     shared = set.intersection(*(contenders(run) for run in runs.values()))
     if over not in shared:
         raise SystemExit(f"cannot pool over {over!r}: not every run has it (they share {', '.join(sorted(shared))})")
@@ -158,11 +166,10 @@ def main() -> None:
     for name, commit in commits.items():
         print(f"{name}: commit {commit}, load average {run_load_text(runs[name])}")
     run_names = list(runs)
-    first = next(iter(runs.values()))
-    if not against_vllm_serve(first):
-        print(f"the baseline ran `{baseline(first)}`: an A/B of our own server, so no target applies")
-    elif not targets_apply(first):
-        print(f"open loop at {first['args']['rate']} requests/s: requests/s is the offered rate, so no target applies")
+    first = next(iter(runs.values()))  # check_same_load made the baseline and the rate common to every run
+    reason = no_target_reason(first, args.over)
+    if reason:
+        print(f"{reason}, so no target applies")
     over = args.over if args.over != "vllm" else "vLLM" if against_vllm_serve(first) else "baseline"
     headers = [f"over {over}", "metric",
                *[f"run {i + 1}" for i in range(len(run_names))], "pooled [95 %]", "runs as samples [95 %]", "pairs",
