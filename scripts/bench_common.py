@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,6 +93,11 @@ def student_t_quantile(p: float, df: int) -> float:
     return (low + high) / 2
 
 
+def usable_logs(ratios: Iterable[float]) -> list[float]:
+    """The logs of ``ratios``, leaving out those with none (zero, negative, nan: a side that served nothing)."""
+    return [math.log(r) for r in ratios if r > 0 and math.isfinite(r)]
+
+
 def ratio_interval(ratios: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float] | None:
     """Geometric mean of ``ratios`` and its ``confidence`` interval; None for fewer than two usable values.
 
@@ -100,12 +105,53 @@ def ratio_interval(ratios: Sequence[float], confidence: float = 0.95) -> tuple[f
     order-balanced pairs of rounds are the samples (each pair already cancels the order effect), and with the
     handful of pairs one run gives, t's wider tails matter (2.57 against the normal 1.96 for six pairs).
     """
-    logs = [math.log(r) for r in ratios if r > 0 and math.isfinite(r)]
+    logs = usable_logs(ratios)
     if len(logs) < 2:
         return None
     mean = statistics.fmean(logs)
     half = student_t_quantile((1 + confidence) / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+# #6's targets for ours over `vllm serve`, as (side, bound): requests/s at least 1.05, TTFT p50 at most 1.0.
+TARGETS = {"requests_per_s": (">=", 1.05), "ttft_p50_ms": ("<=", 1.0)}
+
+
+def meets(metric: str, value: float) -> bool:
+    """Whether ``value`` of ours/`vllm serve` is on the target's side of its bound (``metric`` in TARGETS)."""
+    side, bound = TARGETS[metric]
+    return value >= bound if side == ">=" else value <= bound
+
+
+def baseline(run: dict[str, Any]) -> str | None:
+    """What the "vllm" side of a bench_serving.py result ran, by its first two words with paths cut to names:
+    "vllm serve" as the benchmark ships, "python -m" where an A/B run put our server there, followed by the
+    settings it ran with where the run recorded them (--baseline-env); None where the run recorded no command."""
+    command = run.get("commands", {}).get("vllm")
+    if not command:
+        return None
+    settings = run.get("baseline_env") or {}
+    return " ".join([*(Path(word).name for word in command[:2]), *(f"{k}={v}" for k, v in sorted(settings.items()))])
+
+
+def against_vllm_serve(run: dict[str, Any]) -> bool:
+    """Whether the run measured ours against `vllm serve` (as every run that recorded no command did)."""
+    return baseline(run) in (None, "vllm serve")
+
+
+def no_target_reason(run: dict[str, Any], over: str = "vllm") -> str | None:
+    """Why #6's targets do not apply to a bench_serving.py result divided by ``over``; None where they do. They
+    are for ours over `vllm serve` in the closed loop: an A/B measures one of our settings, and in the open loop
+    (--rate) requests/s is the offered rate, not a server's capacity. bench_serving.py (one run) and bench_pool.py
+    (pooled runs) both ask this."""
+    if over != "vllm":
+        return f"pooled over {over}"
+    if not against_vllm_serve(run):
+        return f"the baseline ran `{baseline(run)}`: an A/B of our own server"
+    rate = run.get("args", {}).get("rate")
+    if rate not in (None, "None"):
+        return f"open loop at {rate} requests/s: requests/s is the offered rate"
+    return None
 
 
 def interval_text(ratios: Sequence[float]) -> str:

@@ -34,20 +34,24 @@ from pathlib import Path
 from typing import Any
 
 from bench_common import (
+    TARGETS,
+    against_vllm_serve,
+    baseline,
     format_interval,
     interval_text,
+    meets,
+    no_target_reason,
     order_balanced,
     per_round_ratios,
     print_table,
     ratio_interval,
+    usable_logs,
     write_json,
 )
 
 # What must match for two runs to measure the same thing (bench_serving.py's arguments).
 SAME_LOAD = ("requests", "concurrency", "max_tokens", "rate", "image_share", "image_size")
 METRICS = {"requests_per_s": "requests/s", "ttft_p50_ms": "TTFT p50", "e2e_p50_ms": "e2e p50"}
-# Where each target's interval must lie for it to count as met: throughput at least 1.05, TTFT p50 at most 1.0.
-TARGETS = {"requests_per_s": (">=", 1.05), "ttft_p50_ms": ("<=", 1.0)}
 
 
 def load_run(path: Path) -> dict[str, Any]:
@@ -75,37 +79,6 @@ def check_same_load(runs: dict[str, dict[str, Any]]) -> dict[str, str]:
     return load
 
 
-def baseline(run: dict[str, Any]) -> str | None:
-    """What the "vllm" side ran, by its first two words with paths cut to names: "vllm serve" as the benchmark
-    ships, "python -m" where an A/B run put our server there, followed by the settings it ran with where the run
-    recorded them (--baseline-env); None where the run recorded no command."""
-    command = run.get("commands", {}).get("vllm")
-    if not command:
-        return None
-    settings = run.get("baseline_env") or {}
-    return " ".join([*(Path(word).name for word in command[:2]), *(f"{k}={v}" for k, v in sorted(settings.items()))])
-
-
-def against_vllm_serve(run: dict[str, Any]) -> bool:
-    """Whether the run measured ours against `vllm serve` (as every run that recorded no command did): only then
-    do #6's targets apply; an A/B run measures one of our settings, not a target."""
-    return baseline(run) in (None, "vllm serve")
-
-
-def no_target_reason(run: dict[str, Any], over: str = "vllm") -> str | None:
-    """Why #6's targets do not apply to ``run`` pooled over ``over``; None where they do. They are for ours over
-    `vllm serve` in the closed loop: an A/B measures a setting, and in the open loop (--rate) requests/s is the
-    offered rate, not a server's capacity."""
-    if over != "vllm":
-        return f"pooled over {over}"
-    if not against_vllm_serve(run):
-        return f"the baseline ran `{baseline(run)}`: an A/B of our own server"
-    rate = run.get("args", {}).get("rate")
-    if rate not in (None, "None"):
-        return f"open loop at {rate} requests/s: requests/s is the offered rate"
-    return None
-
-
 def contenders(run: dict[str, Any]) -> set[str]:
     return {entry["server"] for entry in run["rounds"]}
 
@@ -114,11 +87,10 @@ def verdict(metric: str, interval: tuple[float, float, float] | None) -> str:
     """'met': the whole interval is on the target's side; 'missed': all on the other; else 'not shown'."""
     if metric not in TARGETS or interval is None:
         return "-"
-    side, bound = TARGETS[metric]
     _, low, high = interval
-    if (low >= bound) if side == ">=" else (high <= bound):
+    if meets(metric, low) and meets(metric, high):
         return "met"
-    if (high < bound) if side == ">=" else (low > bound):
+    if not meets(metric, low) and not meets(metric, high):
         return "missed"
     return "not shown"
 
@@ -139,9 +111,7 @@ def pool(runs: dict[str, dict[str, Any]], over: str = "vllm") -> dict[str, Any]:
             interval = ratio_interval(pooled)
             # The check on the pairs' interval: were runs to differ by more than their pairs do (another VM,
             # another day), pairs would not be independent samples, and each run's estimate as one sample is wider.
-            run_logs = [[math.log(pair) for pair in pairs if pair > 0 and math.isfinite(pair)]
-                        for pairs in per_run.values()]
-            run_means = [math.exp(statistics.fmean(logs)) for logs in run_logs if logs]
+            run_means = [math.exp(statistics.fmean(logs)) for logs in map(usable_logs, per_run.values()) if logs]
             out.setdefault(side, {})[metric] = {
                 "pairs_by_run": per_run, "pairs": len(pooled), "interval_95": interval,
                 "runs_as_samples_interval_95": ratio_interval(run_means),

@@ -64,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import (
     REPO,
+    TARGETS,
     RequestResult,
     RequestSpec,
     Service,
@@ -71,6 +72,8 @@ from bench_common import (
     free_port,
     interval_text,
     machine_info,
+    meets,
+    no_target_reason,
     order_balanced,
     package_versions,
     per_round_ratios,
@@ -178,6 +181,17 @@ def parse_env(items: list[str]) -> dict[str, str]:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
         env[key] = value
     return env
+
+
+def run_targets(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """#6's targets judged on this run's totals alone (bench_pool.py judges pooled runs by their interval); None
+    for an A/B or the open loop, as bench_common.no_target_reason says."""
+    if no_target_reason(payload):
+        return None
+    ratios = payload["ratios_ours_over_vllm"]
+    return {"throughput_ratio_min": TARGETS["requests_per_s"][1], "ttft_p50_ratio_max": TARGETS["ttft_p50_ms"][1],
+            "throughput_met": meets("requests_per_s", ratios["requests_per_s"]),
+            "ttft_met": meets("ttft_p50_ms", ratios["ttft_p50_ms"])}
 
 
 def shown(command: list[str]) -> list[str]:
@@ -409,14 +423,10 @@ def main() -> None:
         **{f"ratios_{name}_over_vllm": over_vllm[name] for name in over_vllm},
         **{f"ratios_{name}_over_vllm_order_balanced_pairs": over_vllm_balanced[name] for name in over_vllm},
         "prompt_tokens_by_kind": {n: prompt_tokens_by_kind(per_side[n]) for n in per_side},
-        # #6's targets: the closed loop against `vllm serve` (an A/B measures a setting; in the open loop
-        # requests/s is the offered rate)
-        "targets": None if baseline_env or args.rate is not None else {
-            "throughput_ratio_min": 1.05, "ttft_p50_ratio_max": 1.0,
-            "throughput_met": ratios["requests_per_s"] >= 1.05, "ttft_met": ratios["ttft_p50_ms"] <= 1.0},
         "py_spy": profiles, "elapsed_s": time.monotonic() - started,
         "results": {n: results_json(per_side[n]) for n in per_side},
     }
+    payload["targets"] = run_targets(payload)
     write_json(args.out, payload)
     print(f"\nwrote {args.out}; load average {info['loadavg_start']} -> {info['loadavg_end']}; "
           f"prompt tokens by kind {payload['prompt_tokens_by_kind']}")

@@ -355,3 +355,23 @@ def test_a_missing_or_foreign_file_is_refused_by_name(tmp_path: Path) -> None:
                               text=True)
         assert done.returncode != 0
         assert str(path) in done.stderr and "Traceback" not in done.stderr
+
+
+def test_one_runs_targets_follow_the_rule_bench_pool_uses(tmp_path: Path) -> None:
+    """bench_serving.py's own verdict: ours over `vllm serve` in the closed loop only, each target on its side."""
+    run_targets = load_script("bench_serving").run_targets
+    shipped = {"args": {"rate": "None"}, "commands": {"vllm": ["vllm", "serve", "models/tiny-mistral3"]},
+               "baseline_env": {}, "ratios_ours_over_vllm": {"requests_per_s": 1.05, "ttft_p50_ms": 1.01}}
+    assert run_targets(shipped) == {"throughput_ratio_min": 1.05, "ttft_p50_ratio_max": 1.0,
+                                    "throughput_met": True, "ttft_met": False}
+    shipped["ratios_ours_over_vllm"] = {"requests_per_s": 1.049, "ttft_p50_ms": 1.0}
+    assert run_targets(shipped) == {"throughput_ratio_min": 1.05, "ttft_p50_ratio_max": 1.0,
+                                    "throughput_met": False, "ttft_met": True}
+    open_loop = {**shipped, "args": {"rate": "4.0"}}
+    ab = {**shipped, "commands": {"vllm": ["/venv/bin/python", "-m", "server", "serve"]},
+          "baseline_env": {"MSSERVE_VLLM_API_OFF_WORKER_CORES": "false"}}
+    assert run_targets(open_loop) is None and run_targets(ab) is None
+    # every published closed-loop run against `vllm serve` recorded the verdict this rule gives it
+    for path in sorted(PUBLISHED.glob("run*.json.gz")):
+        run = json.loads(gzip.decompress(path.read_bytes()))
+        assert run_targets(run) == run["targets"], path.name
