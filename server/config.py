@@ -165,6 +165,8 @@ class Settings(BaseSettings):
     # prepares images in worker threads; under streaming load the event loop rarely blocks, so each hand-over
     # to them waited the full interval (docs/BENCHMARKS.md: 1 ms cut vLLM's render p50 from 23 to 16 ms).
     gil_switch_interval_ms: float = Field(default=1.0, gt=0.0, le=100.0)
+    # Durable state (Azure spend, router outcomes, batches): SQLite under this folder; None: ~/.local/state/msserve
+    state_dir: Path | None = None
     log_contents: bool = False  # put prompt text (and image sizes/hashes, never pixels) in the request log
     recent_requests: int = 200  # size of the recent-requests ring buffer the dashboard shows
 
