@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     hf_token: SecretStr | None = None  # falls back to HF_TOKEN
 
     # Router (server.routing.router): weights, threshold or target escalation rate, image policy
-    router_weights: Path = DEFAULT_PROFILES_DIR / "router" / "mmlu-lr-v1.json"
+    router_weights: Path = DEFAULT_PROFILES_DIR / "router" / "task-lr-v2.json"
     router_threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # escalate when score > this; wins over rate
     router_target_rate: float | None = Field(default=None, ge=0.0, le=1.0)  # share to escalate (weights' quantiles)
     router_image_policy: Literal["score", "local", "azure"] = "score"  # requests with images: score, or force a tier

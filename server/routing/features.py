@@ -1,14 +1,20 @@
-"""Features of a request that say how hard it is: text shape, code, math, reasoning cues, turns, images, tools.
+"""What a request asks for: the task (math, code, proof, writing, ...) and the signals that make it hard.
 
-Everything per character runs in C (str.split, Counter, bytes.translate on a symbol skeleton; regexes only where
-a cheap hint says they can match), which keeps an 8k-character prompt at a few tenths of a millisecond, ASCII or
-not; tests/routing/test_route_features_exact.py holds the plain definitions these values must equal. The same
-function feeds training (scripts/train_router.py) and serving, so the model sees at run time exactly what it saw
-when it learned.
+Features describe the task, not a test format: the question is read without its multiple-choice options (a
+trailing "A. ... / B. ..." block and an "Answer:" cue are exam scaffolding, not part of what is asked), so an exam
+question and the same question asked in chat get the same features. The same function feeds training
+(scripts/train_router.py) and serving, so the model sees at run time exactly what it learned from.
+
+Bounded and linear, because it runs on the event loop for every request:
+- each message is read only in its first ``HEAD_CHARS`` and last ``TAIL_CHARS`` characters; lengths come from
+  ``len()`` of the whole text, so a megabyte prompt costs what a 6k one does;
+- every pattern is linear: no quantifier can run across a newline from every line start, and no two adjacent
+  quantifiers can match the same characters (tests/routing/test_route_features.py checks the patterns' shape).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import string
@@ -20,260 +26,256 @@ from server.engines.base import GenerationRequest, ImagePart, TextPart
 
 # The dense features, in the order the model's weights use. Keep names stable: they are keys in the weights JSON.
 FEATURE_NAMES: tuple[str, ...] = (
-    "chars_log",  # log1p of all message text, in characters
-    "last_user_chars_log",  # log1p of the last user message alone
-    "lines_log",  # log1p of the line count of the last user message
-    "turns",  # earlier user turns (a follow-up in a conversation), capped
-    "has_system",  # a system prompt is present
-    "code",  # code signals: fences, keywords, braces, operators (log1p count)
-    "math",  # math signals: equations, LaTeX, math vocabulary (log1p count)
-    "numbers_log",  # log1p count of numbers
-    "reasoning",  # multi-step reasoning cues: why, explain, prove, derive, compare, ... (log1p count)
+    "ask_length",  # log1p(min(chars of the question, ASK_CHARS_CAP)): how much the question sets out, up to a point
+    "quantities",  # log1p count of numbers in the question: quantities to combine, i.e. steps to take
+    "parts",  # log1p count of enumerated parts: numbered items, "Scenario 1", "Statement 2", (i), II.
+    "context_log",  # log1p chars of everything else: system prompt, earlier turns, answers so far
+    "turns",  # earlier user turns (a follow-up in a conversation), capped at 10
+    "math",  # math signals: math vocabulary, formulas, LaTeX, operators between numbers (log1p count)
+    "code",  # code signals: code vocabulary, fences, operators and punctuation of code (log1p count)
+    "proof",  # asks for a proof or a derivation (log1p count of cues)
+    "reasoning",  # multi-step reasoning cues: why, explain, compare, step by step, ... (log1p count)
     "constraints",  # instructions that constrain the answer: must, exactly, at least, format, ... (log1p count)
-    "negation",  # negatively framed asks: not, except, false, incorrect (log1p count)
-    "questions",  # question marks (log1p count)
-    "choices",  # multiple-choice options (A. ... D.) are present
-    "long_words",  # share of words with 10+ letters: technical or formal vocabulary
-    "non_ascii",  # share of non-ASCII letters: a language other than English, or symbols
+    "writing",  # the ask opens with a writing request: write / compose / draft ... a story, email, poem (0/1)
+    "extraction",  # the ask transforms given text: summarize, translate, rewrite, extract, classify (0/1)
+    "chat",  # small talk: a greeting, thanks, a short personal question (0/1)
+    "has_system",  # a system prompt is present
     "images_log",  # log1p image count
     "tools_log",  # log1p count of tools offered
     "structured_output",  # response_format asks for JSON (object or schema)
     "long_output",  # log2(max_tokens / 512) clipped to [0, 4]: a long answer was asked for
 )
+# Stored with every outcome the router learns from: features of another version are not comparable.
+FEATURE_SET_VERSION = "task-v2-" + hashlib.sha256(",".join(FEATURE_NAMES).encode()).hexdigest()[:8]
 
-REASONING_CUES = frozenset(
-    "why explain prove proof derive derivation justify analyze analyse compare contrast evaluate calculate compute "
-    "determine infer inference implies imply therefore hence deduce estimate reason reasoning step steps "
-    "consequently conclude conclusion assume assuming suppose optimal optimize tradeoff tradeoffs "
-    "argue argument whereas".split()
+# How much of each message is read (the rest only counts towards lengths).
+HEAD_CHARS = 6000
+TAIL_CHARS = 2000
+# Past a few sentences, a longer question is mostly pasted material (a passage to summarize, code to read), which
+# does not make the ask harder: length counts up to here. Chosen by the leave-one-source-out table (CARD.md).
+ASK_CHARS_CAP = 300
+_LONG_OUTPUT_BASE = 512
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+MATH_WORDS = _words(
+    "equation equations integral integrals derivative derivatives matrix matrices theorem polynomial polynomials "
+    "sqrt log ln sin cos tan limit vector vectors eigenvalue eigenvalues variance median modulo prime primes "
+    "factorial fraction fractions integer integers converge convergence series sequence triangle angle radius "
+    "circle probability solve calculate compute sum product ratio percent percentage average"
 )
-CONSTRAINT_CUES = frozenset(
+CODE_WORDS = _words(
+    "def return import class const var let print printf elif lambda async await struct public static void int "
+    "char bool null nullptr select join namespace println python javascript typescript java rust golang sql bash "
+    "regex api json html css bug compile compiler traceback exception algorithm recursion runtime code script "
+    "program implement implementation debug refactor library framework query database"
+)
+
+PROOF_WORDS = _words("prove proof proofs derive derivation lemma rigorous rigorously")
+REASONING_WORDS = _words(
+    "why explain reason reasoning step steps therefore hence implies infer deduce conclude analyze analyse "
+    "compare contrast evaluate argue argument assume suppose tradeoff tradeoffs optimal optimize puzzle riddle"
+)
+CONSTRAINT_WORDS = _words(
     "must exactly least most only without format formatted json yaml table bullet bullets words sentences "
-    "paragraphs limit strictly always never cannot required requirement requirements constraint constraints "
-    "ensure".split()
+    "paragraphs limit strictly always never cannot required requirement requirements constraint constraints ensure"
 )
-NEGATION_CUES = frozenset("not except false incorrect never least neither nor unlikely weakest".split())
-MATH_WORDS = frozenset(
-    "equation equations integral derivative matrix matrices probability theorem polynomial sqrt sum product "
-    "log ln sin cos tan limit vector vectors eigenvalue variance mean median modulo prime primes factor "
-    "factorial fraction percent ratio solve solution function functions group ring field".split()
+# Request types are read from how the ask opens (its first words), not from anywhere in it: "describe" inside an
+# exam question is not a writing request, "Write a poem about ..." is.
+WRITING_VERBS = _words("write compose draft create generate craft pen imagine pretend roleplay")
+WRITING_NOUNS = _words(
+    "story stories poem poems essay essays email emails letter letters blog post posts article articles song "
+    "lyrics speech tweet tweets haiku limerick script dialogue dialog slogan tagline caption captions ad advert "
+    "advertisement description review narrative scene fiction joke jokes toast cover outline"
 )
-CODE_WORDS = frozenset(
-    "def return import class function const var let print printf elif lambda async await struct public "
-    "static void int char bool null none nullptr select from where join include namespace println "
-    "python javascript typescript java rust golang sql bash regex api json html css bug compile compiler "
-    "stack traceback exception algorithm recursion runtime".split()
+EXTRACTION_VERBS = _words(
+    "summarize summarise summary translate rewrite rephrase paraphrase extract classify categorize categorise "
+    "proofread correct edit shorten simplify list identify tag label convert format"
 )
-_CUES = (
-    ("reasoning", REASONING_CUES),
-    ("constraints", CONSTRAINT_CUES),
-    ("negation", NEGATION_CUES),
-    ("math", MATH_WORDS),
-    ("code", CODE_WORDS),
-)
-_CUE_NAMES = tuple(name for name, _ in _CUES)
-_CUE_WORDS = {word: tuple(name for name, words in _CUES if word in words) for _, words in _CUES for word in words}
+CHAT_OPENERS = _words("hi hello hey thanks thank yo howdy greetings morning evening")
+_OPENING_WORDS = 4  # a request type counts when its verb is among the ask's first few words
 
-# Words: punctuation and digits become spaces, then str.split (C speed; a \w regex is several times slower).
-_NON_ASCII_SEPARATORS = "“”‘’—–…«»¿¡·•"
-_SEPARATORS = str.maketrans(dict.fromkeys(string.punctuation + string.digits + _NON_ASCII_SEPARATORS, " "))
-# The same on UTF-8 bytes: str.translate leaves its fast path at the first non-ASCII character (one curly quote
-# makes an 8k prompt take 1.5 ms); bytes.translate never does, and bytes >= 128 (UTF-8 sequences) pass unchanged.
-_ASCII_SEPARATORS = bytes(32 if chr(b) in string.punctuation + string.digits else b for b in range(256))
-_CHOICE_MARKS = tuple(f"{letter}{mark}" for letter in "ABCD" for mark in ".)")
-_CODE_MARKS = ("```", "=>", "->", "::", "==", "!=", "()", ";\n", "{\n", "</")
-_MATH_MARKS = ("\\frac", "\\sum", "\\int", "\\sqrt", "\\cdot", "\\times", "$$", "∑", "∫", "√", "≤", "≥", "≠", "±", "π")
-_ASCII_MATH_MARK_BYTES = tuple(mark.encode() for mark in _MATH_MARKS if mark.isascii())
-_PLAIN_ASCII_MATH_MARK_BYTES = tuple(mark for mark in _ASCII_MATH_MARK_BYTES if not mark.startswith(b"\\"))
-_NON_ASCII_MATH_MARK_BYTES = tuple(mark.encode() for mark in _MATH_MARKS if not mark.isascii())
-_MATH_SYNTAX = re.compile(r"\d\s?[-+*/^=<>]\s?\d")
-_CHOICE = re.compile(r"^\s*\(?[A-D][.)]\s", re.MULTILINE)
-
-# The symbol skeleton. Ten str.count scans and a regex tried at every position of an 8k-character prompt cost
-# more than all the word features together, so the code, number and choice-mark counts run on a skeleton of the
-# UTF-8 text: the bytes they look at (digits as "0", ".,", operators, code punctuation, "A-D") kept one for one,
-# a newline written "|", anything else a space; split() then leaves a few short runs. Every mark and number lies
-# inside one run, so counts on the runs joined by spaces equal counts on the text.
-_KEPT = string.digits + ".,-+*/^=<>`:!();{ABCD"
-_SKELETON = bytes(
-    ord("0") if chr(b) in string.digits else b if chr(b) in _KEPT else ord("|") if b == 10 else 32 for b in range(256)
+_SEPARATORS = str.maketrans(dict.fromkeys(string.punctuation + string.digits + "“”‘’—–…«»¿¡·•", " "))
+# An option line: optional spaces or tabs (never a newline), an optional "(", a letter A-J, "." or ")", a space.
+# Anchored at line starts with fixed-width parts around one [ \t]* run: linear on any text.
+_OPTION_LINE = re.compile(r"^[ \t]*\(?[A-J][.)][ \t]", re.MULTILINE)
+_ANSWER_CUE = "answer:"
+# A number: digits, then groups of a separator and digits. Each group starts with a separator, so there is one way
+# to match any run: linear.
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# An operator between two operands, with at most one space either side: fixed width, linear. Between letters only
+# "=" and "^" count ("x = y", "x^2"), so hyphenated words are not arithmetic.
+_OPERATION = re.compile(r"[0-9)] ?[-+*/^=<>] ?[0-9(a-z]|[a-z] ?[=^] ?[0-9(a-z]")
+# An enumerated part: at a line start (at most 3 spaces or tabs, never a newline) a number, (roman numeral) or
+# ROMAN., then a space; or a word like "Scenario" followed by its number. Bounded quantifiers only: linear.
+_PART = re.compile(
+    r"^[ \t]{0,3}(?:\d{1,2}[.)]|\([ivx]{1,4}\)|[IVX]{1,4}\.)[ \t]|\b(?:scenario|statement|part|question)[ \t]?\d",
+    re.MULTILINE | re.IGNORECASE,
 )
-_SKELETON_CODE_MARKS = tuple(mark.replace("\n", "|").encode() for mark in _CODE_MARKS)
-_SKELETON_CHOICE_MARKS = tuple(mark.encode() for mark in _CHOICE_MARKS)
-# Numbers: ASCII digits only (non-ASCII ones never counted). Digits are all "0" in the skeleton: a literal first
-# byte, which the regex engine finds far faster than a class.
-_SKELETON_NUMBER = re.compile(rb"0+(?:[.,]0+)?")
-# _MATH_SYNTAX's regex tried at every position costs ~0.1 ms on 8k characters, and most prompts have no match.
-# A match is still there, as this hint, once digits are written "0", operators "+", whitespace "_" and every other
-# byte is deleted, except that a UTF-8 lead byte that can start a non-ASCII digit or space (to \d and \s) becomes
-# "0" too: without the hint the count is 0 and the regex is skipped. Deleting can only make the hint fire where the
-# regex then finds nothing; its literal first byte lets the regex engine jump from "0" to "0". Accented letters
-# (lead bytes C3-C5) and CJK ideographs (E4-E9) never fire it; test_route_features_exact.py checks the lead bytes.
-_MATH_OPERATORS = "-+*/^=<>"
-_DIGIT_OR_SPACE_LEADS = bytes((0xC2, 0xD9, 0xDB, 0xDF, 0xE0, 0xE1, 0xE2, 0xE3, 0xEA, 0xEF, 0xF0))
-_ASCII_SPACES = bytes(b for b in range(128) if chr(b).isspace())
-_MATH_KEPT = {
-    **dict.fromkeys(string.digits.encode() + _DIGIT_OR_SPACE_LEADS, ord("0")),
-    **dict.fromkeys(_MATH_OPERATORS.encode(), ord("+")),
-    **dict.fromkeys(_ASCII_SPACES, ord("_")),
-}
-_MATH_SHAPE = bytes(_MATH_KEPT.get(b, 32) for b in range(256))
-_MATH_SHAPE_DROP = bytes(b for b in range(256) if b not in _MATH_KEPT)
-_MATH_SYNTAX_HINT = re.compile(rb"0_?\+_?0")
-# Non-ASCII math marks are counted only when found in the text cut down to their bytes (short; a mark's bytes stay
-# together in it, so a mark not found there is not in the text).
-_MATH_SYMBOL_BYTES = bytes(sorted({b for mark in _MATH_MARKS if not mark.isascii() for b in mark.encode()}))
-_NOT_MATH_SYMBOL_BYTES = bytes(b for b in range(256) if b not in _MATH_SYMBOL_BYTES)
+_CODE_MARKS = ("```", "=>", "->", "::", "==", "!=", "();", "{\n", "</", "#include", "def ", "import ")
+_MATH_MARKS = ("\\frac", "\\sum", "\\int", "\\sqrt", "$$", "∑", "∫", "√", "≤", "≥", "≠", "±", "π", "^2", "^{")
 
 
 @dataclass(frozen=True)
 class Features:
-    """Dense feature values (by name), the words the vocabulary part of the model looks at, and raw counts."""
+    """Dense feature values (by name), the distinct words of the question, raw counts, and the task in words."""
 
     values: dict[str, float]
-    words: Set[str]  # distinct words of the last user turn
+    words: Set[str]
     counts: dict[str, int] = field(default_factory=dict)  # raw counts, for reasons people read
+    task: str = "general"  # the task's kind, named in reasons (see ``task_of``)
 
     def vector(self) -> list[float]:
         return [self.values[name] for name in FEATURE_NAMES]
 
 
-def _log1p(count: int) -> float:
-    return math.log1p(count)
+def bounded(text: str) -> str:
+    """The part of ``text`` the features read: all of it, or its head and tail joined by a newline."""
+    if len(text) <= HEAD_CHARS + TAIL_CHARS:
+        return text
+    return text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
 
 
-def _math_mark_count(text: str, encoded: bytes) -> int:
-    """Occurrences of the math marks (``encoded`` is ``text`` in UTF-8, where a mark's count is the same)."""
-    marks = _PLAIN_ASCII_MATH_MARK_BYTES if "\\" not in text else _ASCII_MATH_MARK_BYTES  # LaTeX needs a backslash
-    count = sum(encoded.count(mark) for mark in marks)
-    if not text.isascii():
-        symbols = encoded.translate(None, _NOT_MATH_SYMBOL_BYTES)  # a mark's bytes stay together in here
-        count += sum(encoded.count(mark) for mark in _NON_ASCII_MATH_MARK_BYTES if mark in symbols)
-    return count
+def question_of(text: str) -> str:
+    """``text`` without multiple-choice scaffolding: the options block (two or more option lines) and "Answer:"."""
+    options = _OPTION_LINE.finditer(text)
+    first = next(options, None)
+    if first is not None and next(options, None) is not None:
+        text = text[: first.start()]
+    stripped = text.rstrip()
+    if stripped[-len(_ANSWER_CUE) :].lower() == _ANSWER_CUE:
+        text = stripped[: -len(_ANSWER_CUE)]
+    return text
 
 
-def _skeleton(encoded: bytes) -> bytes:
-    """The symbol skeleton of UTF-8 text (see _SKELETON): its runs of kept bytes, joined by spaces."""
-    return b" ".join(encoded.translate(_SKELETON).split())
+def _count(bag: Counter[str], words: frozenset[str]) -> int:
+    return sum(bag[word] for word in words.intersection(bag))
 
 
-def _separate(lowered: str) -> tuple[str, bytes]:
-    """``lowered.translate(_SEPARATORS)`` at C speed for any text, and the UTF-8 bytes it was made from."""
-    for mark in _NON_ASCII_SEPARATORS:
-        if mark in lowered:
-            lowered = lowered.replace(mark, " ")
-    # surrogatepass: a lone surrogate (valid in a JSON string) goes through unchanged, as with str.translate.
-    encoded = lowered.encode("utf-8", "surrogatepass")
-    return encoded.translate(_ASCII_SEPARATORS).decode("utf-8", "surrogatepass"), encoded
+def _opens_with(opening: list[str], words: frozenset[str]) -> bool:
+    return any(word in words for word in opening)
 
 
-def _long_words(bag: Counter[str]) -> int:
-    return sum(n for word, n in bag.items() if len(word) >= 10)
+def task_of(counts: dict[str, int], flags: dict[str, bool]) -> str:
+    """The kind of task, for reasons: the strongest signal wins, in order of how much a small model falls behind."""
+    if counts["tools"]:
+        return "tool use"
+    if counts["proof"]:
+        return "proof"
+    if counts["code"] >= 2:
+        return "code"
+    if counts["math"] >= 2 or (counts["math"] and counts["quantities"] >= 2):
+        return "multi-step math" if counts["quantities"] >= 3 else "math"
+    if flags["writing"]:
+        return "writing"
+    if flags["extraction"]:
+        return "text transformation"
+    if flags["chat"]:
+        return "small talk"
+    if counts["reasoning"] >= 2:
+        return "reasoning"
+    if counts["quantities"] >= 3:
+        return "word problem"
+    return "general question"
 
 
 def text_features(
-    texts: list[str], *, system: bool = False, images: int = 0, tools: int = 0, structured: bool = False
+    texts: list[str],
+    *,
+    context_chars: int = 0,
+    system: bool = False,
+    images: int = 0,
+    tools: int = 0,
+    structured: bool = False,
 ) -> Features:
-    """Features from the user/assistant texts (last one is the current ask) and the request's shape."""
+    """Features from the user turns (the last one is the current ask) and the request's shape."""
     last = texts[-1] if texts else ""
-    whole_chars = sum(map(len, texts)) + max(0, len(texts) - 1)  # texts joined by newlines
-    lowered = last.lower()
-    # UTF-8: multi-byte characters become spaces in the skeleton, and a character count equals its bytes' count.
-    encoded = last.encode("utf-8", "surrogatepass")
-    if lowered.isascii():
-        spaced, hint_bytes = lowered.translate(_SEPARATORS), encoded
-    else:
-        # The math-syntax hint may read the lowered text with its quotes and dashes spaced out (lowering and a
-        # space can only add hint matches), where curly quotes (lead byte E2, shared with U+2000 spaces) are gone.
-        spaced, hint_bytes = _separate(lowered)
-    words = spaced.split()
+    question = question_of(bounded(last))
+    lowered = question.lower()
+    words = lowered.translate(_SEPARATORS).split()
     bag = Counter(words)
-    unique = bag.keys()
-    cues = dict.fromkeys(_CUE_NAMES, 0)
-    for word in unique & _CUE_WORDS.keys():  # one set operation for all five lists
-        for name in _CUE_WORDS[word]:
-            cues[name] += bag[word]
-    skeleton = _skeleton(encoded)
-    code = cues["code"] + sum(skeleton.count(mark) for mark in _SKELETON_CODE_MARKS)
-    hint = _MATH_SYNTAX_HINT.search(hint_bytes.translate(_MATH_SHAPE, _MATH_SHAPE_DROP))
-    math_syntax = len(_MATH_SYNTAX.findall(last)) if hint else 0
-    maths = cues["math"] + math_syntax + _math_mark_count(last, encoded)
-    numbers = len(_SKELETON_NUMBER.findall(skeleton))
-    # Words are ASCII when the separators left no other byte: no letters outside ASCII, and no need to count them.
-    non_ascii = 0.0
-    if not spaced.isascii():
-        letters = len("".join(words)) or 1
-        non_ascii = sum(len(w) * n for w, n in bag.items() if not w.isascii()) / letters
+    opening = words[:_OPENING_WORDS]
+    flags = {
+        "writing": _opens_with(opening, WRITING_VERBS) and bool(WRITING_NOUNS.intersection(bag)),
+        "extraction": _opens_with(opening, EXTRACTION_VERBS),
+        "chat": _opens_with(opening[:2], CHAT_OPENERS) or (len(words) <= 6 and "you" in bag and "?" in question),
+    }
+    # Digits only: counting number words ("two", "half") lowered every left-out source's APGR by 0.002-0.004.
+    quantities = len(_NUMBER.findall(question))
+    maths = (
+        _count(bag, MATH_WORDS)
+        + sum(question.count(m) for m in _MATH_MARKS)
+        + len(_OPERATION.findall(lowered))
+        + lowered.count("how many")
+        + lowered.count("how much")
+    )
+    code = _count(bag, CODE_WORDS) + sum(question.count(m) for m in _CODE_MARKS)
+    earlier = sum(map(len, texts[:-1]))
     counts = {
-        "chars": whole_chars,
-        "last_chars": len(last),
-        "code": code,
+        "chars": len(last) + earlier + context_chars,
+        "question_chars": len(question),
+        "quantities": quantities,
+        "parts": len(_PART.findall(question)),
         "math": maths,
-        "numbers": numbers,
-        "reasoning": cues["reasoning"],
-        "constraints": cues["constraints"],
-        "negation": cues["negation"],
-        "questions": last.count("?"),
+        "code": code,
+        "proof": _count(bag, PROOF_WORDS) + lowered.count("show that"),
+        "reasoning": _count(bag, REASONING_WORDS) + lowered.count("step by step"),
+        "constraints": _count(bag, CONSTRAINT_WORDS),
         "turns": max(0, len(texts) - 1),
         "images": images,
         "tools": tools,
     }
     values = {
-        "chars_log": _log1p(whole_chars),
-        "last_user_chars_log": _log1p(len(last)),
-        "lines_log": _log1p(last.count("\n") + 1 if last else 0),
+        "ask_length": math.log1p(min(len(question), ASK_CHARS_CAP)),
+        "quantities": math.log1p(quantities),
+        "parts": math.log1p(counts["parts"]),
+        "context_log": math.log1p(earlier + context_chars),
         "turns": float(min(counts["turns"], 10)),
+        "math": math.log1p(maths),
+        "code": math.log1p(code),
+        "proof": math.log1p(counts["proof"]),
+        "reasoning": math.log1p(counts["reasoning"]),
+        "constraints": math.log1p(counts["constraints"]),
+        "writing": float(flags["writing"]),
+        "extraction": float(flags["extraction"]),
+        "chat": float(flags["chat"]),
         "has_system": float(system),
-        "code": _log1p(code),
-        "math": _log1p(maths),
-        "numbers_log": _log1p(numbers),
-        "reasoning": _log1p(cues["reasoning"]),
-        "constraints": _log1p(cues["constraints"]),
-        "negation": _log1p(cues["negation"]),
-        "questions": _log1p(counts["questions"]),
-        # The regex only runs when a mark is there (almost only on multiple-choice prompts).
-        "choices": float(any(mark in skeleton for mark in _SKELETON_CHOICE_MARKS) and len(_CHOICE.findall(last)) >= 2),
-        "long_words": _long_words(bag) / len(words) if words else 0.0,
-        "non_ascii": non_ascii,
-        "images_log": _log1p(images),
-        "tools_log": _log1p(tools),
+        "images_log": math.log1p(images),
+        "tools_log": math.log1p(tools),
         "structured_output": float(structured),
         "long_output": 0.0,
     }
-    # The Counter's key view is the set of words (no copy into a frozenset: the model only tests membership).
-    return Features(values=values, words=unique, counts=counts)
+    return Features(values=values, words=bag.keys(), counts=counts, task=task_of(counts, flags))
 
 
 def extract(request: GenerationRequest) -> Features:
-    """Features of a whole request. Only user turns count as asks; assistant and tool turns add length."""
+    """Features of a whole request. User turns are asks; system, assistant and tool turns are context."""
     asks: list[str] = []
-    context: list[str] = []
+    context = 0
     system = False
     images = 0
     for message in request.messages:
         text = "".join(part.text for part in message.content if isinstance(part, TextPart))
         images += sum(1 for part in message.content if isinstance(part, ImagePart))
-        if message.role == "system":
-            system = True
-            context.append(text)
-        elif message.role == "user":
+        if message.role == "user":
             asks.append(text)
         else:
-            context.append(text)
+            system = system or message.role == "system"
+            context += len(text)
     response_type = (request.response_format or {}).get("type", "text")
     features = text_features(
         asks,
+        context_chars=context,
         system=system,
         images=images,
         tools=len(request.tools or []),
         structured=response_type in ("json_object", "json_schema"),
     )
-    extra = sum(len(text) for text in context)
-    if extra:
-        features.values["chars_log"] = _log1p(features.counts["chars"] + extra)
-        features.counts["chars"] += extra
     max_tokens = request.sampling.max_tokens
     if max_tokens:
-        features.values["long_output"] = min(4.0, max(0.0, math.log2(max_tokens / 512)))
+        features.values["long_output"] = min(4.0, max(0.0, math.log2(max_tokens / _LONG_OUTPUT_BASE)))
         features.counts["max_tokens"] = max_tokens
     return features

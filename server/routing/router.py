@@ -24,10 +24,11 @@ ImagePolicy = Literal["score", "local", "azure"]
 Override = Literal["auto", "local", "azure"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_WEIGHTS = REPO_ROOT / "models" / "router" / "mmlu-lr-v1.json"
+DEFAULT_WEIGHTS = REPO_ROOT / "models" / "router" / "task-lr-v2.json"
 
-# Only contributions at least this large (in logit units) are named in a reason.
-_MIN_CONTRIBUTION = 0.03
+# Only contributions at least this share of the weights' logit spread (``training.logit_sd``) are named in a reason.
+_MIN_CONTRIBUTION_SD = 0.2
+_DEFAULT_LOGIT_SD = 0.15
 _MAX_NAMED = 3
 
 
@@ -38,57 +39,52 @@ def _plural(count: int, word: str) -> str:
 Counts = dict[str, int]
 Values = dict[str, float]
 
-# Words for each feature, from its raw counts, its values and whether it is above the training mean (long, many,
-# technical). Functions, so a decision formats only the two or three labels its reason uses.
+# Words for each feature, from its raw counts, its values and whether it is above the training mean (long, many).
+# Functions, so a decision formats only the two or three labels its reason uses.
 _LABELS: dict[str, Callable[[Counts, Values, bool], str]] = {
-    "chars_log": lambda c, v, up: f"{'long' if up else 'short'} prompt ({c.get('chars', 0):,} chars)",
-    "last_user_chars_log": lambda c, v, up: f"{'long' if up else 'short'} question ({c.get('last_chars', 0):,} chars)",
-    "lines_log": lambda c, v, up: f"{'many' if up else 'few'} lines",
+    "ask_length": lambda c, v, up: f"{'long' if up else 'short'} question ({c.get('question_chars', 0):,} chars)",
+    "quantities": lambda c, v, up: (
+        _plural(c["quantities"], "quantity").replace("quantitys", "quantities") if c.get("quantities") else "no numbers"
+    ),
+    "parts": lambda c, v, up: _plural(c.get("parts", 0), "part"),
+    "context_log": lambda c, v, up: f"{c.get('chars', 0):,} chars of context",
     "turns": lambda c, v, up: f"follow-up turn {c.get('turns', 0) + 1}",
-    "has_system": lambda c, v, up: "system prompt" if v["has_system"] else "no system prompt",
-    "code": lambda c, v, up: f"code ({_plural(c['code'], 'signal')})" if c.get("code") else "no code",
-    "math": lambda c, v, up: f"math ({_plural(c['math'], 'signal')})" if c.get("math") else "no math",
-    "numbers_log": lambda c, v, up: _plural(c.get("numbers", 0), "number"),
-    "reasoning": lambda c, v, up: (
-        f"multi-step reasoning ({_plural(c['reasoning'], 'cue')})" if c.get("reasoning") else "no reasoning cues"
-    ),
-    "constraints": lambda c, v, up: (
-        f"constraints ({_plural(c['constraints'], 'cue')})" if c.get("constraints") else "no constraints"
-    ),
-    "negation": lambda c, v, up: (
-        f"negative framing ({_plural(c['negation'], 'cue')})" if c.get("negation") else "plain framing"
-    ),
-    "questions": lambda c, v, up: _plural(c.get("questions", 0), "question"),
-    "choices": lambda c, v, up: "multiple choice" if v["choices"] else "open-ended",
-    "long_words": lambda c, v, up: f"{'technical' if up else 'plain'} vocabulary ({v['long_words']:.0%} long words)",
-    "non_ascii": lambda c, v, up: "non-English text" if up else "English text",
+    "math": lambda c, v, up: f"math ({_plural(c.get('math', 0), 'signal')})",
+    "code": lambda c, v, up: f"code ({_plural(c.get('code', 0), 'signal')})",
+    "proof": lambda c, v, up: "asks for proof",
+    "reasoning": lambda c, v, up: f"multi-step reasoning ({_plural(c.get('reasoning', 0), 'cue')})",
+    "constraints": lambda c, v, up: f"constraints ({_plural(c.get('constraints', 0), 'cue')})",
+    "writing": lambda c, v, up: "writing request",
+    "extraction": lambda c, v, up: "works on given text",
+    "chat": lambda c, v, up: "small talk",
+    "has_system": lambda c, v, up: "system prompt",
     "images_log": lambda c, v, up: _plural(c.get("images", 0), "image"),
     "tools_log": lambda c, v, up: _plural(c.get("tools", 0), "tool"),
-    "structured_output": lambda c, v, up: "JSON output" if v["structured_output"] else "free-form output",
+    "structured_output": lambda c, v, up: "JSON output",
     "long_output": lambda c, v, up: f"long answer (max_tokens {c.get('max_tokens', 0)})",
 }
 
 
 def describe(name: str, features: Features, up: bool) -> str:
-    """Words for one feature; ``up``: its value is above the training mean (long, many, technical)."""
+    """Words for one feature; ``up``: its value is above the training mean (long, many)."""
     label = _LABELS.get(name)
     return label(features.counts, features.values, up) if label else name
 
 
-def explain(features: Features, scored: Scored, escalate: bool) -> str:
-    """The top contributions in the direction of the decision, in words."""
+def explain(features: Features, scored: Scored, escalate: bool, minimum: float) -> str:
+    """The task, then the signals that pushed hardest in the direction of the decision, in words."""
     sign = 1.0 if escalate else -1.0
     ranked = sorted(scored.contributions.items(), key=lambda item: -sign * item[1])
     named = []
     for name, value in ranked[:_MAX_NAMED]:
-        if value * sign < _MIN_CONTRIBUTION:
+        if value * sign < minimum:
             break
         if name == "wording":
             words = ", ".join(repr(w) for w in scored.top_words)
             named.append(f"wording ({words})" if words else "wording")
         else:
             named.append(describe(name, features, up=name in scored.above_mean))
-    return " + ".join(named) if named else "no strong signal"
+    return f"{features.task}: {' + '.join(named)}" if named else f"{features.task}: no strong signal"
 
 
 class Router:
@@ -108,6 +104,8 @@ class Router:
             raise InvalidRequestError(f"unknown image policy {image_policy!r}", code="invalid_image_policy")
         self.model = model
         self.image_policy = image_policy
+        spread = model.weights.training.get("logit_sd", _DEFAULT_LOGIT_SD)
+        self._min_contribution = _MIN_CONTRIBUTION_SD * (float(spread) if isinstance(spread, int | float) else 0.15)
         self.target_rate = target_rate
         # An explicit threshold wins over a target rate; neither: the threshold the weights were shipped with.
         if threshold is not None:
@@ -153,7 +151,7 @@ class Router:
             reason = f"{_plural(images, 'image')}: image policy sends images to {tier} (score {score:.2f})"
             return Decision(tier=tier, score=score, reason=reason, reason_class="images-policy")
         escalate = scored.score > self.threshold
-        why = explain(features, scored, escalate)
+        why = explain(features, scored, escalate, self._min_contribution)
         comparison = ">" if escalate else "<="
         return Decision(
             tier="azure" if escalate else "local",
