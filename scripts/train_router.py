@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from server.routing.features import FEATURE_NAMES, FEATURE_SET_VERSION, extract  # noqa: E402
 from server.routing.inputs import request_from_prompt  # noqa: E402
 from server.routing.metrics import evaluate  # noqa: E402
-from server.routing.model import FeatureWeight, RouterModel, Weights, quantiles_of  # noqa: E402
+from server.routing.model import FeatureWeight, RouterModel, Weights  # noqa: E402
 from server.routing.router import DEFAULT_WEIGHTS  # noqa: E402
 
 DATA = ROOT / "data" / "router" / "outcomes.jsonl.gz"
@@ -196,10 +196,19 @@ def fit(data: Data, name: str) -> Weights:
         },
     )
     model = RouterModel(weights)
-    scores = score_rows(model, data)
-    weights.reference_quantiles = [round(q, 6) for q in quantiles_of(list(scores), k=100)]
+    weights.reference_quantiles = [round(q, 6) for q in balanced_quantiles(score_rows(model, data), data.sources)]
     weights.default_threshold = round(model.threshold_for_rate(DEFAULT_RATE), 6)
     return weights
+
+
+def balanced_quantiles(scores: np.ndarray, sources: np.ndarray, k: int = 100) -> list[float]:
+    """Quantiles 0, 1/k, ..., 1 of the scores with every source weighing the same: the default threshold then
+    escalates its share of each kind of traffic, not mostly of the largest exam set."""
+    order = np.argsort(scores, kind="stable")
+    counts = {s: np.sum(sources == s) for s in set(sources)}
+    weight = np.array([1.0 / counts[s] for s in sources[order]])
+    cumulative = (np.cumsum(weight) - weight / 2) / weight.sum()
+    return [float(q) for q in np.interp(np.linspace(0, 1, k + 1), cumulative, scores[order])]
 
 
 def score_rows(model: RouterModel, data: Data) -> np.ndarray:
@@ -224,7 +233,7 @@ def leave_one_source_out(data: Data) -> list[dict[str, object]]:
                 "prior": round(apgr(prior, held), 3),
                 "length": round(apgr(length, held), 3),
                 "difference_95": difference_interval(prior, length, held),
-                "previous": PREVIOUS[source],
+                "previous": PREVIOUS.get(source),
                 "mix": weights.training["mix"],
             }
         )
@@ -242,7 +251,7 @@ def table(rows: list[dict[str, object]]) -> str:
         lines.append(
             f"| {r['source']} | {r['n']:,} | {mark}{r['prior']:.3f}{mark} | {r['length']:.3f} "
             f"| {r['difference_95'][0]:+.3f} to {r['difference_95'][1]:+.3f} | 0.500 "
-            f"| {r['previous']:.3f} |"
+            f"| {r['previous'] if r['previous'] is None else format(r['previous'], '.3f')} |"
         )
     return "\n".join(lines)
 

@@ -103,9 +103,8 @@ _SEPARATORS = str.maketrans(dict.fromkeys(string.punctuation + string.digits + "
 # Anchored at line starts with fixed-width parts around one [ \t]* run: linear on any text.
 _OPTION_LINE = re.compile(r"^[ \t]*\(?[A-J][.)][ \t]", re.MULTILINE)
 _ANSWER_CUE = "answer:"
-# A number: digits, then groups of a separator and digits. Each group starts with a separator, so there is one way
-# to match any run: linear.
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# A number: digits, then at most one decimal or thousands part (no repeat inside a repeat: linear).
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 # An operator between two operands, with at most one space either side: fixed width, linear. Between letters only
 # "=" and "^" count ("x = y", "x^2"), so hyphenated words are not arithmetic.
 _OPERATION = re.compile(r"[0-9)] ?[-+*/^=<>] ?[0-9(a-z]|[a-z] ?[=^] ?[0-9(a-z]")

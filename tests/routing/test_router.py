@@ -9,9 +9,8 @@ from server.routing.model import RouterModel, Weights, quantiles_of, rate_above,
 from server.routing.router import DEFAULT_WEIGHTS, Router
 
 HARD = (
-    "For which of these two scenarios does the main character do something clearly morally wrong? "
-    "Scenario 1 | I did not tell my friend. Scenario 2 | I took the money.\n"
-    "A. Wrong, Wrong\nB. Wrong, Not wrong\nC. Not wrong, Wrong\nD. Not wrong, Not wrong\nAnswer:"
+    "A store sells pencils at 3 for $0.75 and pens at 2 for $1.90. Maria buys 18 pencils and 7 pens, pays with a "
+    "$20 bill and gets a 15% discount on the pens. How much change does she get?"
 )
 EASY = "What is the capital of France?"
 IMAGE = {
@@ -33,7 +32,7 @@ def model() -> RouterModel:
 
 
 def test_shipped_weights_rank_a_hard_prompt_above_an_easy_one(model: RouterModel) -> None:
-    router = Router(model)
+    router = Router(model, target_rate=0.5)
     hard = router.decide(request_from_prompt(HARD))
     easy = router.decide(request_from_prompt(EASY))
     assert hard.score is not None and easy.score is not None
@@ -42,7 +41,23 @@ def test_shipped_weights_rank_a_hard_prompt_above_an_easy_one(model: RouterModel
     assert easy.tier == "local" and easy.reason_class == "score-low"
     assert f"> threshold {router.threshold:.2f}" in hard.reason
     assert "<= threshold" in easy.reason
-    assert "negative framing" in hard.reason or "wording" in hard.reason
+    # Reasons name the task and its signals, never a list of stop words.
+    assert hard.reason.startswith("multi-step math: ") and "quantities" in hard.reason
+    assert easy.reason.startswith("general question: ")
+
+
+@pytest.mark.parametrize(
+    ("harder", "easier"),
+    [
+        ("Prove that there are infinitely many primes.", "hi"),
+        ("Implement a thread-safe LRU cache in Python with O(1) get and put, and explain the locking.", "thanks!"),
+        ("If 3 workers build 2 walls in 5 days, how many days do 9 workers need for 12 walls?", "What is 2 + 2?"),
+        ("Explain the difference between TCP and UDP.", "Write a haiku about rain."),
+    ],
+)
+def test_harder_tasks_score_above_easier_ones(model: RouterModel, harder: str, easier: str) -> None:
+    router = Router(model)
+    assert router.score(request_from_prompt(harder))[1].score > router.score(request_from_prompt(easier))[1].score
 
 
 def test_threshold_decides(model: RouterModel) -> None:
@@ -117,6 +132,6 @@ def test_bad_weights_are_rejected(tmp_path, model: RouterModel) -> None:
     with pytest.raises(InvalidRequestError):
         RouterModel.load(tmp_path / "missing.json")
     data = model.weights.model_dump()
-    del data["features"]["math"]
+    del data["features"]["quantities"]
     with pytest.raises(InvalidRequestError):
         RouterModel(Weights.model_validate(data))

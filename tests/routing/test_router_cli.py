@@ -83,7 +83,7 @@ def test_eval_jsonl(tmp_path) -> None:
 
 def test_calibrate_hits_the_target_rate(tmp_path) -> None:
     path = tmp_path / "traffic.jsonl"
-    prompts = [f"Question {i}: " + "why not " * (i % 17) + "word " * i for i in range(100)]
+    prompts = ["Question: " + "x" * (40 + 2 * i) for i in range(100)]  # distinct lengths under the cap
     path.write_text("\n".join(json.dumps({"prompt": p}) for p in prompts) + "\n")
     result = runner.invoke(app, ["calibrate", "--target-rate", "0.3", str(path)])
     assert result.exit_code == 0, result.output

@@ -1,19 +1,16 @@
-"""Training pieces: the soft label, the soft-label fit, and the shipped weights' priors (scripts/train_router.py)."""
+"""Training pieces (scripts/train_router.py): the label, the maximin mix, leave-one-source-out, the shipped file."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+import numpy as np
 import pytest
 
+from server.routing.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from server.routing.metrics import evaluate
+from server.routing.router import DEFAULT_WEIGHTS
 from tests.scripts import load_script
-
-pytest.importorskip("sklearn")
-np = pytest.importorskip("numpy")
-sp = pytest.importorskip("scipy.sparse")
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -21,34 +18,67 @@ def train():  # type: ignore[no-untyped-def]
     return load_script("train_router")
 
 
-def test_strong_minus_weak_label(train) -> None:  # type: ignore[no-untyped-def]
-    from server.routing.labelled import Example
-
-    examples = [Example("a", 0.0, 1.0, "g"), Example("b", 1.0, 0.0, "g"), Example("c", 1.0, 1.0, "g")]
-    assert train.targets(examples, "strong_minus_weak").tolist() == [1.0, 0.0, 0.5]
-    assert train.targets(examples, "gain").tolist() == [1, 0, 0]
-
-
-def test_soft_labels_fit_their_mean(train) -> None:  # type: ignore[no-untyped-def]
-    rng = np.random.default_rng(0)
-    x = sp.csr_matrix(rng.normal(size=(400, 1)))
-    hard = (rng.random(400) < 0.5).astype(float)
-    a = train.logistic(x, hard, 1.0)
-    b = train.logistic(x, np.where(hard == 1, 1.0, 0.0) * 0.999999 + 1e-7, 1.0)  # soft path, same labels
-    assert a.coef_[0][0] == pytest.approx(b.coef_[0][0], abs=1e-4)
-    # Two kinds of prompt with soft labels 0.2 and 0.8 (no row is 0 or 1): the fit must learn each kind's label
-    # as its probability, which no rounding to hard labels could give (that would be 0 and 1, or one class).
-    kind = np.repeat([-1.0, 1.0], 60)
-    soft = np.where(kind > 0, 0.8, 0.2)
-    c = train.logistic(sp.csr_matrix(kind.reshape(-1, 1)), soft, 100.0)
-    fitted = c.predict_proba(np.array([[-1.0], [1.0]]))[:, 1]
-    assert fitted.tolist() == pytest.approx([0.2, 0.8], abs=5e-3)
+def synthetic(train, seed: int = 0):  # type: ignore[no-untyped-def]
+    """Three sources where the weak model fails more often on long questions with many quantities."""
+    rng = np.random.default_rng(seed)
+    n = 600
+    dense = np.zeros((n, len(FEATURE_NAMES)))
+    length = rng.uniform(2.0, 5.7, n)
+    quantities = rng.uniform(0.0, 2.5, n)
+    dense[:, FEATURE_NAMES.index("ask_length")] = length
+    dense[:, FEATURE_NAMES.index("quantities")] = quantities
+    hardness = (length - 3.8) + 0.5 * (quantities - 1.2)
+    weak = (rng.random(n) > 1 / (1 + np.exp(-2 * hardness))).astype(float)
+    strong = np.ones(n)
+    sources = np.repeat(["a", "b", "c"], n // 3)
+    return train.Data(sources, weak, strong, dense, np.expm1(length))
 
 
-def test_shipped_priors_are_in_logit_sd_units(train) -> None:  # type: ignore[no-untyped-def]
-    weights = json.loads((ROOT / "models" / "router" / "mmlu-lr-v1.json").read_text())
-    spread = weights["training"]["logit_sd"]
-    for name, prior in train.PRIORS.items():
-        feature = weights["features"][name]
-        assert not feature["learned"]
-        assert feature["weight"] == pytest.approx(prior * spread, abs=1e-3)
+def test_soft_label(train) -> None:  # type: ignore[no-untyped-def]
+    data = train.Data(np.array(["a"] * 3), np.array([0.0, 1.0, 1.0]), np.array([1.0, 0.0, 1.0]), np.zeros((3, 1)), np.ones(3))
+    assert train.soft_label(data).tolist() == [1.0, 0.0, 0.5]
+
+
+def test_fit_learns_the_planted_signals_and_scores_rank_by_them(train) -> None:  # type: ignore[no-untyped-def]
+    data = synthetic(train)
+    weights = train.fit(data, "t")
+    features = weights.features
+    assert features["ask_length"].learned and features["ask_length"].weight > 0
+    assert features["quantities"].weight > 0
+    assert weights.training["feature_set"] == FEATURE_SET_VERSION
+    for name, prior in train.PRIORS.items():  # hand-set pushes are in units of the learned logit's s.d.
+        assert not features[name].learned
+        assert features[name].weight == pytest.approx(prior * weights.training["logit_sd"], abs=1e-4)
+    scores = train.score_rows(train.RouterModel(weights), data)
+    length = data.dense[:, FEATURE_NAMES.index("ask_length")]
+    quantities = data.dense[:, FEATURE_NAMES.index("quantities")]
+    planted = evaluate(list(length + 0.5 * quantities), list(data.weak), list(data.strong)).apgr
+    length_only = evaluate(list(length), list(data.weak), list(data.strong)).apgr
+    fitted = evaluate(list(scores), list(data.weak), list(data.strong)).apgr
+    assert fitted > length_only and fitted == pytest.approx(planted, abs=0.01)
+
+
+def test_fast_apgr_equals_the_metric(train) -> None:  # type: ignore[no-untyped-def]
+    data = synthetic(train, seed=1)
+    scores = np.round(np.random.default_rng(2).random(len(data.weak)), 1)  # many ties
+    expected = evaluate(list(scores), list(data.weak), list(data.strong)).apgr
+    assert train._apgr_fast(scores, data.weak, data.strong) == pytest.approx(expected, abs=1e-9)
+
+
+def test_leave_one_source_out_reports_every_source(train) -> None:  # type: ignore[no-untyped-def]
+    rows = train.leave_one_source_out(synthetic(train))
+    assert [row["source"] for row in rows] == ["a", "b", "c"]
+    for row in rows:
+        low, high = row["difference_95"]
+        assert low <= high
+        assert row["prior"] > 0.6  # the planted signal carries to the left-out source
+
+
+def test_shipped_weights_match_the_features_and_their_table(train) -> None:  # type: ignore[no-untyped-def]
+    weights = json.loads(DEFAULT_WEIGHTS.read_text())
+    assert set(weights["features"]) == set(FEATURE_NAMES)
+    assert weights["training"]["feature_set"] == FEATURE_SET_VERSION
+    rows = weights["training"]["leave_one_source_out"]
+    assert {row["source"] for row in rows} == {"mmlu", "mmlu-pro", "theoremqa", "arena"}
+    card = (DEFAULT_WEIGHTS.parent / "CARD.md").read_text()
+    assert train.table(rows) in card  # the card's table is the one the training run wrote
