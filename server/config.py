@@ -102,6 +102,16 @@ class Settings(BaseSettings):
     image_fetch_read_timeout_s: float = 10.0  # between two reads
     image_fetch_total_timeout_s: float = 30.0  # whole fetch, all redirects included (slow-drip servers)
     image_fetch_max_redirects: int = 3
+    # --- Image decoding off the event loop, memory bounded (server.media._pool, _prescan, _dns) ---
+    image_decode_workers: int = Field(default=2, ge=1)  # threads decoding images; bounds decode memory
+    image_decode_queue: int = Field(default=64, ge=0)  # images waiting for a decode thread; past it: 429
+    # Pixels actually decoded per image (a JPEG after draft scaling, which shrinks 12 and 48 MP photos to a few
+    # MP): the model sees at most 1540 px on the long side, so 4096 x 4096 leaves room for large screenshots.
+    max_decoded_image_pixels: int = Field(default=4096 * 4096, ge=1)
+    image_max_jpeg_scans: int = Field(default=100, ge=1)  # progressive scans, each a pass over the image
+    image_max_metadata_blocks: int = Field(default=256, ge=1)  # chunks/markers/extensions that are not pixels
+    image_fetch_dns_timeout_s: float = Field(default=5.0, gt=0)  # one lookup of an image URL's host
+    image_fetch_dns_workers: int = Field(default=4, ge=1)  # lookups at once (their own threads)
 
     @field_validator("image_fetch_allowlist", mode="before")
     @classmethod

@@ -1,14 +1,14 @@
 """The vision encoder's geometry: how big an image the model sees and how many tokens it costs.
 
 Mirrors ``mistral_common``'s ``ImageEncoder`` (``_image_to_num_tokens`` and the resize that follows) so that an
-image we hand over already at its final size is not resized again and costs exactly the same tokens.
+image we hand over already at its final size is not resized again and costs exactly the same tokens (one
+deliberate exception, for one-cell images: ``VisionGrid.target_size``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
 
 # Fewest cells per side for an image that would otherwise be a single cell (see ``VisionGrid.target_size``).
 MIN_CELLS_PER_SIDE = 2
