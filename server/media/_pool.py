@@ -59,7 +59,7 @@ class DecodePool:
         future.add_done_callback(self._release)
         return await asyncio.wrap_future(future)
 
-    def _release(self, _future: Future[object] | None) -> None:
+    def _release(self, _future: object) -> None:
         with self._lock:
             self._pending -= 1
 

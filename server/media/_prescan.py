@@ -201,5 +201,6 @@ def _bmp(data: bytes, limits: ScanLimits) -> None:
         return  # the old OS/2 header has no compression field
     width, height, _planes, _bits, compression = struct.unpack_from("<iiHHI", data, 18)
     if compression in (1, 2) and abs(width) * abs(height) > limits.max_bmp_rle_pixels:
-        raise too_complex(f"a run-length-encoded BMP of {abs(width)}x{abs(height)} pixels "
-                          f"(limit {limits.max_bmp_rle_pixels} pixels)")
+        raise too_complex(
+            f"a run-length-encoded BMP of {abs(width)}x{abs(height)} pixels (limit {limits.max_bmp_rle_pixels} pixels)"
+        )

@@ -12,7 +12,19 @@ from server.config import Settings
 from server.engines.azure import forwarded_image
 from server.errors import ImageError
 from server.media import ImageIntake
-from tests.media.media_helpers import encode, expect_error, photo, png_bomb, png_header_only, run
+from tests.media.media_helpers import (
+    bmp_rle8_header,
+    encode,
+    expect_error,
+    gif_with_comments,
+    jpeg_with_comments,
+    jpeg_with_junk,
+    photo,
+    png_bomb,
+    png_header_only,
+    png_with_chunks,
+    run,
+)
 
 PNG = encode(photo(64, 48), "PNG")
 JPEG = encode(photo(640, 480), "JPEG", quality=85)
@@ -60,6 +72,17 @@ REFUSED: list[tuple[str, bytes, str | None, int, str]] = [
     ("jpeg declared as text/html", JPEG, "text/html", 415, "image_unsupported_format"),
     ("png declared as application/pdf", PNG, "application/pdf", 415, "image_unsupported_format"),
     ("random bytes", bytes(range(256)) * 8, None, 415, "image_unsupported_format"),
+    # Under the declared-pixel limit, over the cap on pixels actually decoded (a PNG has no reduced decoding).
+    ("png bomb 4100x4100", png_bomb(4100), "image/png", 413, "image_too_large"),
+    ("16-bit png bomb 6000x6000", png_bomb(6000, bit_depth=16), "image/png", 413, "image_too_large"),
+    # Block structures Pillow would walk in Python (and keep in memory) before decoding a pixel.
+    ("png with 300 text chunks", png_with_chunks(300), "image/png", 400, "image_too_complex"),
+    ("jpeg with 300 comments", jpeg_with_comments(300), "image/jpeg", 400, "image_too_complex"),
+    ("jpeg with 100 KB of junk between markers", jpeg_with_junk(100_000), "image/jpeg", 400, "image_too_complex"),
+    ("gif with 300 comments", gif_with_comments(300), "image/gif", 400, "image_too_complex"),
+    ("gif comment in 30000 sub-blocks", gif_with_comments(1, sub_blocks=30_000), "image/gif", 400,
+     "image_too_complex"),
+    ("bmp rle8 2048x1024", bmp_rle8_header(2048, 1024), "image/bmp", 400, "image_too_complex"),
 ]
 
 

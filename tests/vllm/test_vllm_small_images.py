@@ -20,9 +20,19 @@ pytestmark = pytest.mark.vllm
 
 @pytest.mark.parametrize("size", SMALL_SIZES, ids=[f"{w}x{h}" for w, h in SMALL_SIZES])
 def test_small_images_are_answered(vllm_server: LiveServer, size: tuple[int, int]) -> None:
-    body = {"model": MODEL, "max_tokens": 2,
-            "messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
-                                                      {"type": "image_url", "image_url": {"url": png_url(size)}}]}]}
+    body = {
+        "model": MODEL,
+        "max_tokens": 2,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": png_url(size)}},
+                ],
+            }
+        ],
+    }
     response = httpx.post(f"{vllm_server.v1}/chat/completions", json=body, timeout=300)
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["prompt_tokens"] > 6
