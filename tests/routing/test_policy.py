@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from datetime import date
 
 import pytest
 
 from server.config import Settings
-from server.engines.base import TokenLogprob, Usage
-from server.routing.policy import CircuitBreaker, Prices, RoutingPolicy, SpendCap, confidence
+from server.engines.base import GenerationRequest, Message, TextPart, TokenLogprob, Usage
+from server.errors import UpstreamError
+from server.routing.azure_call import AzureBlocked
+from server.routing.policy import CircuitBreaker, Prices, RoutingPolicy, confidence
 
 
 class Clock:
@@ -18,6 +19,10 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def _request() -> GenerationRequest:
+    return GenerationRequest(request_id="r", messages=[Message(role="user", content=[TextPart(text="hi")])])
 
 
 def test_breaker_opens_after_n_consecutive_failures() -> None:
@@ -62,23 +67,6 @@ def test_failed_probe_reopens_for_a_full_cooldown() -> None:
     assert breaker.allow()
 
 
-def test_spend_cap_is_per_utc_day() -> None:
-    day = [date(2026, 1, 1)]
-    cap = SpendCap(1.0, today=lambda: day[0])
-    cap.add(0.6)
-    assert not cap.exhausted()
-    cap.add(0.4)
-    assert cap.exhausted()
-    day[0] = date(2026, 1, 2)
-    assert not cap.exhausted() and cap.spent_today == 0.0
-
-
-def test_no_cap_is_never_exhausted() -> None:
-    cap = SpendCap(None)
-    cap.add(1e9)
-    assert not cap.exhausted()
-
-
 def test_prices_per_million_tokens() -> None:
     prices = Prices(azure_input=2.0, azure_output=8.0, local_input=0.1, local_output=0.2)
     usage = Usage(prompt_tokens=500_000, completion_tokens=250_000)
@@ -87,15 +75,13 @@ def test_prices_per_million_tokens() -> None:
 
 
 def test_cost_accounting_and_savings() -> None:
-    policy = RoutingPolicy(prices=Prices(azure_input=2.0, azure_output=8.0), spend_cap=SpendCap(10.0))
+    policy = RoutingPolicy(prices=Prices(azure_input=2.0, azure_output=8.0))
     million = Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000)
     policy.account([("local", million)])
     assert policy.counters.savings_usd == pytest.approx(10.0)  # what Azure would have charged
     policy.account([("azure", million)])
     assert policy.counters.spend_azure_usd == pytest.approx(10.0)
     assert policy.counters.savings_usd == pytest.approx(10.0)  # an Azure answer saves nothing
-    assert policy.spend_cap.exhausted()
-    assert policy.azure_blocked() == "daily budget spent"
     # A cascade that escalated paid for both calls: its savings are negative (the local call's cost).
     policy.prices = Prices(azure_input=2.0, azure_output=8.0, local_input=1.0, local_output=1.0)
     policy.account([("local", million), ("azure", million)])
@@ -103,11 +89,14 @@ def test_cost_accounting_and_savings() -> None:
     assert policy.counters.requests_local == 2 and policy.counters.requests_azure == 2
 
 
-def test_blocked_by_open_circuit() -> None:
+async def test_blocked_by_open_circuit() -> None:
     policy = RoutingPolicy(breaker=CircuitBreaker(failure_threshold=1, clock=Clock()))
-    assert policy.azure_blocked() is None
-    policy.record_azure_failure()
-    assert policy.azure_blocked() == "circuit open"
+    call = await policy.admit(_request())
+    call.finish(UpstreamError("down"))
+    with pytest.raises(AzureBlocked) as caught:
+        await policy.admit(_request())
+    assert caught.value.reason == "circuit open" and caught.value.kind == "circuit"
+    await policy.admit(_request(), use_breaker=False)  # a forced call does not ask the breaker
 
 
 def test_overload_limit() -> None:
@@ -131,7 +120,8 @@ def test_from_settings() -> None:
         escalate_when_queue_over=3,
     )
     policy = RoutingPolicy.from_settings(settings)
-    assert policy.spend_cap.daily_usd == 5.0
+    assert policy.spend_cap.daily_usd is None  # no ledger given: nothing capped or stored
+    assert policy.reserve_max_tokens == 4096
     assert policy.prices.azure_input == 1.0
     assert policy.breaker.failure_threshold == 2
     assert policy.cascade_threshold == 0.7
