@@ -180,8 +180,9 @@ class SQLiteSpendLedger:
         try:
             return await asyncio.shield(asyncio.wrap_future(future))
         except asyncio.CancelledError:
-            # The caller left while the write ran: release what it reserved, once the write is done.
-            future.add_done_callback(self._release_abandoned)
+            # The caller left while the write was queued or running: release what it reserved. The writer runs
+            # jobs in order, so this one runs after the reservation's, and before anything asked for later.
+            self._submit(self._release_abandoned, future)
             raise
 
     def settle(self, reservation: Reservation, usd: float) -> None:
@@ -340,4 +341,6 @@ class SQLiteSpendLedger:
 
     def _release_abandoned(self, future: Future[Reservation]) -> None:
         if not future.cancelled() and future.exception() is None:
-            self.release(future.result())
+            reservation = future.result()
+            if self._claim(reservation):
+                self._close(reservation, None)
