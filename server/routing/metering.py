@@ -25,10 +25,10 @@ def text_tokens(text: str) -> int:
 
 
 def image_tokens(width: int, height: int) -> int:
-    scale = min(1.0, 2048 / max(width, height, 1))
-    width, height = width * scale, height * scale
-    scale = min(1.0, 768 / max(min(width, height), 1))
-    tiles = math.ceil(width * scale / 512) * math.ceil(height * scale / 512)
+    fit = min(1.0, 2048 / max(width, height, 1))
+    w, h = width * fit, height * fit
+    short = min(1.0, 768 / max(min(w, h), 1.0))
+    tiles = math.ceil(w * short / 512) * math.ceil(h * short / 512)
     return IMAGE_BASE_TOKENS + IMAGE_TILE_TOKENS * max(1, tiles)
 
 

@@ -10,7 +10,7 @@ import asyncio
 import gc
 import math
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -167,10 +167,8 @@ async def test_a_refused_call_is_released_not_charged(
 ) -> None:
     fake.script += behaviour
     async with dispatcher(fake, ledger=ledger) as d:
-        try:
+        with suppress(UpstreamError, InvalidRequestError, RateLimitError):
             await _drain(await d.dispatch(_request(), route, stream=True))
-        except (UpstreamError, InvalidRequestError, RateLimitError):
-            pass
     assert fake.requests
     assert await _charged(ledger) == 0.0
 
@@ -192,9 +190,7 @@ async def test_a_call_cancelled_before_its_answer_is_charged_what_azure_may_bill
     assert await _charged(ledger) == pytest.approx(expected)
 
 
-async def test_forced_azure_gets_a_clear_error_when_the_budget_cannot_cover_it(
-    fake: FakeAzure, tmp_path: Path
-) -> None:
+async def test_forced_azure_gets_a_clear_error_when_the_budget_cannot_cover_it(fake: FakeAzure, tmp_path: Path) -> None:
     ledger = SQLiteSpendLedger(StateDB(tmp_path), daily_usd=100.0)
     async with dispatcher(fake, ledger=ledger) as d:
         with pytest.raises(RateLimitError) as caught:
@@ -224,8 +220,12 @@ async def test_a_failing_ledger_never_means_unlimited_spend(fake: FakeAzure, tmp
 ENTRIES = {
     # how the request reaches Azure: (local engine, route, text, stream)
     "router": (lambda: ScriptedEngine(), "auto", "hard", True),
-    "local-down": (lambda: ScriptedEngine(fail_with=EngineUnavailableError("down", code="engine_down")), "auto",
-                   "easy", True),
+    "local-down": (
+        lambda: ScriptedEngine(fail_with=EngineUnavailableError("down", code="engine_down")),
+        "auto",
+        "easy",
+        True,
+    ),
     "cascade": (lambda: ScriptedEngine(answer("unsure", prob=0.2)), "cascade", "easy", False),
 }
 
@@ -241,8 +241,9 @@ async def test_the_half_open_probe_is_given_back_in_every_outcome(
     breaker.record_failure()
     clock.now += 30
     assert breaker.state == "half_open"
-    fake.script.append({"content-filter": ContentFiltered(), "other-4xx": ServerError(400),
-                        "cancelled": Reply(delay_s=5.0)}[outcome])
+    fake.script.append(
+        {"content-filter": ContentFiltered(), "other-4xx": ServerError(400), "cancelled": Reply(delay_s=5.0)}[outcome]
+    )
     async with dispatcher(fake, make_local(), breaker=breaker, ledger=ledger) as d:
         task = asyncio.create_task(d.dispatch(_request(text, stream=stream), route, stream=stream))
         if outcome == "cancelled":
