@@ -76,6 +76,8 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
             await engine.stop()
             if azure is not None:
                 await azure.stop()
+            if ledger is not None:
+                ledger.close()  # the queued settles are written before the process goes
             gc.unfreeze()  # what the engine left is garbage now; a test process builds many apps
 
     app = FastAPI(

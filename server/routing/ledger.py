@@ -30,7 +30,10 @@ API (``SpendLedger``; every Azure caller goes through it, escalations, shadow ca
 - Purposes other than ``"escalation"`` together may use at most ``shadow_share`` of the daily budget
   (``MSSERVE_ROUTER_SHADOW_BUDGET_SHARE``, default 0.1), so learning never starves real escalations.
   Without a daily budget nothing is capped, shadow calls included; spend is still recorded.
-- A shadow caller should also ask the circuit breaker (``RoutingPolicy.breaker``) and skip when it says no.
+- The simplest way for a shadow or judge caller: ``call = await policy.admit(request, purpose="shadow")``
+  (``server.routing.policy``) asks the circuit breaker and reserves the request's most possible cost in one
+  step, raising ``AzureBlocked`` when either says no; then ``call.observe(chunk)`` for what streams and
+  ``call.finish(error, usage)`` exactly once, however the call ends (``server.routing.azure_call``).
 
 ``SQLiteSpendLedger`` is the one-box implementation: the day's totals live in the shared state database
 (``server.state``), so a restart or a crash loop cannot reset the cap, and every reservation is one
@@ -131,6 +134,8 @@ class SpendLedger(Protocol):
     async def spent_today(self) -> float: ...
 
     def snapshot(self) -> SpendSnapshot: ...
+
+    def close(self) -> None: ...
 
 
 def utc_today() -> date:

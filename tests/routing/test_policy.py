@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from server.config import Settings
 from server.engines.base import GenerationRequest, Message, TextPart, TokenLogprob, Usage
-from server.errors import UpstreamError
+from server.errors import InvalidRequestError, UpstreamError
 from server.routing.azure_call import AzureBlocked
-from server.routing.policy import CircuitBreaker, Prices, RoutingPolicy, confidence
+from server.routing.ledger import SQLiteSpendLedger
+from server.routing.metering import prompt_tokens
+from server.routing.policy import CircuitBreaker, Permit, Prices, RoutingPolicy, confidence
+from server.state import StateDB
 
 
 class Clock:
@@ -126,3 +130,60 @@ def test_from_settings() -> None:
     assert policy.breaker.failure_threshold == 2
     assert policy.cascade_threshold == 0.7
     assert policy.escalate_when_queue_over == 3
+
+
+def test_a_probe_with_no_verdict_is_given_back() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=30, clock=clock)
+    breaker.record_failure()
+    clock.now += 30
+    probe = breaker.acquire()
+    assert probe is not None and probe.probe is not None
+    assert breaker.acquire() is None  # one probe at a time
+    breaker.release(probe)  # the client left: no verdict on Azure
+    assert breaker.state == "half_open"
+    assert breaker.acquire() is not None  # the next request may probe
+
+
+def test_a_lost_probe_stops_blocking_after_its_lease() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=30, clock=clock, probe_lease_s=60)
+    breaker.record_failure()
+    clock.now += 30
+    assert breaker.acquire() is not None  # never given back
+    clock.now += 59
+    assert breaker.acquire() is None
+    clock.now += 1
+    assert breaker.acquire() is not None
+
+
+def test_another_call_failing_does_not_take_the_probe_s_verdict() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=clock)
+    for _ in range(3):
+        breaker.record_failure()
+    clock.now += 30
+    probe = breaker.acquire()
+    assert probe is not None
+    stale = Permit(probe=(probe.probe or 0) + 99)  # a permit from an earlier probe whose lease ran out
+    breaker.release(stale)
+    assert breaker.acquire() is None  # the probe in flight is still the one out
+    breaker.record_success(probe)
+    assert breaker.state == "closed"
+
+
+async def test_admit_reserves_the_most_a_call_may_cost(tmp_path: Path) -> None:
+    ledger = SQLiteSpendLedger(StateDB(tmp_path), daily_usd=None)
+    policy = RoutingPolicy(ledger=ledger, prices=Prices(azure_input=1e6, azure_output=1e6), reserve_max_tokens=100)
+    request = _request()
+    call = await policy.admit(request)
+    assert call.reservation is not None
+    assert call.reservation.usd == pytest.approx(prompt_tokens(request) + 100)  # no max_tokens: the default
+    request.sampling.max_tokens = 7
+    capped = await policy.admit(request, purpose="judge")
+    assert capped.reservation is not None and capped.reservation.purpose == "judge"
+    assert capped.reservation.usd == pytest.approx(prompt_tokens(request) + 7)
+    call.finish(None, Usage(prompt_tokens=3, completion_tokens=2))
+    capped.finish(InvalidRequestError("refused"))
+    assert await ledger.spent_today() == pytest.approx(5.0)
+    assert policy.spend_cap.spent_today == pytest.approx(5.0)
