@@ -427,9 +427,11 @@ class Dispatcher:
         local_chunks: list[GenerationChunk],
         local_usage: Usage,
         azure_chunks: list[GenerationChunk],
-        azure_usage: Usage,
+        azure_billed: Usage,
     ) -> Routed:
         assert self.azure is not None
+        # The client sees what Azure reported; the budget was charged azure_billed (an estimate if it reported none).
+        azure_usage = _usage(azure_chunks)
         # The response's usage counts both calls: the client's request paid for both.
         total = Usage(
             prompt_tokens=local_usage.prompt_tokens + azure_usage.prompt_tokens,
@@ -438,7 +440,7 @@ class Dispatcher:
         azure_chunks = [chunk.model_copy(update={"usage": None}) for chunk in azure_chunks]
         azure_chunks[-1] = azure_chunks[-1].model_copy(update={"usage": total})
         decision = Decision(tier="azure", reason=reason, reason_class="cascade", cascade=True)
-        calls: list[tuple[Tier, Usage]] = [("local", local_usage), ("azure", azure_usage)]
+        calls: list[tuple[Tier, Usage]] = [("local", local_usage), ("azure", azure_billed)]
         return self._answer(decision, self.azure, azure_chunks, calls)
 
     def _answer(
