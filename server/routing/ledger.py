@@ -145,11 +145,18 @@ def utc_today() -> date:
 def open_spend_ledger(settings: Settings) -> SpendLedger:
     """The ledger the settings describe: the state database under ``MSSERVE_STATE_DIR`` (a shared store, such as
     Redis for several replicas, would be chosen here)."""
-    return SQLiteSpendLedger(
-        StateDB(settings.state_dir or default_state_dir()),
-        daily_usd=settings.azure_daily_budget_usd,
-        shadow_share=settings.router_shadow_budget_share,
-    )
+    directory = settings.state_dir or default_state_dir()
+    try:
+        return SQLiteSpendLedger(
+            StateDB(directory),
+            daily_usd=settings.azure_daily_budget_usd,
+            shadow_share=settings.router_shadow_budget_share,
+        )
+    except (OSError, sqlite3.Error) as exc:
+        # Refuse to start rather than call Azure with spend that cannot be counted.
+        raise RuntimeError(
+            f"cannot open the Azure spend ledger in {directory} ({exc}); set MSSERVE_STATE_DIR to a writable folder"
+        ) from exc
 
 
 class SQLiteSpendLedger:

@@ -156,3 +156,10 @@ def test_settings_open_the_ledger_in_the_state_dir(tmp_path: Path) -> None:
     assert isinstance(ledger, SQLiteSpendLedger)
     assert ledger.db.path.parent == tmp_path
     assert (ledger.daily_usd, ledger.shadow_share) == (4.0, 0.25)
+
+
+def test_an_unwritable_state_dir_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RuntimeError, match="MSSERVE_STATE_DIR"):
+        open_spend_ledger(Settings(state_dir=blocker / "state", azure_daily_budget_usd=1.0))
