@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     cascade_threshold: float = 0.60  # cascade: escalate when local confidence (geometric-mean token prob) is below
     cascade_default: bool = False  # treat route "auto" as "cascade" for non-streamed requests
 
+    # --- Azure spend ledger (server.routing.ledger): reserve before each Azure call, settle after ---
+    # What an Azure call reserves for its answer when the request sets no max_tokens (an answer that runs
+    # longer is still charged in full when it settles).
+    azure_reserve_max_tokens: int = Field(default=4096, ge=1)
+    # The share of the daily budget that shadow and judge calls together may use (escalations may use it all).
+    router_shadow_budget_share: float = Field(default=0.1, ge=0.0, le=1.0)
+
     # --- Operations (server.middleware, server.telemetry, server.shutdown, dashboard). Added for issue 4. ---
     # Named API keys "alice:sk-abc,bob:sk-def" (a bare "sk-abc" is named key1, key2, ...). None: no auth (open).
     api_keys: SecretStr | None = None
