@@ -61,6 +61,25 @@ def demo_banner(profile: ModelProfile, settings: Settings) -> Panel:
     return Panel(text, title="mistral-small-server: DEMO MODE", border_style="yellow")
 
 
+def prepare_built_model(profile: ModelProfile) -> None:
+    """Build a profile's own model (the demo's) before serving, once, saying so: a wheel install has none yet."""
+    from server import demo_model
+    from server.hub import ModelUnavailableError, build_local_model
+
+    target = profile.local_path()
+    if profile.build_script is None or target is None:
+        return
+    if demo_model.is_current(target, native=profile.format == "mistral"):
+        return
+    console.print(f"building the demo model {profile.name} into {target} (first use only; about a minute)...")
+    try:
+        build_local_model(profile, target)
+    except ModelUnavailableError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"demo model ready: {target}")
+
+
 @app.command()
 def serve(
     profile: Annotated[str | None, typer.Option(help="model profile (see `msserve profiles`), or 'auto'")] = None,
@@ -85,6 +104,7 @@ def serve(
             f"Use --profile {CPU_PROFILE} for the CPU demo."
         )
         raise typer.Exit(2)
+    prepare_built_model(chosen)
     try:
         application = create_app(settings, profile=chosen)
     except MSServeError as exc:
