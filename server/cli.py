@@ -71,13 +71,15 @@ def prepare_built_model(profile: ModelProfile) -> None:
         return
     if demo_model.is_current(target, native=profile.format == "mistral"):
         return
-    console.print(f"building the demo model {profile.name} into {target} (first use only; about a minute)...")
+    # soft_wrap: one line whatever the terminal's width, so the path can be copied (and found in logs)
+    console.print(f"building the demo model {profile.name} into {target} (first use only; about a minute)...",
+                  soft_wrap=True)
     try:
         build_local_model(profile, target)
     except ModelUnavailableError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    console.print(f"demo model ready: {target}")
+    console.print(f"demo model ready: {target}", soft_wrap=True)
 
 
 @app.command()

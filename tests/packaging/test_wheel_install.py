@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import LOOPBACK, REPO, free_port
 from tests.images import png_url
 
-pytestmark = pytest.mark.wheel
+pytestmark = [pytest.mark.wheel, pytest.mark.timeout(1200)]  # the venv fixture (torch) runs inside one test
 
 
 def torch_requirement() -> str:
