@@ -84,7 +84,16 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("venv") / "venv"
     env = clean_env()
     assert run([sys.executable, "-m", "venv", str(folder)], env=env).returncode == 0
-    pip = [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt")]
+    pip = [
+        str(folder / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-compile",
+        "-c",
+        str(REPO / "constraints.txt"),
+    ]
     for requirement in (torch_requirement(), f"{wheel}[hf]"):
         result = run([*pip, requirement], env=env)
         assert result.returncode == 0, f"pip install {requirement}:\n{result.stderr}"
