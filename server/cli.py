@@ -53,7 +53,7 @@ def demo_banner(profile: ModelProfile, settings: Settings) -> Panel:
         "Its weights are random: [bold red]answers are meaningless[/bold red]. It exists to exercise the real "
         "tokenizer, image pipeline and engine without a GPU.\n\n"
         "To serve Mistral Small 3.1 for real, on a machine with an NVIDIA GPU:\n"
-        "  [green]pip install -e '.\\[vllm]'[/green], then\n"
+        "  [green]pip install 'mistral-small-server\\[vllm]'[/green] (or -e '.\\[vllm]' in a checkout), then\n"
         "  [green]HF_TOKEN=... msserve serve --profile mistral-small-3.1[/green]\n"
         "  (or -fp8 / -w4a16 for 40 GB / 24 GB GPUs; `msserve profiles` lists them)\n\n"
         f"API: http://{settings.host}:{settings.port}/v1   model: {profile.model_name}"

@@ -106,3 +106,12 @@ def test_cache_dir_follows_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert resources.cache_dir() == tmp_path / "home" / ".cache" / "msserve"
+
+
+def test_an_unknown_builder_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from server.hub import ModelUnavailableError, build_local_model
+
+    profile = load_profile("tiny-mistral3").model_copy(update={"build_script": "rm_everything.py"})
+    with pytest.raises(ModelUnavailableError, match="unknown build_script"):
+        build_local_model(profile, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
