@@ -125,7 +125,7 @@ def serve(
 
 @app.command()
 def profiles(
-    profiles_dir: Annotated[Path | None, typer.Option(help="folder of profile YAML files")] = None,
+    profiles_dir: Annotated[Path | None, typer.Option(help="your own profiles folder (listed first)")] = None,
 ) -> None:
     """List the model profiles."""
     folder = profiles_dir or Settings().profiles_dir
