@@ -71,6 +71,10 @@ def prepare_built_model(profile: ModelProfile) -> None:
         return
     if demo_model.is_current(target, native=profile.format == "mistral"):
         return
+    if not demo_model.can_build():
+        console.print("[red]error:[/red] building the demo model needs torch and transformers: "
+                      "pip install 'mistral-small-server\\[hf]'", soft_wrap=True)
+        raise typer.Exit(2)
     # soft_wrap: one line whatever the terminal's width, so the path can be copied (and found in logs)
     console.print(f"building the demo model {profile.name} into {target} (first use only; about a minute)...",
                   soft_wrap=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import shutil
 import sys
@@ -314,6 +315,11 @@ def default_out(native: bool) -> Path:
     checkout = resources.source_checkout()
     folder = checkout / "models" if checkout is not None else resources.cache_dir()
     return folder / (NATIVE_NAME if native else HF_NAME)
+
+
+def can_build() -> bool:
+    """torch and transformers (the ``hf`` extra) are importable: a build can start."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
 
 
 def is_current(out: Path, native: bool = False) -> bool:
