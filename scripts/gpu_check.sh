@@ -42,6 +42,7 @@ case "${1:-}" in
         command -v nvidia-smi >/dev/null && nvidia-smi -L
         site=/tmp/gpu-check-site
         mapfile -t wheels < <(python3 scripts/gpu_carry.py paths --part "$part")
+        [ ${#wheels[@]} -gt 0 ] || { echo "no carried wheels: run 'gpu_check.sh prepare' first, carry .gpu-carry" >&2; exit 1; }
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
             "${wheels[@]}"
         export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
