@@ -29,6 +29,7 @@ from sklearn.model_selection import GroupKFold, KFold
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from server.resources import ROUTER_WEIGHTS  # noqa: E402
 from server.routing import labelled, metrics  # noqa: E402
 from server.routing.features import FEATURE_NAMES, Features, extract  # noqa: E402
 from server.routing.inputs import request_from_prompt  # noqa: E402
@@ -213,7 +214,7 @@ def baselines(examples: list[labelled.Example], feats: list[Features], bad: set[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=ROOT / "models" / "router" / "mmlu-lr-v1.json")
+    parser.add_argument("--out", type=Path, default=ROUTER_WEIGHTS)
     parser.add_argument("--grid", action="store_true", help="compare settings by cross-validation; write nothing")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the cross-validated curves")
     args = parser.parse_args()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from server.resources import ROUTER_WEIGHTS
 from tests.scripts import load_script
 
 pytest.importorskip("sklearn")
@@ -46,7 +47,7 @@ def test_soft_labels_fit_their_mean(train) -> None:  # type: ignore[no-untyped-d
 
 
 def test_shipped_priors_are_in_logit_sd_units(train) -> None:  # type: ignore[no-untyped-def]
-    weights = json.loads((ROOT / "models" / "router" / "mmlu-lr-v1.json").read_text())
+    weights = json.loads(ROUTER_WEIGHTS.read_text())
     spread = weights["training"]["logit_sd"]
     for name, prior in train.PRIORS.items():
         feature = weights["features"][name]
