@@ -1,6 +1,6 @@
 """Benchmark: encoded image bytes -> model-ready pixel array, ours vs mistral_common's own ImageEncoder.
 
-Ours: ``ImageIntake.from_bytes`` (header checks, reduced-size JPEG decoding, resize straight to the 28-px grid,
+Ours: ``ImageIntake.prepare`` (header checks, reduced-size JPEG decoding, resize straight to the 28-px grid,
 orientation, RGB) + ``model_pixels`` (normalization). Timed apart: ``forwarded_image``, the re-encode an
 escalation to Azure adds (paid by escalated requests only).
 Reference: ``ImageEncoder(ImageChunk(image=PIL.Image.open(bytes)))``: full decode, float32 resize, normalization.
@@ -99,11 +99,11 @@ def main() -> None:
         row["mistral_common_s"] = median_seconds(reference, args.repeat)
 
         def ours(data: bytes = data) -> np.ndarray:
-            part = intake.from_bytes(data, intake.budget(), source="bench")
+            part = intake.prepare(data, intake.budget(), source="bench")
             return model_pixels(part.image)
 
         row["ours_s"] = median_seconds(ours, args.repeat)
-        part = intake.from_bytes(data, intake.budget(), source="bench")
+        part = intake.prepare(data, intake.budget(), source="bench")
         row["forwarding_encode_s"] = median_seconds(lambda part=part: forwarded_image(part), args.repeat)
         our_tokens = len(ENCODER(ImageChunk(image=part.image)).tokens)
         row.update(

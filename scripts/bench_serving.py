@@ -128,7 +128,7 @@ def vllm_serve_flags(profile_name: str) -> tuple[str, list[str]]:
     model_dir = profile.local_path()
     if model_dir is None or not model_dir.is_dir():
         sys.exit(f"profile {profile_name}: model folder {profile.model} not found; build it with "
-                 "scripts/make_tiny_model.py")
+                 "scripts/make_tiny_model.py (python -m server.demo_model)")
     args = engine_args(profile, model_dir)
     model = str(args.pop("model"))
     flags: list[str] = []

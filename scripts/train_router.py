@@ -5,7 +5,7 @@
 
 The router is judged on traffic it never saw, so every choice here is made by the leave-one-source-out table (train
 on three sources, measure APGR on the fourth), never by cross-validation inside one source. What the table showed
-(models/router/CARD.md has the figures):
+(server/resources/router/CARD.md has the figures):
 - Learned from the data: the question's length (capped: ``features.ASK_CHARS_CAP``), how many quantities it
   holds and how many enumerated parts it has. Their mix is the one whose worst within-source APGR over the
   training sources is best (maximin: the prior has to hold on every kind of traffic, not on average); a source's

@@ -25,6 +25,7 @@ from server.engines.azure import AzureEngine
 from server.engines.base import Engine
 from server.media import ImageIntake
 from server.routing.dispatch import Dispatcher
+from server.routing.ledger import open_spend_ledger
 from server.routing.policy import RoutingPolicy
 from server.routing.router import Router
 from server.shutdown import begin_drain
@@ -37,8 +38,10 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
     profile = profile or load_profile(settings.profile, settings.profiles_dir)
     engine = engine or build_engine(profile, settings)
     azure = AzureEngine.from_settings(settings)
+    # Azure spend is reserved and settled in the state database, so a restart cannot reset the daily budget.
+    ledger = open_spend_ledger(settings) if azure is not None else None
     dispatcher = Dispatcher(engine, azure, router=Router.from_settings(settings),
-                            policy=RoutingPolicy.from_settings(settings))
+                            policy=RoutingPolicy.from_settings(settings, ledger=ledger))
     services = Services(
         settings=settings,
         profile=profile,
@@ -73,6 +76,8 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
             await engine.stop()
             if azure is not None:
                 await azure.stop()
+            if ledger is not None:
+                ledger.close()  # the queued settles are written before the process goes
             gc.unfreeze()  # what the engine left is garbage now; a test process builds many apps
 
     app = FastAPI(

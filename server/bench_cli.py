@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from server.config import REPO_ROOT
+from server.resources import source_checkout
 
 app = typer.Typer(help="Run the benchmarks (scripts/bench_*.py) of a source checkout.", no_args_is_help=True)
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
@@ -32,20 +32,22 @@ BENCHMARKS = {
 PythonOption = Annotated[Path | None, typer.Option("--python", help="interpreter to run the script with")]
 
 
-def interpreter(name: str, python: Path | None) -> Path:
+def interpreter(root: Path, name: str, python: Path | None) -> Path:
     if python is not None:
         return python
     venv = BENCHMARKS[name][1]
-    preferred = REPO_ROOT / venv / "bin" / "python" if venv else None
+    preferred = root / venv / "bin" / "python" if venv else None
     return preferred if preferred is not None and preferred.exists() else Path(sys.executable)
 
 
 def run(name: str, args: list[str], python: Path | None) -> None:
-    script = REPO_ROOT / "scripts" / BENCHMARKS[name][0]
-    if not script.is_file():
-        typer.echo(f"error: {script} not found: the benchmarks run from a source checkout", err=True)
+    root = source_checkout()
+    if root is None:
+        typer.echo("error: `msserve bench` needs a source checkout (git clone the repository, then `pip install -e .` "
+                   "there): the benchmarks and their venvs are not part of the installed package", err=True)
         raise typer.Exit(2)
-    raise typer.Exit(subprocess.call([str(interpreter(name, python)), str(script), *args], cwd=REPO_ROOT))
+    script = root / "scripts" / BENCHMARKS[name][0]
+    raise typer.Exit(subprocess.call([str(interpreter(root, name, python)), str(script), *args], cwd=root))
 
 
 @app.command(context_settings=PASS_THROUGH)

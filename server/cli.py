@@ -53,12 +53,37 @@ def demo_banner(profile: ModelProfile, settings: Settings) -> Panel:
         "Its weights are random: [bold red]answers are meaningless[/bold red]. It exists to exercise the real "
         "tokenizer, image pipeline and engine without a GPU.\n\n"
         "To serve Mistral Small 3.1 for real, on a machine with an NVIDIA GPU:\n"
-        "  [green]pip install -e '.\\[vllm]'[/green], then\n"
+        "  [green]pip install 'mistral-small-server\\[vllm]'[/green] (or -e '.\\[vllm]' in a checkout), then\n"
         "  [green]HF_TOKEN=... msserve serve --profile mistral-small-3.1[/green]\n"
         "  (or -fp8 / -w4a16 for 40 GB / 24 GB GPUs; `msserve profiles` lists them)\n\n"
         f"API: http://{settings.host}:{settings.port}/v1   model: {profile.model_name}"
     )
     return Panel(text, title="mistral-small-server: DEMO MODE", border_style="yellow")
+
+
+def prepare_built_model(profile: ModelProfile) -> None:
+    """Build a profile's own model (the demo's) before serving, once, saying so: a wheel install has none yet."""
+    from server import demo_model
+    from server.hub import ModelUnavailableError, build_local_model
+
+    target = profile.local_path()
+    if profile.build_script is None or target is None:
+        return
+    if demo_model.is_current(target, native=profile.format == "mistral"):
+        return
+    if not demo_model.can_build():
+        console.print("[red]error:[/red] building the demo model needs torch and transformers: "
+                      "pip install 'mistral-small-server\\[hf]'", soft_wrap=True)
+        raise typer.Exit(2)
+    # soft_wrap: one line whatever the terminal's width, so the path can be copied (and found in logs)
+    console.print(f"building the demo model {profile.name} into {target} (first use only; about a minute)...",
+                  soft_wrap=True)
+    try:
+        build_local_model(profile, target)
+    except ModelUnavailableError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"demo model ready: {target}", soft_wrap=True)
 
 
 @app.command()
@@ -85,6 +110,7 @@ def serve(
             f"Use --profile {CPU_PROFILE} for the CPU demo."
         )
         raise typer.Exit(2)
+    prepare_built_model(chosen)
     try:
         application = create_app(settings, profile=chosen)
     except MSServeError as exc:
@@ -103,7 +129,7 @@ def serve(
 
 @app.command()
 def profiles(
-    profiles_dir: Annotated[Path | None, typer.Option(help="folder of profile YAML files")] = None,
+    profiles_dir: Annotated[Path | None, typer.Option(help="your own profiles folder (listed first)")] = None,
 ) -> None:
     """List the model profiles."""
     folder = profiles_dir or Settings().profiles_dir

@@ -1,6 +1,7 @@
-"""Settings (environment ``MSSERVE_*`` and an optional YAML file) and model profiles (``models/*.yaml``).
+"""Settings (environment ``MSSERVE_*`` and an optional YAML file) and model profiles (YAML files).
 
 Precedence, highest first: explicit arguments (CLI flags) > environment > YAML file > defaults.
+Profiles: the user's folder (``MSSERVE_PROFILES_DIR``) first, then those shipped in server/resources/profiles.
 """
 
 from __future__ import annotations
@@ -19,11 +20,26 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from server import resources
 from server.errors import InvalidRequestError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PROFILES_DIR = REPO_ROOT / "models"
+DEFAULT_PROFILES_DIR = resources.PROFILES_DIR  # the packaged profiles
 DEFAULT_PROFILE = "tiny-mistral3"
+
+
+def resolve_model_path(model: str, *, built: bool, checkout: Path | None, cache: Path) -> Path:
+    """Where a profile's relative model path points.
+
+    From a source checkout: the checkout's root (``models/tiny-mistral3`` is the model the tests build). Elsewhere
+    (a wheel install) a model the server builds itself goes to the cache folder, since site-packages is no place
+    for it, and any other relative path means the current directory.
+    """
+    path = Path(model).expanduser()
+    if path.is_absolute():
+        return path
+    if checkout is not None:
+        return checkout / path
+    return cache / path.name if built else path.resolve()
 
 
 class ModelProfile(BaseModel):
@@ -32,7 +48,7 @@ class ModelProfile(BaseModel):
     name: str
     description: str = ""
     engine: Literal["hf", "vllm"]
-    model: str  # Hugging Face hub id, or a path (relative paths are relative to the repository root)
+    model: str  # Hugging Face hub id, or a path (relative: see resolve_model_path)
     revision: str | None = None  # pinned hub revision (commit sha or tag)
     format: Literal["hf", "mistral"] = "hf"  # checkpoint layout: HF (config.json) or Mistral-native (params.json)
     tokenizer_file: str = "tekken.json"  # mistral_common tokenizer inside the model folder
@@ -42,7 +58,9 @@ class ModelProfile(BaseModel):
     quantization: str | None = None  # fp8, compressed-tensors, bnb-4bit, bnb-8bit, ...
     requires_gpu: bool = False
     demo: bool = False  # random weights: answers are meaningless, say so loudly
-    build_script: str | None = None  # script under scripts/ that builds a local model on demand
+    # Builds a local model on demand. make_tiny_model.py (the only one) is server.demo_model, which the script of
+    # that name in a checkout's scripts/ wraps.
+    build_script: str | None = None
     gated: bool = False  # hub repo needs an accepted licence and HF_TOKEN
     gpu_memory_gib: float | None = None  # documented need, for README and start-up checks
     engine_options: dict[str, Any] = Field(default_factory=dict)  # passed to the engine as is
@@ -53,9 +71,8 @@ class ModelProfile(BaseModel):
 
     def local_path(self) -> Path | None:
         """The model folder when ``model`` names a path on disk, else None (a hub id)."""
-        candidate = Path(self.model)
-        if not candidate.is_absolute():
-            candidate = REPO_ROOT / candidate
+        candidate = resolve_model_path(self.model, built=self.build_script is not None,
+                                       checkout=resources.source_checkout(), cache=resources.cache_dir())
         # A profile that builds its model is local even before the first build (a fresh clone).
         if self.build_script or self.model.startswith((".", "/", "~")) or candidate.exists():
             return candidate
@@ -68,7 +85,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MSSERVE_", extra="ignore", yaml_file=None)
 
     profile: str = DEFAULT_PROFILE
-    profiles_dir: Path = DEFAULT_PROFILES_DIR
+    profiles_dir: Path | None = None  # your own profiles, looked up before the packaged ones
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -102,6 +119,16 @@ class Settings(BaseSettings):
     image_fetch_read_timeout_s: float = 10.0  # between two reads
     image_fetch_total_timeout_s: float = 30.0  # whole fetch, all redirects included (slow-drip servers)
     image_fetch_max_redirects: int = 3
+    # --- Image decoding off the event loop, memory bounded (server.media._pool, _prescan, _dns) ---
+    image_decode_workers: int = Field(default=2, ge=1)  # threads decoding images; bounds decode memory
+    image_decode_queue: int = Field(default=64, ge=0)  # images waiting for a decode thread; past it: 429
+    # Pixels actually decoded per image (a JPEG after draft scaling, which shrinks 12 and 48 MP photos to a few
+    # MP): the model sees at most 1540 px on the long side, so 4096 x 4096 leaves room for large screenshots.
+    max_decoded_image_pixels: int = Field(default=4096 * 4096, ge=1)
+    image_max_jpeg_scans: int = Field(default=100, ge=1)  # progressive scans, each a pass over the image
+    image_max_metadata_blocks: int = Field(default=256, ge=1)  # chunks/markers/extensions that are not pixels
+    image_fetch_dns_timeout_s: float = Field(default=5.0, gt=0)  # one lookup of an image URL's host
+    image_fetch_dns_workers: int = Field(default=4, ge=1)  # lookups at once (their own threads)
 
     @field_validator("image_fetch_allowlist", mode="before")
     @classmethod
@@ -117,7 +144,7 @@ class Settings(BaseSettings):
     hf_token: SecretStr | None = None  # falls back to HF_TOKEN
 
     # Router (server.routing.router): weights, threshold or target escalation rate, image policy
-    router_weights: Path = DEFAULT_PROFILES_DIR / "router" / "task-lr-v2.json"
+    router_weights: Path = resources.ROUTER_WEIGHTS
     router_threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # escalate when score > this; wins over rate
     router_target_rate: float | None = Field(default=None, ge=0.0, le=1.0)  # share to escalate (weights' quantiles)
     router_image_policy: Literal["score", "local", "azure"] = "score"  # requests with images: score, or force a tier
@@ -146,6 +173,13 @@ class Settings(BaseSettings):
     escalate_when_queue_over: int | None = 16  # local waiting queue above this sends auto requests to Azure
     cascade_threshold: float = 0.60  # cascade: escalate when local confidence (geometric-mean token prob) is below
     cascade_default: bool = False  # treat route "auto" as "cascade" for non-streamed requests
+
+    # --- Azure spend ledger (server.routing.ledger): reserve before each Azure call, settle after ---
+    # What an Azure call reserves for its answer when the request sets no max_tokens (an answer that runs
+    # longer is still charged in full when it settles).
+    azure_reserve_max_tokens: int = Field(default=4096, ge=1)
+    # The share of the daily budget that shadow and judge calls together may use (escalations may use it all).
+    router_shadow_budget_share: float = Field(default=0.1, ge=0.0, le=1.0)
 
     # --- Operations (server.middleware, server.telemetry, server.shutdown, dashboard). Added for issue 4. ---
     # Named API keys "alice:sk-abc,bob:sk-def" (a bare "sk-abc" is named key1, key2, ...). None: no auth (open).
@@ -208,8 +242,20 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return Settings.model_validate(loaded.model_dump())
 
 
-def list_profiles(profiles_dir: Path = DEFAULT_PROFILES_DIR) -> list[ModelProfile]:
-    return [load_profile_file(path) for path in sorted(profiles_dir.glob("*.yaml"))]
+def profile_dirs(profiles_dir: Path | None = None) -> list[Path]:
+    """The folders searched for profiles, first match wins: the user's (if any), then the packaged ones."""
+    if profiles_dir is not None and not profiles_dir.is_dir():
+        raise InvalidRequestError(f"profiles folder {profiles_dir} does not exist", code="unknown_profile")
+    return [profiles_dir, DEFAULT_PROFILES_DIR] if profiles_dir is not None else [DEFAULT_PROFILES_DIR]
+
+
+def list_profiles(profiles_dir: Path | None = None) -> list[ModelProfile]:
+    """Every profile by name; a user's profile hides a packaged one of the same name."""
+    found: dict[str, Path] = {}
+    for folder in profile_dirs(profiles_dir):
+        for path in folder.glob("*.yaml"):
+            found.setdefault(path.stem, path)
+    return [load_profile_file(found[name]) for name in sorted(found)]
 
 
 def load_profile_file(path: Path) -> ModelProfile:
@@ -218,9 +264,10 @@ def load_profile_file(path: Path) -> ModelProfile:
     return ModelProfile.model_validate(data)
 
 
-def load_profile(name: str, profiles_dir: Path = DEFAULT_PROFILES_DIR) -> ModelProfile:
-    path = profiles_dir / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(p.name for p in list_profiles(profiles_dir)) or "none"
-        raise InvalidRequestError(f"unknown profile {name!r}; known profiles: {known}", code="unknown_profile")
-    return load_profile_file(path)
+def load_profile(name: str, profiles_dir: Path | None = None) -> ModelProfile:
+    for folder in profile_dirs(profiles_dir):
+        path = folder / f"{name}.yaml"
+        if path.is_file():
+            return load_profile_file(path)
+    known = ", ".join(p.name for p in list_profiles(profiles_dir)) or "none"
+    raise InvalidRequestError(f"unknown profile {name!r}; known profiles: {known}", code="unknown_profile")

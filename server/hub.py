@@ -12,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server.config import REPO_ROOT, ModelProfile
+from server.config import ModelProfile
+
+# A profile's build_script -> the module that builds its model (scripts/make_tiny_model.py wraps the demo's).
+BUILDERS = {"make_tiny_model.py": "server.demo_model"}
 
 # Files each checkpoint layout needs; everything else in the repo (other formats, docs) is skipped.
 ALLOW_PATTERNS = {
@@ -55,11 +58,15 @@ def resolve_model_dir(profile: ModelProfile, *, token: str | None = None, downlo
 
 
 def build_local_model(profile: ModelProfile, target: Path) -> None:
-    script = REPO_ROOT / "scripts" / str(profile.build_script)
+    """Build the profile's model into ``target`` in a child process (torch's memory goes with it)."""
+    module = BUILDERS.get(str(profile.build_script))
+    if module is None:
+        known = ", ".join(BUILDERS)
+        raise ModelUnavailableError(f"{profile.name}: unknown build_script {profile.build_script!r} (known: {known})")
     layout = ["--format", "mistral"] if profile.format == "mistral" else []
-    result = subprocess.run([sys.executable, str(script), "--out", str(target), *layout], check=False)
+    result = subprocess.run([sys.executable, "-m", module, "--out", str(target), *layout], check=False)
     if result.returncode != 0:
-        raise ModelUnavailableError(f"building {profile.name} with {script.name} failed (exit {result.returncode})")
+        raise ModelUnavailableError(f"building {profile.name} with {module} failed (exit {result.returncode})")
 
 
 def download_model(profile: ModelProfile, *, token: str | None = None, local_files_only: bool = False) -> Path:

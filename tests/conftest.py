@@ -70,7 +70,9 @@ def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None, *, 
                  ready_timeout: float = 240.0) -> LiveServer:
     """A real `msserve serve` process with the given profile and MSSERVE_* overrides."""
     port = free_port()
-    env = {**os.environ, "MSSERVE_LOG_LEVEL": "info", **(env_overrides or {})}
+    # Durable state (Azure spend, ...) goes under the test's folder, never into the user's home.
+    state = str(tmp_dir / "state")
+    env = {**os.environ, "MSSERVE_LOG_LEVEL": "info", "MSSERVE_STATE_DIR": state, **(env_overrides or {})}
     command = [sys.executable, "-m", "server", "serve", "--profile", profile, "--host", LOOPBACK, "--port", str(port)]
     return launch(command, tmp_dir, env, port=port, ready_timeout=ready_timeout)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated, Any
 
@@ -130,9 +129,7 @@ async def _from_multipart(
             )
         data = await upload.read()
         try:
-            part = await asyncio.to_thread(
-                services.intake.from_bytes, data, budget, source="upload", content_type=upload.content_type
-            )
+            part = await services.intake.from_bytes(data, budget, source="upload", content_type=upload.content_type)
         except MSServeError as exc:
             exc.message = f"{upload.filename}: {exc.message}"
             exc.param = exc.param or "file"

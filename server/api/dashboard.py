@@ -15,7 +15,7 @@ import html
 import secrets
 import time
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
 from string import Template
 from typing import Any
 
@@ -28,13 +28,13 @@ from server.middleware.auth import SESSION_COOKIE, SESSION_TTL_S, ApiKeys
 from server.telemetry import Telemetry
 
 router = APIRouter()
-ASSETS = Path(__file__).with_name("dashboard_assets")
+ASSETS = files("server.api") / "dashboard_assets"  # package data: a wheel install ships them
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
 
 
 @cache
 def _asset(name: str) -> str:
-    return (ASSETS / name).read_text(encoding="utf-8")
+    return ASSETS.joinpath(name).read_text(encoding="utf-8")
 
 
 def _csp(nonce: str) -> str:

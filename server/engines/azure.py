@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import io
 import json
 import math
@@ -23,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import httpx2  # the openai SDK's HTTP client: its errors surface while a response body is read
@@ -44,11 +45,12 @@ from server.engines.base import (
     ToolCallDelta,
     Usage,
 )
-from server.errors import InvalidRequestError, MSServeError, RateLimitError, UpstreamError
+from server.errors import DeadlineExceededError, InvalidRequestError, MSServeError, RateLimitError, UpstreamError
 
 ApiStyle = Literal["v1", "deployments", "foundry"]
 TokenProvider = Callable[[], Awaitable[str]]
 Sleep = Callable[[float], Awaitable[None]]
+_T = TypeVar("_T")
 
 ENTRA_SCOPE = "https://ai.azure.com/.default"
 FOUNDRY_DEFAULT_API_VERSION = "2024-05-01-preview"
@@ -258,10 +260,16 @@ class AzureEngine:
             await self.start()
         self._running += 1
         try:
-            response = await self._open(request)
+            response = await self._within_deadline(request, self._open(request))
             try:
                 payloads = _sse_payloads(response) if request.stream else _whole(response)
-                async for data in payloads:
+                while True:
+                    # Each read waits at most until the request's deadline: the SDK's timeout is per read, so a
+                    # stream that keeps trickling would otherwise outlive the request by any length.
+                    try:
+                        data = await self._within_deadline(request, anext(payloads))
+                    except StopAsyncIteration:
+                        break
                     mapped = map_chunk(data)
                     if mapped is not None:
                         yield mapped
@@ -269,6 +277,23 @@ class AzureEngine:
                 await response.aclose()  # also when the client went away: frees the Azure connection
         finally:
             self._running -= 1
+
+    async def _within_deadline(self, request: GenerationRequest, step: Awaitable[_T]) -> _T:
+        """``await step``, cut off (DeadlineExceededError) when the request's deadline passes first."""
+        if request.deadline is None:
+            return await step
+        remaining = request.deadline - self._clock()
+        if remaining <= 0:
+            if inspect.iscoroutine(step):
+                step.close()  # never started: close it rather than leave it unawaited
+            raise _deadline_passed()
+        try:
+            async with asyncio.timeout(remaining) as bound:
+                return await step
+        except TimeoutError:
+            if bound.expired():
+                raise _deadline_passed() from None
+            raise
 
     async def _open(self, request: GenerationRequest) -> httpx2.Response:
         """Send the request; the response comes back unread (status checked, 429s retried as Azure says).
@@ -508,6 +533,10 @@ def _connection_failed(exc: BaseException) -> bool:
         isinstance(cause, (ClientConnectionError, ConnectionError)) and not isinstance(cause, TimeoutError)
         for cause in _causes(exc)
     )
+
+
+def _deadline_passed() -> DeadlineExceededError:
+    return DeadlineExceededError("the request's deadline passed while Azure was answering", code="deadline_exceeded")
 
 
 def _error_fields(exc: openai.APIError) -> tuple[str | None, str]:

@@ -1,8 +1,10 @@
 """Bytes -> RGB image at the model's final size, refusing what is not a safe, supported image.
 
-Order matters for cost: the header is read and checked (format, pixel count) before any pixel is decoded;
-large JPEGs are decoded at 1/2, 1/4 or 1/8 scale by the codec itself (PIL ``draft``), so a 12 MP photo
-never becomes a full-size bitmap; orientation is applied after the resize, on the small image.
+Order matters for cost: the block structure is walked with caps (``_prescan``), then the header is read and
+checked (format, declared pixel count) before any pixel is decoded; large JPEGs are decoded at 1/2, 1/4 or 1/8
+scale by the codec itself (PIL ``draft``), so a 12 MP or 48 MP photo never becomes a full-size bitmap; what is
+actually decoded is capped (``max_decoded_pixels``, after that scaling); orientation is applied after the
+resize, on the small image. Runs on the decode pool's threads (``_pool``), never on the event loop.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from server.errors import ImageError
 from server.media._grid import MISTRAL_SMALL_3_1, VisionGrid
+from server.media._prescan import ScanLimits, prescan
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +70,19 @@ def unsupported(detail: str = "") -> ImageError:
     return ImageError(f"{message}: {detail}" if detail else message, code="image_unsupported_format", status_code=415)
 
 
-def decode_image(data: bytes, *, max_pixels: int, grid: VisionGrid = MISTRAL_SMALL_3_1) -> DecodedImage:
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    max_decoded_pixels: int | None = None,
+    grid: VisionGrid = MISTRAL_SMALL_3_1,
+    limits: ScanLimits | None = None,
+) -> DecodedImage:
+    """``max_pixels``: what the image may declare; ``max_decoded_pixels``: what may be decoded (JPEG: after
+    draft scaling), which bounds the memory a decode takes; None: ``max_pixels``."""
     if not data:
         raise ImageError("image is empty (0 bytes)", code="image_empty")
+    prescan(data, limits)
     try:
         probe = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     except UnidentifiedImageError as exc:
@@ -92,8 +105,9 @@ def decode_image(data: bytes, *, max_pixels: int, grid: VisionGrid = MISTRAL_SMA
                 status_code=413,
             )
         orientation = _orientation(probe) if fmt in ("JPEG", "WEBP") else 1  # PNG would load everything to tell
+        decode_cap = max_pixels if max_decoded_pixels is None else max_decoded_pixels
         try:
-            image = _load(probe, fmt, orientation, grid)
+            image = _load(probe, fmt, orientation, grid, decode_cap)
         except ImageError:
             raise
         except MemoryError:
@@ -110,13 +124,21 @@ def decode_image(data: bytes, *, max_pixels: int, grid: VisionGrid = MISTRAL_SMA
     )
 
 
-def _load(probe: Image.Image, fmt: str, orientation: int, grid: VisionGrid) -> Image.Image:
+def _load(probe: Image.Image, fmt: str, orientation: int, grid: VisionGrid, decode_cap: int) -> Image.Image:
     raw_w, raw_h = probe.size
     upright_w, upright_h = _upright_size(raw_w, raw_h, orientation)
     target_w, target_h = grid.target_size(upright_w, upright_h)
     raw_target = (target_h, target_w) if orientation in _SWAPS_SIDES else (target_w, target_h)
     if fmt == "JPEG":
         probe.draft(probe.mode, raw_target)  # DCT scaling: decoded size stays >= raw_target
+    decoded_w, decoded_h = probe.size  # what load() will allocate: the draft size for a JPEG
+    if decoded_w * decoded_h > decode_cap:
+        raise ImageError(
+            f"image is {raw_w}x{raw_h} pixels; decoding it takes {decoded_w}x{decoded_h} pixels and the limit is "
+            f"{decode_cap} pixels (a JPEG is decoded at up to 1/8 scale)",
+            code="image_too_large",
+            status_code=413,
+        )
     probe.load()
     if fmt != "JPEG":
         orientation = _orientation(probe)  # now cheap: PNG may carry eXIf after the pixels
@@ -171,13 +193,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grey: keep the top 8 bits (a plain convert("L") would clip everything above 255 to white).
-        array = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
-        if image.mode == "I" and array.size and int(array.max()) <= 255:
-            grey = array.astype(np.uint8)  # "I" holding 8-bit values: already on the 0..255 scale
-        else:
-            grey = (array >> 8).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
+        return Image.fromarray(_grey16_to_8(np.asarray(image))).convert("RGB")
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode in ("P", "L", "RGB") and "transparency" in image.info
     )
@@ -187,6 +203,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def _grey16_to_8(array: np.ndarray) -> np.ndarray:
+    """16-bit grey -> its top 8 bits (a plain convert("L") would clip everything above 255 to white).
+
+    In the array's own width: uint16 for I;16 (2 bytes a pixel), int32 for "I". Widening to int64 first made a
+    100 KB PNG of 8000 x 8000 grey pixels cost about 1 GB of temporaries.
+    """
+    if array.dtype.kind == "u":  # I;16, any byte order: already 0..65535
+        return (array >> 8).astype(np.uint8)
+    clipped = np.clip(array, 0, 65535)  # "I" is int32: may hold negatives or more than 16 bits
+    if clipped.size and int(clipped.max()) <= 255:
+        return clipped.astype(np.uint8)  # "I" holding 8-bit values: already on the 0..255 scale
+    clipped >>= 8
+    return clipped.astype(np.uint8)
 
 
 def model_pixels(image: Image.Image) -> np.ndarray:

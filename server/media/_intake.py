@@ -1,45 +1,46 @@
 """Image intake: what a client sent (data URL, https URL, upload) -> a validated ``ImagePart`` the model can use.
 
 The API calls ``intake.budget()`` once per request, then ``await intake.from_url(url, budget)`` for each
-``image_url`` part, or ``intake.from_bytes(data, budget, source="upload", content_type=...)`` for a multipart
-upload. Every refusal is an ``ImageError`` (400/413/415) with a stable code:
+``image_url`` part, or ``await intake.from_bytes(data, budget, source="upload", content_type=...)`` for a
+multipart upload. Everything that touches the image's bytes (base64, the structure walk, Pillow) runs on the
+decode pool's threads; the event loop only awaits. Every refusal is an ``ImageError`` (400/413/415) with a
+stable code, or a 429 when the decode pool is full:
 
     image_invalid_data_url    400  malformed data: URL or base64
     image_url_forbidden       400  scheme not accepted, credentials in URL, host resolves to a non-public address
     image_fetch_failed        400  remote fetch failed: DNS, connect, HTTP status, timeout, too many redirects
     image_empty               400  zero bytes
     image_corrupt             400  a supported format, but truncated or undecodable
+    image_too_complex         400  block structure over the caps: metadata blocks, JPEG scans, junk (``_prescan``)
     too_many_images           400  more images than max_images_per_request
-    image_too_large           413  bytes per image, total bytes per request, or pixels per image
+    image_too_large           413  bytes per image, total bytes per request, pixels declared or to be decoded
     image_unsupported_format  415  not JPEG/PNG/WebP/GIF/BMP (SVG, PDF, HTML, ...), or a non-image declared type
+    image_decoder_busy        429  the decode pool's queue is full
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import io
-import math
 import re
-from dataclasses import dataclass, field
-
-from PIL import Image
+from dataclasses import dataclass, field, replace
 
 from server.config import Settings
 from server.engines.base import ImagePart
 from server.errors import ImageError
-from server.media._decode import ALLOWED_FORMATS, decode_image, unsupported
+from server.media._decode import decode_image, unsupported
+from server.media._dns import PooledResolver
 from server.media._fetch import SafeFetcher
 from server.media._grid import MISTRAL_SMALL_3_1, VisionGrid
+from server.media._pool import DecodePool
+from server.media._prescan import ScanLimits
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 # Declared types that may hold an image we can sniff; anything else (text/html, image/svg+xml, ...) is refused.
 _NEUTRAL_TYPES = {"application/octet-stream", "binary/octet-stream", "application/unknown"}
 _NOT_RASTER = {"image/svg+xml", "image/svg"}
-# Images up to this size (by their header) are decoded on the event loop; larger ones in a worker thread, where
-# a thread hop is small next to the decode. A 512 x 512 PNG decodes and resizes in about a millisecond.
-INLINE_DECODE_MAX_PIXELS = 512 * 512
+# The most a data: URL's "data:<type>;<params>;base64," prefix may take in the quick size check on the loop.
+_MAX_DATA_URL_PREFIX = 1024
 
 
 @dataclass
@@ -85,46 +86,71 @@ class ImageIntake:
         *,
         grid: VisionGrid = MISTRAL_SMALL_3_1,
         fetcher: SafeFetcher | None = None,
+        pool: DecodePool | None = None,
+        limits: ScanLimits | None = None,
     ) -> None:
         self.settings = settings
         self.grid = grid
-        self.fetcher = fetcher or SafeFetcher.from_settings(settings)
+        self.fetcher = fetcher or SafeFetcher.from_settings(
+            settings,
+            resolver=PooledResolver(settings.image_fetch_dns_workers, settings.image_fetch_dns_timeout_s),
+        )
+        self.pool = pool or DecodePool(
+            settings.image_decode_workers, settings.image_decode_queue, retry_after_s=settings.retry_after_s
+        )
+        self.limits = limits or replace(
+            ScanLimits(),
+            max_jpeg_scans=settings.image_max_jpeg_scans,
+            max_metadata_blocks=settings.image_max_metadata_blocks,
+        )
 
     def budget(self) -> ImageBudget:
         return ImageBudget(self.settings.max_images_per_request, self.settings.max_total_image_bytes)
 
     async def from_url(self, url: str, budget: ImageBudget) -> ImagePart:
         """An OpenAI ``image_url``: a data: URL, or https:// (http:// when allowed) fetched through the guard."""
-        scheme = url.split(":", 1)[0].strip().lower() if ":" in url else ""
+        colon = url.find(":", 0, 64)  # not split(): that would copy a data: URL of many MB on the loop
+        scheme = url[:colon].strip().lower() if colon >= 0 else ""
         budget.check_room()
         if scheme == "data":
-            mime, data = decode_data_url(url, self.settings.max_image_bytes)
-            source = "data-url"
-        elif scheme in ("https", "http") and self.settings.image_fetch_enabled:
+            check_data_url_size(url, self.settings.max_image_bytes)  # before it takes a place in the pool
+            return await self.pool.run(self._from_data_url, url, budget)
+        if scheme in ("https", "http") and self.settings.image_fetch_enabled:
             limit = min(self.settings.max_image_bytes, budget.remaining_bytes)
             fetched = await self.fetcher.fetch(url, max_bytes=limit)
-            mime, data, source = fetched.content_type, fetched.data, scheme
-        else:
-            accepted = "data:, https:" + (", http:" if self.settings.allow_http else "")
-            if not self.settings.image_fetch_enabled:
-                accepted = "data:"
-            raise ImageError(
-                f"image URL scheme {scheme or '(none)'!r} is not accepted; use {accepted} URLs",
-                code="image_url_forbidden",
-                param="image_url",
-            )
-        self._admit(data, budget, mime)
-        if _declared_pixels(data) <= INLINE_DECODE_MAX_PIXELS:
-            return self._decode(data, source)  # about a millisecond: cheaper than a hop to a thread and back
-        # Decoding takes tens of milliseconds for a large photo: keep it off the event loop.
-        return await asyncio.to_thread(self._decode, data, source)
+            return await self.pool.run(self.prepare, fetched.data, budget, source=scheme,
+                                       content_type=fetched.content_type)
+        accepted = "data:, https:" + (", http:" if self.settings.allow_http else "")
+        if not self.settings.image_fetch_enabled:
+            accepted = "data:"
+        raise ImageError(
+            f"image URL scheme {scheme or '(none)'!r} is not accepted; use {accepted} URLs",
+            code="image_url_forbidden",
+            param="image_url",
+        )
 
-    def from_bytes(
+    async def from_bytes(
         self, data: bytes, budget: ImageBudget, *, source: str, content_type: str | None = None
     ) -> ImagePart:
         """Raw bytes (a multipart upload): ``content_type`` is the part's declared type, checked, then sniffed."""
+        budget.check_room()
+        return await self.pool.run(self.prepare, data, budget, source=source, content_type=content_type)
+
+    def prepare(self, data: bytes, budget: ImageBudget, *, source: str, content_type: str | None = None) -> ImagePart:
+        """Bytes -> ImagePart on the calling thread: the decode pool's, or a benchmark's."""
         self._admit(data, budget, content_type)
-        return self._decode(data, source)
+        decoded = decode_image(
+            data,
+            max_pixels=self.settings.max_image_pixels,
+            max_decoded_pixels=self.settings.max_decoded_image_pixels,
+            grid=self.grid,
+            limits=self.limits,
+        )
+        return ImagePart(image=decoded.image, mime_type=decoded.mime_type, source=source)
+
+    def _from_data_url(self, url: str, budget: ImageBudget) -> ImagePart:
+        mime, data = decode_data_url(url, self.settings.max_image_bytes)  # base64 of up to ~27 MB: not on the loop
+        return self.prepare(data, budget, source="data-url", content_type=mime)
 
     def _admit(self, data: bytes, budget: ImageBudget, content_type: str | None) -> None:
         check_declared_type(content_type)
@@ -136,19 +162,6 @@ class ImageIntake:
             )
         budget.charge(len(data))
 
-    def _decode(self, data: bytes, source: str) -> ImagePart:
-        decoded = decode_image(data, max_pixels=self.settings.max_image_pixels, grid=self.grid)
-        return ImagePart(image=decoded.image, mime_type=decoded.mime_type, source=source)
-
-
-def _declared_pixels(data: bytes) -> float:
-    """Width x height from the image header alone (no decoding); infinity when the header cannot be read."""
-    try:
-        with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as probe:  # the decoders decode_image uses
-            width, height = probe.size
-    except Exception:  # refused properly by the full decode, off the event loop
-        return math.inf
-    return float(width * height)
 
 
 def check_declared_type(content_type: str | None) -> None:
@@ -161,6 +174,12 @@ def check_declared_type(content_type: str | None) -> None:
     if mime.startswith("image/") and mime not in _NOT_RASTER:
         return
     raise unsupported(f"declared type {mime}")
+
+
+def check_data_url_size(url: str, max_bytes: int) -> None:
+    """Refuse a data: URL whose payload cannot fit ``max_bytes``, by length alone (no decoding)."""
+    if len(url) > (max_bytes * 4) // 3 + 4 + _MAX_DATA_URL_PREFIX:
+        raise ImageError(f"image is larger than {max_bytes} bytes", code="image_too_large", status_code=413)
 
 
 def decode_data_url(url: str, max_bytes: int) -> tuple[str | None, bytes]:

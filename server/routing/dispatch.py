@@ -27,10 +27,10 @@ from server.errors import (
     DeadlineExceededError,
     EngineUnavailableError,
     InvalidRequestError,
-    MSServeError,
     RateLimitError,
     UpstreamError,
 )
+from server.routing.azure_call import AzureBlocked, AzureCall
 from server.routing.decision import Decision, Tier, local_only
 from server.routing.policy import RoutingPolicy, confidence
 
@@ -96,11 +96,19 @@ class _Tracked:
         inner: AsyncIterator[GenerationChunk],
         usage: Usage | None,
         on_done: Callable[[Usage | None, BaseException | None], None],
+        on_chunk: Callable[[GenerationChunk], None] | None = None,
     ) -> None:
         self._inner = inner
         self._usage = usage
         self._on_done = on_done
+        self._on_chunk = on_chunk
         self._done = False
+
+    def __del__(self) -> None:
+        # Dropped without being read to its end or closed: still report, so an Azure reservation is settled.
+        if not getattr(self, "_done", True):
+            self._done = True
+            self._on_done(self._usage, None)
 
     def __aiter__(self) -> _Tracked:
         return self
@@ -118,6 +126,8 @@ class _Tracked:
             raise
         if chunk.usage is not None:
             self._usage = chunk.usage
+        if self._on_chunk is not None:
+            self._on_chunk(chunk)
         return chunk
 
     async def aclose(self) -> None:
@@ -195,11 +205,14 @@ class Dispatcher:
                 if not health.ready
                 else f"local queue {health.waiting} > {self.policy.escalate_when_queue_over}"
             )
-            blocked = self.policy.azure_blocked()
-            if blocked is None:
+            try:
+                call = await self.policy.admit(request)
+            except AzureBlocked:
+                pass  # Azure cannot take it either: the router decides below, and local it is
+            else:
                 self.policy.counters.escalations_overload += 1
                 decision = Decision(tier="azure", reason=f"{why}; escalated", reason_class="overload")
-                return await self._azure(request, decision, reserved=True)
+                return await self._azure(request, decision, call=call)
         decision = await self._decide(request)
         if decision.cascade and not stream:  # the router itself may ask for a cascade
             return await self._cascade(request)
@@ -235,25 +248,37 @@ class Dispatcher:
         return decision
 
     # -- engines with failover ---------------------------------------------------------------------------------
-    async def _azure(self, request: GenerationRequest, decision: Decision, *, reserved: bool = False) -> Routed:
+    async def _azure(self, request: GenerationRequest, decision: Decision, *, call: AzureCall | None = None) -> Routed:
         """Azure, or local when Azure is unavailable or fails before its first chunk."""
         assert self.azure is not None
-        blocked = None if reserved else self.policy.azure_blocked()
-        if blocked is not None:
-            return await self._failover(request, decision, blocked)
+        if call is None:
+            try:
+                call = await self.policy.admit(request)
+            except AzureBlocked as blocked:
+                return await self._failover(request, decision, blocked.reason)
+        try:
+            first, rest = await self._start_azure(call, request)
+        except FAILOVER_ERRORS as exc:
+            return await self._failover(request, decision, exc.code)
+        return self._routed(decision, self.azure, first, rest, "azure", call)
+
+    async def _start_azure(
+        self, call: AzureCall, request: GenerationRequest
+    ) -> tuple[GenerationChunk, AsyncIterator[GenerationChunk]]:
+        """The first chunk from Azure; however the start fails, the call's reservation and permit are settled."""
+        assert self.azure is not None
         try:
             first, rest = await _start(self.azure, request)
-        except FAILOVER_ERRORS as exc:
-            self.policy.record_azure_failure()
-            return await self._failover(request, decision, exc.code)
-        except MSServeError:
-            self.policy.record_azure_success()  # Azure answered (e.g. content filter): it is up
+        except BaseException as exc:
+            self._account_azure(call.finish(exc))
             raise
-        except BaseException:
-            self.policy.record_azure_failure()  # also frees a half-open probe on cancellation
-            raise
-        self.policy.record_azure_success()
-        return self._routed(decision, self.azure, first, rest, "azure")
+        call.observe(first)
+        call.answered()
+        return first, rest
+
+    def _account_azure(self, billed: Usage | None) -> None:
+        if billed is not None:
+            self.policy.account([("azure", billed)])
 
     async def _failover(self, request: GenerationRequest, decision: Decision, why: str) -> Routed:
         self.policy.counters.failovers += 1
@@ -270,8 +295,12 @@ class Dispatcher:
         try:
             first, rest = await _start(self.local, request)
         except (EngineUnavailableError, RateLimitError) as exc:
-            if not may_escalate or self.azure is None or self.policy.azure_blocked() is not None:
+            if not may_escalate or self.azure is None:
                 raise
+            try:
+                call = await self.policy.admit(request)
+            except AzureBlocked:
+                raise exc from None
             self.policy.counters.escalations_overload += 1
             up = Decision(
                 tier="azure",
@@ -279,22 +308,23 @@ class Dispatcher:
                 reason=f"local unavailable ({exc.code}); escalated",
                 reason_class="overload",  # counted with the queue-depth escalations, as escalations_overload is
             )
-            return await self._forced_azure(request, up)
+            return await self._forced_azure(request, up, call=call)
         return self._routed(decision, self.local, first, rest, "local")
 
-    async def _forced_azure(self, request: GenerationRequest, decision: Decision | None = None) -> Routed:
-        """Azure with no way back: its errors go to the client."""
+    async def _forced_azure(
+        self, request: GenerationRequest, decision: Decision | None = None, *, call: AzureCall | None = None
+    ) -> Routed:
+        """Azure with no way back: its errors go to the client. The breaker is not asked (the client insists);
+        the budget is: a spent budget is a 429 ``azure_budget_exhausted``."""
         assert self.azure is not None
         decision = decision or Decision(tier="azure", reason="x-msserve-route: azure", reason_class="override")
-        if self.policy.spend_cap.exhausted():
-            raise RateLimitError("the daily Azure budget is spent", code="azure_budget_exhausted")
-        try:
-            first, rest = await _start(self.azure, request)
-        except FAILOVER_ERRORS:
-            self.policy.record_azure_failure()
-            raise
-        self.policy.record_azure_success()
-        return self._routed(decision, self.azure, first, rest, "azure")
+        if call is None:
+            try:
+                call = await self.policy.admit(request, use_breaker=False)
+            except AzureBlocked as blocked:
+                raise blocked.client_error() from None
+        first, rest = await self._start_azure(call, request)
+        return self._routed(decision, self.azure, first, rest, "azure", call)
 
     def _routed(
         self,
@@ -303,20 +333,26 @@ class Dispatcher:
         first: GenerationChunk,
         rest: AsyncIterator[GenerationChunk],
         tier: Tier,
+        call: AzureCall | None = None,
     ) -> Routed:
         return Routed(
-            decision=decision, model=first.model or engine.name, first=first, rest=self._tracked(tier, first, rest)
+            decision=decision,
+            model=first.model or engine.name,
+            first=first,
+            rest=self._tracked(tier, first, rest, call),
         )
 
     def _tracked(
-        self, tier: Tier, first: GenerationChunk, rest: AsyncIterator[GenerationChunk]
+        self, tier: Tier, first: GenerationChunk, rest: AsyncIterator[GenerationChunk], call: AzureCall | None = None
     ) -> AsyncIterator[GenerationChunk]:
         def done(usage: Usage | None, error: BaseException | None) -> None:
-            if tier == "azure" and isinstance(error, FAILOVER_ERRORS):
-                self.policy.record_azure_failure()  # failed mid-stream: too late to fail over, not to count
+            if call is not None:
+                # Settles the reservation; a failure mid-stream counts against the breaker (too late to fail
+                # over, not to count); a stream cut off before Azure's usage chunk is charged what it streamed.
+                usage = call.finish(error, usage)
             self.policy.account([(tier, usage or Usage())])
 
-        return _Tracked(rest, first.usage, done)
+        return _Tracked(rest, first.usage, done, call.observe if call is not None else None)
 
     # -- cascade ---------------------------------------------------------------------------------------------
     async def _cascade(self, request: GenerationRequest) -> Routed:
@@ -351,19 +387,17 @@ class Dispatcher:
                 [("local", local_usage)],
             )
         reason = f"cascade: local confidence {score:.2f} < {threshold:.2f}"
-        blocked = self.policy.azure_blocked()
-        if blocked is None:
+        try:
+            call = await self.policy.admit(request)
+        except AzureBlocked as refused:
+            blocked = refused.reason
+        else:
             try:
-                azure_chunks = await _collect(self.azure, request)
+                azure_chunks, azure_usage = await self._collect_azure(call, request)
             except FAILOVER_ERRORS as exc:
-                self.policy.record_azure_failure()
                 blocked = exc.code
-            except MSServeError:
-                self.policy.record_azure_success()
-                raise
             else:
-                self.policy.record_azure_success()
-                return self._escalated(reason, local_chunks, local_usage, azure_chunks)
+                return self._escalated(reason, local_chunks, local_usage, azure_chunks, azure_usage)
         self.policy.counters.failovers += 1
         decision = Decision(
             tier="local",
@@ -373,10 +407,30 @@ class Dispatcher:
         )
         return self._answer(decision, self.local, local_chunks, [("local", local_usage)])
 
+    async def _collect_azure(self, call: AzureCall, request: GenerationRequest) -> tuple[list[GenerationChunk], Usage]:
+        """A whole Azure answer and the usage charged for it; the call is settled however it ends."""
+        assert self.azure is not None
+        try:
+            chunks = await _collect(self.azure, request)
+        except BaseException as exc:
+            self._account_azure(call.finish(exc))
+            raise
+        for chunk in chunks:
+            call.observe(chunk)
+        found = [chunk.usage for chunk in chunks if chunk.usage is not None]
+        billed = call.finish(None, found[-1] if found else None)
+        return chunks, billed or Usage()
+
     def _escalated(
-        self, reason: str, local_chunks: list[GenerationChunk], local_usage: Usage, azure_chunks: list[GenerationChunk]
+        self,
+        reason: str,
+        local_chunks: list[GenerationChunk],
+        local_usage: Usage,
+        azure_chunks: list[GenerationChunk],
+        azure_billed: Usage,
     ) -> Routed:
         assert self.azure is not None
+        # The client sees what Azure reported; the budget was charged azure_billed (an estimate if it reported none).
         azure_usage = _usage(azure_chunks)
         # The response's usage counts both calls: the client's request paid for both.
         total = Usage(
@@ -386,7 +440,7 @@ class Dispatcher:
         azure_chunks = [chunk.model_copy(update={"usage": None}) for chunk in azure_chunks]
         azure_chunks[-1] = azure_chunks[-1].model_copy(update={"usage": total})
         decision = Decision(tier="azure", reason=reason, reason_class="cascade", cascade=True)
-        calls: list[tuple[Tier, Usage]] = [("local", local_usage), ("azure", azure_usage)]
+        calls: list[tuple[Tier, Usage]] = [("local", local_usage), ("azure", azure_billed)]
         return self._answer(decision, self.azure, azure_chunks, calls)
 
     def _answer(

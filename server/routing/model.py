@@ -1,6 +1,6 @@
 """The router's scoring model: a logistic regression over hand-made features and a small word vocabulary.
 
-Weights come from ``models/router/*.json`` (written by scripts/train_router.py) and are scored in pure Python:
+Weights come from ``server/resources/router/*.json`` (written by scripts/train_router.py) and are scored in pure Python:
 no numpy or sklearn at run time. Each dense feature is standardized with the training mean and scale, so its
 contribution ``weight * (x - mean) / scale`` says how far this request moved the logit from a typical one; that
 is what reasons are built from.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from server.engines.base import GenerationRequest
 from server.errors import InvalidRequestError
+from server.resources import ROUTER_WEIGHTS
 from server.routing.decision import Decision
 from server.routing.features import Features, extract
 from server.routing.model import RouterModel, Scored
@@ -23,8 +24,7 @@ if TYPE_CHECKING:
 ImagePolicy = Literal["score", "local", "azure"]
 Override = Literal["auto", "local", "azure"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_WEIGHTS = REPO_ROOT / "models" / "router" / "task-lr-v2.json"
+DEFAULT_WEIGHTS = ROUTER_WEIGHTS  # shipped in the package (server/resources/router)
 
 # Only contributions at least this share of the weights' logit spread (``training.logit_sd``) are named in a reason.
 _MIN_CONTRIBUTION_SD = 0.2

@@ -64,6 +64,7 @@ class Reply:
     logprob: float = -0.05
     prompt_tokens: int = 11
     delay_s: float = 0.0  # before the first byte
+    chunk_delay_s: float = 0.0  # before each content chunk (a stream that trickles)
     fail_after_chunks: int | None = None  # cut the stream after this many content chunks
     error_after_chunks: int | None = None  # send an `error` event (as OpenAI's servers do) after this many
 
@@ -325,7 +326,7 @@ class FakeAzure:
                     }
                 )
             )
-            await asyncio.sleep(0)
+            await asyncio.sleep(reply.chunk_delay_s)
         if reply.tool_call:
             call = {
                 "index": 0,

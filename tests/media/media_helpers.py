@@ -56,13 +56,13 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
-def png_bomb(side: int) -> bytes:
+def png_bomb(side: int, bit_depth: int = 8) -> bytes:
     """A real, valid greyscale PNG of side x side black pixels: tiny file, huge bitmap."""
     compressor = zlib.compressobj(9)
-    row = b"\x00" * (side + 1)  # filter byte + pixels
+    row = b"\x00" * (side * bit_depth // 8 + 1)  # filter byte + pixels
     parts = [compressor.compress(row) for _ in range(side)]
     idat = b"".join(parts) + compressor.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", side, side, bit_depth, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
@@ -177,3 +177,64 @@ class LoopbackServer(ThreadingHTTPServer):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
         self.server_close()
+
+
+# ------------------------------------------------ hostile block structures (see server/media/_prescan.py)
+
+
+def png_with_chunks(count: int, kind: bytes = b"tEXt", payload: bytes = b"k\x00v") -> bytes:
+    """A small valid PNG with ``count`` extra ancillary chunks before its pixels."""
+    png = encode(Image.new("RGB", (8, 8), (10, 200, 30)), "PNG")
+    ihdr_end = 8 + 12 + 13  # signature, IHDR (length, type, 13 bytes, CRC)
+    return png[:ihdr_end] + png_chunk(kind, payload) * count + png[ihdr_end:]
+
+
+def png_in_idat_pieces(piece: int) -> bytes:
+    """A valid PNG whose compressed pixels are split into IDAT chunks of ``piece`` bytes."""
+    side = 64
+    raw = b"".join(b"\x00" + bytes((x * 3 + y) % 256 for x in range(side)) for y in range(side))
+    data = zlib.compress(raw, 9)
+    idats = b"".join(png_chunk(b"IDAT", data[i : i + piece]) for i in range(0, len(data), piece))
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + idats + png_chunk(b"IEND", b"")
+
+
+def jpeg_with_comments(count: int, text: bytes = b"hi") -> bytes:
+    jpeg = encode(Image.new("RGB", (16, 16), (90, 90, 200)), "JPEG")
+    comment = b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text
+    return jpeg[:2] + comment * count + jpeg[2:]
+
+
+def jpeg_with_junk(size: int) -> bytes:
+    """Bytes that are no marker after the first segment (APP0): Pillow steps over them one by one."""
+    jpeg = encode(Image.new("RGB", (16, 16), (90, 90, 200)), "JPEG")
+    assert jpeg[2:4] == b"\xff\xe0"
+    app0_end = 4 + struct.unpack(">H", jpeg[4:6])[0]
+    return jpeg[:app0_end] + b"\x00" * size + jpeg[app0_end:]
+
+
+def gif_with_comments(count: int, sub_blocks: int = 1, sub_block_size: int = 1) -> bytes:
+    """A valid GIF with ``count`` comment extensions, each of ``sub_blocks`` sub-blocks, before its frame."""
+    gif = encode(Image.new("P", (8, 8), 3), "GIF")
+    flags = gif[10]
+    start = 13 + ((3 << ((flags & 7) + 1)) if flags & 0x80 else 0)
+    body = (bytes([sub_block_size]) + b"c" * sub_block_size) * sub_blocks
+    comment = b"\x21\xfe" + body + b"\x00"
+    return gif[:start] + comment * count + gif[start:]
+
+
+def webp_with_chunks(count: int, kind: bytes = b"XMP ") -> bytes:
+    webp = bytearray(encode(Image.new("RGB", (8, 8), (5, 5, 5)), "WEBP"))
+    extra = (kind + struct.pack("<I", 2) + b"<x") * count
+    webp += extra
+    webp[4:8] = struct.pack("<I", len(webp) - 8)
+    return bytes(webp)
+
+
+def bmp_rle8_header(width: int, height: int) -> bytes:
+    """A BMP declaring RLE8 compression (Pillow decodes RLE in Python), with an end-of-bitmap code as data."""
+    palette = b"\x00\x00\x00\x00" * 256
+    offset = 14 + 40 + len(palette)
+    data = b"\x00\x01"  # end of bitmap
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(data), 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + palette + data

@@ -45,10 +45,15 @@ def test_same_tokens_on_original_and_on_our_image(size: tuple[int, int]) -> None
     ours = decode_image(encode(original, "BMP"), max_pixels=MAX_PIXELS)  # BMP: lossless and quick to write
     from_original = ENCODER(ImageChunk(image=original))
     from_ours = ENCODER(ImageChunk(image=ours.image))
-    assert from_ours.tokens == from_original.tokens
     assert len(from_ours.tokens) == ours.tokens
-    # Handed over at its final size, the encoder's own resize is a no-op: same shape, our pixels unchanged.
-    assert from_ours.image.shape == (3, ours.image.height, ours.image.width) == from_original.image.shape
+    if MISTRAL_SMALL_3_1.token_grid(*size) == (1, 1):
+        # The one departure: a one-cell image goes in as 2 x 2 cells (one image token crashes transformers).
+        assert ours.image.size == (56, 56) and ours.tokens == 6
+        assert from_ours.image.shape == (3, 56, 56)
+    else:
+        assert from_ours.tokens == from_original.tokens
+        # Handed over at its final size, the encoder's own resize is a no-op: same shape, our pixels unchanged.
+        assert from_ours.image.shape == (3, ours.image.height, ours.image.width) == from_original.image.shape
     np.testing.assert_allclose(model_pixels(ours.image), from_ours.image, atol=1e-5)
 
 
@@ -66,3 +71,15 @@ def test_jpeg_reduced_decoding_keeps_the_token_count(size: tuple[int, int]) -> N
 class _Sized:
     def __init__(self, size: tuple[int, int]) -> None:
         self.size = size
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (5, 3), (14, 14), (27, 27), (28, 28), (28, 10), (1, 28)])
+def test_one_cell_images_become_two_by_two_cells(size: tuple[int, int]) -> None:
+    assert MISTRAL_SMALL_3_1.token_grid(*size) == (1, 1)  # what mistral_common would make of it: one token
+    assert MISTRAL_SMALL_3_1.target_size(*size) == (56, 56)
+
+
+@pytest.mark.parametrize(("size", "target"), [((29, 29), (56, 56)), ((1, 300), (28, 308)), ((300, 1), (308, 28)),
+                                              ((28, 29), (28, 56)), ((57, 1), (84, 28))])
+def test_images_of_two_cells_or_more_keep_mistral_commons_size(size: tuple[int, int], target: tuple[int, int]) -> None:
+    assert MISTRAL_SMALL_3_1.target_size(*size) == target

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from pydantic import SecretStr
 from server.config import Settings
 from server.engines.azure import AzureEngine, azure_configured, resolve_api_style, retry_after_seconds
 from server.engines.base import GenerationChunk, GenerationRequest, ImagePart, Message, SamplingParams, TextPart
-from server.errors import InvalidRequestError, RateLimitError, UpstreamError
+from server.errors import DeadlineExceededError, InvalidRequestError, RateLimitError, UpstreamError
 from tests.fakes.fake_azure import ContentFiltered, FakeAzure, RateLimited, Reply, ServerError
 
 KEY = "test-key"
@@ -319,3 +320,43 @@ async def test_failure_mid_stream_is_an_upstream_error(
                 seen.append(chunk.text)
     assert seen == ["one", " two"]
     assert caught.value.code == code and said in caught.value.message
+
+
+# -- the request's deadline bounds the whole call, not each read ---------------------------------------------------
+
+
+def _with_deadline(deadline: float, *, stream: bool = True) -> GenerationRequest:
+    request = _request(stream=stream)
+    request.deadline = deadline
+    return request
+
+
+async def test_a_trickling_stream_is_cut_at_the_request_deadline(fake: FakeAzure) -> None:
+    # Every chunk comes well within the per-read timeout; the whole stream would take ~6 s.
+    fake.script.append(Reply(text=" ".join(["word"] * 30), chunk_delay_s=0.2))
+    seen: list[str] = []
+    async with azure(fake, timeout_s=60.0) as eng:
+        with pytest.raises(DeadlineExceededError) as caught:
+            async for chunk in eng.generate(_with_deadline(time.monotonic() + 0.5)):
+                seen.append(chunk.text)
+    assert caught.value.status_code == 504 and caught.value.code == "deadline_exceeded"
+    assert len(seen) < 30
+
+
+async def test_a_silent_azure_is_cut_at_the_request_deadline(fake: FakeAzure) -> None:
+    fake.script.append(Reply(delay_s=3.0))  # before the first byte; the per-read timeout is far longer
+    async with azure(fake, timeout_s=60.0) as eng:
+        with pytest.raises(DeadlineExceededError):
+            await _run(eng, _with_deadline(time.monotonic() + 0.3, stream=False))
+
+
+async def test_no_read_starts_after_the_deadline(fake: FakeAzure) -> None:
+    clock = [100.0]
+    fake.script.append(Reply(text="one two three four"))
+    seen: list[str] = []
+    async with azure(fake, timeout_s=60.0, clock=lambda: clock[0]) as eng:
+        with pytest.raises(DeadlineExceededError):
+            async for chunk in eng.generate(_with_deadline(110.0)):
+                seen.append(chunk.text)
+                clock[0] = 110.0  # the deadline passes while the caller holds the first chunk
+    assert seen == ["one"]

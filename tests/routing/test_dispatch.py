@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,9 @@ from server.engines.base import GenerationChunk, GenerationRequest, Message, Tex
 from server.errors import EngineUnavailableError, InvalidRequestError, RateLimitError, UpstreamError
 from server.routing.decision import Decision
 from server.routing.dispatch import Dispatcher, Routed
-from server.routing.policy import CircuitBreaker, Prices, RoutingPolicy, SpendCap
+from server.routing.ledger import SQLiteSpendLedger
+from server.routing.policy import CircuitBreaker, Prices, RoutingPolicy
+from server.state import StateDB
 from tests.fakes.fake_azure import ContentFiltered, FakeAzure, RateLimited, Reply, ServerError
 from tests.fakes.scripted_engine import ScriptedEngine, answer
 
@@ -72,9 +75,10 @@ async def dispatcher(
             await azure.stop()
 
 
-def _request(text: str, *, logprobs: bool = False) -> GenerationRequest:
+def _request(text: str, *, logprobs: bool = False, max_tokens: int | None = None) -> GenerationRequest:
     request = GenerationRequest(request_id="r", messages=[Message(role="user", content=[TextPart(text=text)])])
     request.sampling.logprobs = logprobs
+    request.sampling.max_tokens = max_tokens
     return request
 
 
@@ -169,9 +173,13 @@ async def test_open_circuit_skips_azure_then_half_opens(fake: FakeAzure) -> None
     assert len(fake.requests) == 3
 
 
-async def test_spent_budget_keeps_requests_local(fake: FakeAzure) -> None:
-    async with dispatcher(fake, spend_cap=SpendCap(0.000001)) as d:
-        await _drain(await d.dispatch(_request("hard"), "auto", stream=True))  # spends past the cap
+async def test_spent_budget_keeps_requests_local(fake: FakeAzure, tmp_path: Path) -> None:
+    # One dollar per completion token; requests ask for one token, so each may cost exactly $1.
+    ledger = SQLiteSpendLedger(StateDB(tmp_path), daily_usd=1.0)
+    prices = Prices(azure_input=0.0, azure_output=1_000_000.0)
+    fake.script.append(Reply(text="one"))
+    async with dispatcher(fake, ledger=ledger, prices=prices) as d:
+        await _drain(await d.dispatch(_request("hard", max_tokens=1), "auto", stream=True))  # spends the $1
         routed = await d.dispatch(_request("hard"), "auto", stream=True)
         with pytest.raises(RateLimitError) as caught:
             await d.dispatch(_request("hard"), "azure", stream=True)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
-from datetime import date
+from pathlib import Path
 
 import pytest
 
 from server.config import Settings
-from server.engines.base import TokenLogprob, Usage
-from server.routing.policy import CircuitBreaker, Prices, RoutingPolicy, SpendCap, confidence
+from server.engines.base import GenerationRequest, Message, TextPart, TokenLogprob, Usage
+from server.errors import InvalidRequestError, UpstreamError
+from server.routing.azure_call import AzureBlocked
+from server.routing.ledger import SQLiteSpendLedger
+from server.routing.metering import prompt_tokens
+from server.routing.policy import CircuitBreaker, Permit, Prices, RoutingPolicy, confidence
+from server.state import StateDB
 
 
 class Clock:
@@ -18,6 +23,10 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def _request() -> GenerationRequest:
+    return GenerationRequest(request_id="r", messages=[Message(role="user", content=[TextPart(text="hi")])])
 
 
 def test_breaker_opens_after_n_consecutive_failures() -> None:
@@ -62,23 +71,6 @@ def test_failed_probe_reopens_for_a_full_cooldown() -> None:
     assert breaker.allow()
 
 
-def test_spend_cap_is_per_utc_day() -> None:
-    day = [date(2026, 1, 1)]
-    cap = SpendCap(1.0, today=lambda: day[0])
-    cap.add(0.6)
-    assert not cap.exhausted()
-    cap.add(0.4)
-    assert cap.exhausted()
-    day[0] = date(2026, 1, 2)
-    assert not cap.exhausted() and cap.spent_today == 0.0
-
-
-def test_no_cap_is_never_exhausted() -> None:
-    cap = SpendCap(None)
-    cap.add(1e9)
-    assert not cap.exhausted()
-
-
 def test_prices_per_million_tokens() -> None:
     prices = Prices(azure_input=2.0, azure_output=8.0, local_input=0.1, local_output=0.2)
     usage = Usage(prompt_tokens=500_000, completion_tokens=250_000)
@@ -87,15 +79,13 @@ def test_prices_per_million_tokens() -> None:
 
 
 def test_cost_accounting_and_savings() -> None:
-    policy = RoutingPolicy(prices=Prices(azure_input=2.0, azure_output=8.0), spend_cap=SpendCap(10.0))
+    policy = RoutingPolicy(prices=Prices(azure_input=2.0, azure_output=8.0))
     million = Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000)
     policy.account([("local", million)])
     assert policy.counters.savings_usd == pytest.approx(10.0)  # what Azure would have charged
     policy.account([("azure", million)])
     assert policy.counters.spend_azure_usd == pytest.approx(10.0)
     assert policy.counters.savings_usd == pytest.approx(10.0)  # an Azure answer saves nothing
-    assert policy.spend_cap.exhausted()
-    assert policy.azure_blocked() == "daily budget spent"
     # A cascade that escalated paid for both calls: its savings are negative (the local call's cost).
     policy.prices = Prices(azure_input=2.0, azure_output=8.0, local_input=1.0, local_output=1.0)
     policy.account([("local", million), ("azure", million)])
@@ -103,11 +93,14 @@ def test_cost_accounting_and_savings() -> None:
     assert policy.counters.requests_local == 2 and policy.counters.requests_azure == 2
 
 
-def test_blocked_by_open_circuit() -> None:
+async def test_blocked_by_open_circuit() -> None:
     policy = RoutingPolicy(breaker=CircuitBreaker(failure_threshold=1, clock=Clock()))
-    assert policy.azure_blocked() is None
-    policy.record_azure_failure()
-    assert policy.azure_blocked() == "circuit open"
+    call = await policy.admit(_request())
+    call.finish(UpstreamError("down"))
+    with pytest.raises(AzureBlocked) as caught:
+        await policy.admit(_request())
+    assert caught.value.reason == "circuit open" and caught.value.kind == "circuit"
+    await policy.admit(_request(), use_breaker=False)  # a forced call does not ask the breaker
 
 
 def test_overload_limit() -> None:
@@ -131,8 +124,66 @@ def test_from_settings() -> None:
         escalate_when_queue_over=3,
     )
     policy = RoutingPolicy.from_settings(settings)
-    assert policy.spend_cap.daily_usd == 5.0
+    assert policy.spend_cap.daily_usd is None  # no ledger given: nothing capped or stored
+    assert policy.reserve_max_tokens == 4096
     assert policy.prices.azure_input == 1.0
     assert policy.breaker.failure_threshold == 2
     assert policy.cascade_threshold == 0.7
     assert policy.escalate_when_queue_over == 3
+
+
+def test_a_probe_with_no_verdict_is_given_back() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=30, clock=clock)
+    breaker.record_failure()
+    clock.now += 30
+    probe = breaker.acquire()
+    assert probe is not None and probe.probe is not None
+    assert breaker.acquire() is None  # one probe at a time
+    breaker.release(probe)  # the client left: no verdict on Azure
+    assert breaker.state == "half_open"
+    assert breaker.acquire() is not None  # the next request may probe
+
+
+def test_a_lost_probe_stops_blocking_after_its_lease() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=30, clock=clock, probe_lease_s=60)
+    breaker.record_failure()
+    clock.now += 30
+    assert breaker.acquire() is not None  # never given back
+    clock.now += 59
+    assert breaker.acquire() is None
+    clock.now += 1
+    assert breaker.acquire() is not None
+
+
+def test_another_call_failing_does_not_take_the_probe_s_verdict() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=clock)
+    for _ in range(3):
+        breaker.record_failure()
+    clock.now += 30
+    probe = breaker.acquire()
+    assert probe is not None
+    stale = Permit(probe=(probe.probe or 0) + 99)  # a permit from an earlier probe whose lease ran out
+    breaker.release(stale)
+    assert breaker.acquire() is None  # the probe in flight is still the one out
+    breaker.record_success(probe)
+    assert breaker.state == "closed"
+
+
+async def test_admit_reserves_the_most_a_call_may_cost(tmp_path: Path) -> None:
+    ledger = SQLiteSpendLedger(StateDB(tmp_path), daily_usd=None)
+    policy = RoutingPolicy(ledger=ledger, prices=Prices(azure_input=1e6, azure_output=1e6), reserve_max_tokens=100)
+    request = _request()
+    call = await policy.admit(request)
+    assert call.reservation is not None
+    assert call.reservation.usd == pytest.approx(prompt_tokens(request) + 100)  # no max_tokens: the default
+    request.sampling.max_tokens = 7
+    capped = await policy.admit(request, purpose="judge")
+    assert capped.reservation is not None and capped.reservation.purpose == "judge"
+    assert capped.reservation.usd == pytest.approx(prompt_tokens(request) + 7)
+    call.finish(None, Usage(prompt_tokens=3, completion_tokens=2))
+    capped.finish(InvalidRequestError("refused"))
+    assert await ledger.spent_today() == pytest.approx(5.0)
+    assert policy.spend_cap.spent_today == pytest.approx(5.0)

@@ -6,19 +6,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from safetensors.torch import load_file
 
+from server import demo_model
 from tests.conftest import REPO
-from tests.scripts import load_script
 
 SCRIPT = REPO / "scripts" / "make_tiny_model.py"
-
-
-def script() -> ModuleType:
-    return load_script("make_tiny_model")
 
 
 def vllm_permute(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -41,7 +36,7 @@ def test_native_build_holds_every_tensor_and_is_idempotent(tiny_model: Path, tmp
     assert len(native) == len(hf)
     assert "tok_embeddings.weight" in native and "vision_encoder.patch_conv.weight" in native
     params = json.loads((out / "params.json").read_text())
-    module = script()
+    module = demo_model
     for hf_name, tensor in hf.items():
         name = module.native_name(hf_name)
         stored = native[name]
@@ -54,7 +49,7 @@ def test_native_build_holds_every_tensor_and_is_idempotent(tiny_model: Path, tmp
 
 
 def test_params_carry_the_fields_vllm_reads() -> None:
-    params = script().native_params()
+    params = demo_model.native_params()
     for key in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "norm_eps", "rope_theta",
                 "vocab_size"):
         assert key in params, key

@@ -1,0 +1,358 @@
+"""The Azure spend ledger: the daily (UTC) budget is reserved before a call and settled after it.
+
+Checking the budget and charging it as two steps let any number of concurrent calls through a nearly spent
+budget. Here a call first *reserves* what it may cost; the reservation counts against the day at once, and
+is refused when it does not fit. After the call it is *settled* to what Azure really charged (or
+*released* when Azure charged nothing).
+
+API (``SpendLedger``; every Azure caller goes through it, escalations, shadow calls and the judge alike)::
+
+    try:
+        reservation = await ledger.reserve(estimate_usd, purpose="shadow")   # "escalation" | "shadow" | "judge"
+    except BudgetRefused as refused:       # the day's budget (or the shadow share) cannot cover the estimate
+        ...skip the call; refused.reason says why
+    except LedgerUnavailable:              # the store is failing: treat as refused, never as unlimited
+        ...skip the call
+    try:
+        usage = await call_azure()
+    except BaseException:
+        ledger.release(reservation)        # Azure charged nothing (refused before any work)
+        raise                              # (or settle at an estimate when it may have worked: see below)
+    ledger.settle(reservation, prices.cost("azure", usage))
+
+- ``reserve(usd, purpose=...)`` is async (it takes a write lock on the store) and raises ``BudgetRefused``
+  or ``LedgerUnavailable``. A reservation counts against the UTC day it was made on, and settles there.
+- ``settle(reservation, usd)`` and ``release(reservation)`` are plain calls on purpose: they run in
+  ``finally`` blocks and cancellation paths, where an ``await`` may itself be cancelled before it runs and the
+  reservation would leak. The write is queued and done in order; both are idempotent per reservation.
+- ``await spent_today()``: settled spend plus open reservations, this UTC day, after every queued write.
+- ``snapshot()``: the last figures seen, without I/O (metrics, dashboard).
+- Purposes other than ``"escalation"`` together may use at most ``shadow_share`` of the daily budget
+  (``MSSERVE_ROUTER_SHADOW_BUDGET_SHARE``, default 0.1), so learning never starves real escalations.
+  Without a daily budget nothing is capped, shadow calls included; spend is still recorded.
+- The simplest way for a shadow or judge caller: ``call = await policy.admit(request, purpose="shadow")``
+  (``server.routing.policy``) asks the circuit breaker and reserves the request's most possible cost in one
+  step, raising ``AzureBlocked`` when either says no; then ``call.observe(chunk)`` for what streams and
+  ``call.finish(error, usage)`` exactly once, however the call ends (``server.routing.azure_call``).
+
+``SQLiteSpendLedger`` is the one-box implementation: the day's totals live in the shared state database
+(``server.state``), so a restart or a crash loop cannot reset the cap, and every reservation is one
+``BEGIN IMMEDIATE`` transaction, so processes sharing the folder cannot overspend together either. A
+reservation left open by a process that died is settled *at its reserved amount* when the next ledger opens
+the store: the real cost is unknown, and the reserved amount is the most that call could have cost, so the
+cap errs on the safe side (the day's figure may overstate the spend; it never understates it). A Redis
+implementation for N replicas (one Lua script per operation) fits the same protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, date, datetime
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.config import Settings
+from server.state import StateDB, default_state_dir
+
+log = logging.getLogger(__name__)
+
+Purpose = Literal["escalation", "shadow", "judge"]
+PURPOSES: tuple[Purpose, ...] = ("escalation", "shadow", "judge")
+COMPONENT = "azure_spend"
+MIGRATIONS = [
+    # Settled spend per UTC day and purpose; open reservations are rows of their own until settled.
+    """
+    CREATE TABLE azure_spend_days (
+        day TEXT NOT NULL, purpose TEXT NOT NULL,
+        settled_usd REAL NOT NULL DEFAULT 0, calls INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, purpose));
+    CREATE TABLE azure_spend_open (
+        id TEXT PRIMARY KEY, day TEXT NOT NULL, purpose TEXT NOT NULL,
+        reserved_usd REAL NOT NULL, owner TEXT NOT NULL, created_at REAL NOT NULL);
+    CREATE INDEX azure_spend_open_day ON azure_spend_open (day)
+    """,
+]
+
+
+class Reservation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    day: str  # ISO UTC date it counts against
+    purpose: Purpose
+    usd: float
+
+
+class SpendSnapshot(BaseModel):
+    day: str
+    daily_usd: float | None
+    settled_usd: float = 0.0
+    reserved_usd: float = 0.0  # open reservations
+    by_purpose: dict[str, float] = Field(default_factory=dict)  # settled + reserved
+
+    @property
+    def spent_usd(self) -> float:
+        return self.settled_usd + self.reserved_usd
+
+
+class BudgetRefused(Exception):
+    """The day's budget, or the share non-escalation purposes may use, cannot cover the estimate."""
+
+    def __init__(self, reason: str, detail: str, *, purpose: Purpose, estimate_usd: float, spent_usd: float) -> None:
+        super().__init__(detail)
+        self.reason = reason  # short, for routing reasons ("daily budget spent")
+        self.detail = detail
+        self.purpose = purpose
+        self.estimate_usd = estimate_usd
+        self.spent_usd = spent_usd
+
+
+class LedgerUnavailable(Exception):
+    """The store behind the ledger failed: callers treat it as a refusal, so spend never becomes unlimited."""
+
+
+class SpendLedger(Protocol):
+    daily_usd: float | None
+    shadow_share: float
+
+    async def reserve(self, usd: float, *, purpose: Purpose = "escalation") -> Reservation: ...
+
+    def settle(self, reservation: Reservation, usd: float) -> None: ...
+
+    def release(self, reservation: Reservation) -> None: ...
+
+    async def spent_today(self) -> float: ...
+
+    def snapshot(self) -> SpendSnapshot: ...
+
+    def close(self) -> None: ...
+
+
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+def open_spend_ledger(settings: Settings) -> SpendLedger:
+    """The ledger the settings describe: the state database under ``MSSERVE_STATE_DIR`` (a shared store, such as
+    Redis for several replicas, would be chosen here)."""
+    directory = settings.state_dir or default_state_dir()
+    try:
+        return SQLiteSpendLedger(
+            StateDB(directory),
+            daily_usd=settings.azure_daily_budget_usd,
+            shadow_share=settings.router_shadow_budget_share,
+        )
+    except (OSError, sqlite3.Error) as exc:
+        # Refuse to start rather than call Azure with spend that cannot be counted.
+        raise RuntimeError(
+            f"cannot open the Azure spend ledger in {directory} ({exc}); set MSSERVE_STATE_DIR to a writable folder"
+        ) from exc
+
+
+class SQLiteSpendLedger:
+    """The ledger in the shared SQLite state database; one writer thread keeps the writes off the event loop."""
+
+    def __init__(
+        self,
+        db: StateDB,
+        *,
+        daily_usd: float | None,
+        shadow_share: float = 0.1,
+        today: Callable[[], date] = utc_today,
+    ) -> None:
+        self.db = db
+        self.daily_usd = daily_usd
+        self.shadow_share = min(1.0, max(0.0, shadow_share))
+        self._today = today
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # One thread: writes happen in the order they were asked for, and a queued settle runs even when the
+        # task that queued it is cancelled.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spend-ledger")
+        self._open: set[str] = set()  # this ledger's reservations not yet settled or released
+        self._open_lock = threading.Lock()
+        self._snapshot = SpendSnapshot(day=today().isoformat(), daily_usd=daily_usd)
+        db.migrate(COMPONENT, MIGRATIONS)
+        self._settle_orphans()
+
+    # -- the protocol --------------------------------------------------------------------------------------------
+    async def reserve(self, usd: float, *, purpose: Purpose = "escalation") -> Reservation:
+        if purpose not in PURPOSES:
+            raise ValueError(f"unknown purpose {purpose!r}")
+        future = self._writer.submit(self._reserve, max(0.0, usd), purpose)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            # The caller left while the write was queued or running: release what it reserved. The writer runs
+            # jobs in order, so this one runs after the reservation's, and before anything asked for later.
+            self._submit(self._release_abandoned, future)
+            raise
+
+    def settle(self, reservation: Reservation, usd: float) -> None:
+        if self._claim(reservation):
+            self._submit(self._close, reservation, max(0.0, usd))
+
+    def release(self, reservation: Reservation) -> None:
+        if self._claim(reservation):
+            self._submit(self._close, reservation, None)
+
+    async def spent_today(self) -> float:
+        future = self._writer.submit(self._refresh)
+        return (await asyncio.wrap_future(future)).spent_usd
+
+    def snapshot(self) -> SpendSnapshot:
+        today = self._today().isoformat()
+        if self._snapshot.day != today:  # a new UTC day: nothing spent yet, as far as this process knows
+            return SpendSnapshot(day=today, daily_usd=self.daily_usd)
+        return self._snapshot
+
+    def close(self) -> None:
+        """Finish the queued writes (start-up and shutdown only: it blocks)."""
+        self._writer.shutdown(wait=True)
+
+    # -- on the writer thread ------------------------------------------------------------------------------------
+    def _reserve(self, usd: float, purpose: Purpose) -> Reservation:
+        day = self._today().isoformat()
+        try:
+            with self.db.transaction() as conn:
+                snapshot = self._totals(conn, day)
+                self._check(snapshot, usd, purpose)
+                reservation = Reservation(id=uuid.uuid4().hex, day=day, purpose=purpose, usd=usd)
+                conn.execute(
+                    "INSERT INTO azure_spend_open (id, day, purpose, reserved_usd, owner, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (reservation.id, day, purpose, usd, self._owner, time.time()),
+                )
+        except BudgetRefused:
+            self._snapshot = snapshot
+            raise
+        except Exception as exc:  # sqlite3 errors, a full disk, a locked database past the busy timeout
+            log.error("Azure spend ledger unavailable: %s", exc)
+            raise LedgerUnavailable(f"the Azure spend ledger is unavailable ({type(exc).__name__})") from exc
+        with self._open_lock:
+            self._open.add(reservation.id)
+        by_purpose = dict(snapshot.by_purpose)
+        by_purpose[purpose] = by_purpose.get(purpose, 0.0) + usd
+        self._snapshot = snapshot.model_copy(
+            update={"reserved_usd": snapshot.reserved_usd + usd, "by_purpose": by_purpose}
+        )
+        return reservation
+
+    def _check(self, snapshot: SpendSnapshot, usd: float, purpose: Purpose) -> None:
+        budget = self.daily_usd
+        if budget is None:
+            return
+        spent = snapshot.spent_usd
+        if spent + usd > budget + 1e-9:
+            reason = "daily budget spent" if spent >= budget else "daily budget too low for this request"
+            raise BudgetRefused(
+                reason,
+                f"{reason}: ${spent:.4f} of ${budget:.2f} spent or reserved today, this call may cost ${usd:.4f}",
+                purpose=purpose,
+                estimate_usd=usd,
+                spent_usd=spent,
+            )
+        if purpose != "escalation":
+            share = self.shadow_share * budget
+            used = sum(v for k, v in snapshot.by_purpose.items() if k != "escalation")
+            if used + usd > share + 1e-9:
+                raise BudgetRefused(
+                    "shadow budget share spent",
+                    f"shadow budget share spent: ${used:.4f} of ${share:.4f} "
+                    f"({self.shadow_share:.0%} of the daily budget) used by shadow and judge calls today",
+                    purpose=purpose,
+                    estimate_usd=usd,
+                    spent_usd=spent,
+                )
+
+    def _close(self, reservation: Reservation, usd: float | None) -> None:
+        """Settle (``usd``) or release (None) one reservation; also when a start-up sweep settled it already."""
+        try:
+            with self.db.transaction() as conn:
+                gone = conn.execute("DELETE FROM azure_spend_open WHERE id = ?", (reservation.id,)).rowcount == 0
+                # Swept by another process's start-up: it counted the reserved amount and the call; correct it.
+                delta = (usd or 0.0) - reservation.usd if gone else (usd or 0.0)
+                calls = 0 if gone or usd is None else 1
+                if delta or calls:
+                    conn.execute(
+                        "INSERT INTO azure_spend_days (day, purpose, settled_usd, calls) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT(day, purpose) DO UPDATE SET settled_usd = settled_usd + excluded.settled_usd, "
+                        "calls = calls + excluded.calls",
+                        (reservation.day, reservation.purpose, delta, calls),
+                    )
+            self._refresh()
+        except Exception:
+            # The open row stays: it counts at its reserved amount and the next start-up settles it there.
+            log.exception("could not settle Azure spend reservation %s", reservation.id)
+
+    def _refresh(self) -> SpendSnapshot:
+        with self.db.transaction() as conn:
+            self._snapshot = self._totals(conn, self._today().isoformat())
+        return self._snapshot
+
+    def _totals(self, conn: sqlite3.Connection, day: str) -> SpendSnapshot:
+        snapshot = SpendSnapshot(day=day, daily_usd=self.daily_usd)
+        by_purpose: dict[str, float] = {}
+        for row in conn.execute("SELECT purpose, settled_usd FROM azure_spend_days WHERE day = ?", (day,)):
+            snapshot.settled_usd += row["settled_usd"]
+            by_purpose[row["purpose"]] = by_purpose.get(row["purpose"], 0.0) + row["settled_usd"]
+        for row in conn.execute(
+            "SELECT purpose, SUM(reserved_usd) AS held FROM azure_spend_open WHERE day = ? GROUP BY purpose", (day,)
+        ):
+            snapshot.reserved_usd += row["held"]
+            by_purpose[row["purpose"]] = by_purpose.get(row["purpose"], 0.0) + row["held"]
+        snapshot.by_purpose = by_purpose
+        return snapshot
+
+    def _settle_orphans(self) -> None:
+        """Settle, at their reserved amount, the reservations a process that ended without settling left open."""
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, day, purpose, reserved_usd FROM azure_spend_open WHERE owner != ?", (self._owner,)
+            ).fetchall()
+            for row in rows:
+                conn.execute("DELETE FROM azure_spend_open WHERE id = ?", (row["id"],))
+                conn.execute(
+                    "INSERT INTO azure_spend_days (day, purpose, settled_usd, calls) VALUES (?, ?, ?, 1) "
+                    "ON CONFLICT(day, purpose) DO UPDATE SET settled_usd = settled_usd + excluded.settled_usd, "
+                    "calls = calls + 1",
+                    (row["day"], row["purpose"], row["reserved_usd"]),
+                )
+        if rows:
+            log.warning(
+                "settled %d Azure spend reservation(s) ($%.4f) left open by a process that ended without settling "
+                "them, at their reserved amount: the real cost is unknown, so the day's spend may be overstated",
+                len(rows),
+                sum(row["reserved_usd"] for row in rows),
+            )
+        self._refresh()
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+    def _claim(self, reservation: Reservation) -> bool:
+        """True once per reservation: a second settle or release is a no-op."""
+        with self._open_lock:
+            if reservation.id not in self._open:
+                return False
+            self._open.discard(reservation.id)
+            return True
+
+    def _submit(self, fn: Callable[..., None], *args: object) -> None:
+        try:
+            self._writer.submit(fn, *args)
+        except RuntimeError:  # the writer is shut down (process exiting): write here rather than lose it
+            fn(*args)
+
+    def _release_abandoned(self, future: Future[Reservation]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            reservation = future.result()
+            if self._claim(reservation):
+                self._close(reservation, None)
