@@ -14,7 +14,7 @@ PORT ?= 8000
 PROFILE ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-main test-vllm test-bench bench-serving bench-gateway lint typecheck tiny-model clean
+.PHONY: serve test test-main test-vllm test-bench bench-serving bench-gateway lint typecheck tiny-model docs clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench-serving: tiny-model $(VLLM_VENV)/.project-installed
 bench-gateway: tiny-model
 	bash scripts/bench_env.sh $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python scripts/bench_gateway.py
+
+## docs: regenerate docs/configuration.md (from Settings) and docs/BENCHMARKS.md's tables (from docs/bench-data)
+docs: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python scripts/gen_config_doc.py
+	$(TEST_VENV)/bin/python scripts/bench_report.py
 
 lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/ruff check server scripts tests

@@ -31,7 +31,11 @@ MARKER = re.compile(r"(<!-- bench_report:(?P<name>[\w-]+) -->\n).*?(<!-- /bench_
 # The published runs each serving table pools (docs/bench-data/serving/).
 VERDICT_RUNS = "run*.json.gz"
 CEILING_RUNS = "ceiling-*.json.gz"
-PLACEMENT_RUNS = {"VM 3": "ab-confirm-api-off-worker-cores-*.json.gz", "VM 2": "ab-api-off-worker-cores-*.json.gz"}
+PLACEMENT_RUNS = {
+    "API process off the worker's core, VM 3": "ab-confirm-api-off-worker-cores-*.json.gz",
+    "API process off the worker's core, VM 2": "ab-api-off-worker-cores-*.json.gz",
+    "EngineCore beside the worker, VM 1": "ab-enginecore-beside-worker.json.gz",
+}
 OPEN_LOOP_RUNS = {4: "open-rate4-*.json.gz", 7: "open-rate7-*.json.gz"}
 POOLED = [VERDICT_RUNS, CEILING_RUNS, *PLACEMENT_RUNS.values(), *OPEN_LOOP_RUNS.values()]
 
@@ -41,6 +45,10 @@ def table(headers: list[str], rows: list[list[Any]], right: int = 1) -> str:
     align = ["---" if i < right else "---:" for i in range(len(headers))]
     lines = [headers, align, *[[str(cell) for cell in row] for row in rows]]
     return "".join("| " + " | ".join(line) + " |\n" for line in lines)
+
+
+def plural(runs: int) -> str:
+    return f"{runs} run" if runs == 1 else f"{runs} runs"
 
 
 def serving_runs(pattern: str) -> dict[str, dict[str, Any]]:
@@ -85,22 +93,22 @@ POOLED_HEADERS = ["side", "metric", "pooled [95 %]", "runs as samples [95 %]", "
 
 def serving_verdict() -> str:
     runs = serving_runs(VERDICT_RUNS)
-    return table([f"over `vllm serve` ({len(runs)} runs)", *POOLED_HEADERS[1:]], pooled_rows(runs), right=2)
+    return table([f"over `vllm serve` ({plural(len(runs))})", *POOLED_HEADERS[1:]], pooled_rows(runs), right=2)
 
 
 def serving_ceiling() -> str:
     runs = serving_runs(CEILING_RUNS)
     # Context, not a verdict: the targets are judged on runs 17-30 alone (the plan these runs were made under).
     rows = pooled_rows(runs) + pooled_rows(runs, over="direct", only="ours", label="ours over direct")
-    return table([f"over `vllm serve` ({len(runs)} runs)", *POOLED_HEADERS[1:5]], [row[:5] for row in rows], right=2)
+    return table([f"over `vllm serve` ({plural(len(runs))})", *POOLED_HEADERS[1:5]], [row[:5] for row in rows], right=2)
 
 
 def serving_placement() -> str:
     rows = []
     for vm, pattern in PLACEMENT_RUNS.items():
         runs = serving_runs(pattern)
-        rows += [[f"{vm}, {len(runs)} runs", *row[1:5]] for row in pooled_rows(runs)]
-    return table(["on / off", *POOLED_HEADERS[1:5]], rows, right=2)
+        rows += [[f"{vm}, {plural(len(runs))}", *row[1:5]] for row in pooled_rows(runs)]
+    return table(["with / without", *POOLED_HEADERS[1:5]], rows, right=2)
 
 
 def serving_open_loop() -> str:
@@ -108,7 +116,9 @@ def serving_open_loop() -> str:
     for rate, pattern in OPEN_LOOP_RUNS.items():
         runs = serving_runs(pattern)
         rows += [
-            [f"{rate} requests/s, {len(runs)} runs", *row[1:5]] for row in pooled_rows(runs) if row[1] != "requests/s"
+            [f"{rate} requests/s, {plural(len(runs))}", *row[1:5]]
+            for row in pooled_rows(runs)
+            if row[1] != "requests/s"
         ]
     return table(["offered rate", *POOLED_HEADERS[1:5]], rows, right=2)
 
