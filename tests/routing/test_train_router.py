@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
+import sklearn  # noqa: F401  (the `train` extra, in .venv-test: missing, these tests fail rather than skip)
 
 from tests.scripts import load_script
-
-pytest.importorskip("sklearn")
-np = pytest.importorskip("numpy")
-sp = pytest.importorskip("scipy.sparse")
 
 ROOT = Path(__file__).resolve().parents[2]
 
