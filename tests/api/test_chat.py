@@ -40,9 +40,8 @@ def test_max_tokens_limits_output(openai_client) -> None:
         max_completion_tokens=3,
         temperature=0,
     )
-    assert completion.usage.completion_tokens <= 3
-    if completion.usage.completion_tokens == 3:
-        assert completion.choices[0].finish_reason == "length"
+    # Greedy decoding of the random tiny model never picks EOS first: it runs to the cap, exactly.
+    assert completion.usage.completion_tokens == 3 and completion.choices[0].finish_reason == "length"
 
 
 def test_png_image_reaches_the_model(openai_client) -> None:
