@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     drain_timeout_s: float = 30.0  # on SIGTERM: how long in-flight requests may finish before they are aborted
     # How long a thread may hold the GIL while another waits (Python's default is 5 ms). vLLM tokenizes and
     # prepares images in worker threads; under streaming load the event loop rarely blocks, so each hand-over
-    # to them waited the full interval (docs/BENCHMARKS.md: 1 ms cut vLLM's render p50 from 23 to 16 ms).
+    # to them waited the full interval (1 ms cut vLLM's render p50 from 23 to 16 ms under the serving benchmark).
     gil_switch_interval_ms: float = Field(default=1.0, gt=0.0, le=100.0)
     # Durable state (Azure spend, router outcomes, batches): SQLite under this folder; None: ~/.local/state/msserve
     state_dir: Path | None = None
