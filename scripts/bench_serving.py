@@ -184,7 +184,7 @@ def parse_env(items: list[str]) -> dict[str, str]:
 
 
 def run_targets(payload: dict[str, Any]) -> dict[str, Any] | None:
-    """#6's targets judged on this run's totals alone (bench_pool.py judges pooled runs by their interval); None
+    """The serving targets judged on this run's totals alone (bench_pool.py judges pooled runs by their interval); None
     for an A/B or the open loop, as bench_common.no_target_reason says."""
     if no_target_reason(payload):
         return None

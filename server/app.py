@@ -49,7 +49,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
         dispatcher=dispatcher,
         intake=ImageIntake(settings),
     )
-    telemetry = Telemetry(settings, services)  # ops (issue 4): metrics, request log, recent requests
+    telemetry = Telemetry(settings, services)  # metrics, request log, recent requests
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

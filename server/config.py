@@ -84,41 +84,42 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MSSERVE_", extra="ignore", yaml_file=None)
 
-    profile: str = DEFAULT_PROFILE
+    profile: str = DEFAULT_PROFILE  # profile name (`msserve profiles`); auto: GPU profile with CUDA, else tiny
     profiles_dir: Path | None = None  # your own profiles, looked up before the packaged ones
-    host: str = "127.0.0.1"
-    port: int = 8000
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    host: str = "127.0.0.1"  # address to bind; a non-loopback one without API keys draws a warning
+    port: int = 8000  # port to bind
+    log_level: Literal["debug", "info", "warning", "error"] = "info"  # the JSON request log is at info
 
     # Request limits
-    max_request_bytes: int = 32 * 1024 * 1024
+    max_request_bytes: int = 32 * 1024 * 1024  # 32 MiB; larger bodies get 413, counted as they arrive
     max_queue: int = 64  # requests waiting for the local engine beyond those running
     # vLLM: exact running/waiting counts from the scheduler's per-step stats. Off: in-flight requests split at
     # max_num_seqs (what the scheduler batches), saving the stats work on every engine step (a few % of CPU).
     vllm_scheduler_stats: bool = False
     # vLLM on CPU binds its worker to cores and reserves the rest; keep this process on the reserved ones, off
-    # the worker's (server/engines/cpu_placement.py; docs/BENCHMARKS.md, seventh round).
+    # the worker's, so the event loop never runs on the worker's core mid-step (server/engines/cpu_placement.py;
+    # the A/B figures are in docs/BENCHMARKS.md).
     vllm_api_off_worker_cores: bool = True
-    request_timeout_s: float = 600.0
+    request_timeout_s: float = 600.0  # a request still waiting for the engine after this gets 504
     exit_on_engine_failure: bool = True  # engine failed to load: stop the process (false: stay up, /ready 503)
     default_max_tokens: int | None = None  # None: what the context window leaves
 
     # Images
-    max_images_per_request: int = 8
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_total_image_bytes: int = 50 * 1024 * 1024
-    max_image_pixels: int = 50_000_000
+    max_images_per_request: int = 8  # more: 400 too_many_images
+    max_image_bytes: int = 20 * 1024 * 1024  # 20 MiB of encoded bytes per image; past it 413 image_too_large
+    max_total_image_bytes: int = 50 * 1024 * 1024  # 50 MiB of encoded image bytes per request
+    max_image_pixels: int = 50_000_000  # per image, checked before decoding (decompression bombs)
 
-    # Remote image fetch (server.media): SSRF guard and limits. Added for issue 5.
+    # Remote image fetch (server.media): SSRF guard and limits.
     image_fetch_enabled: bool = True  # false: only data: URLs and uploads
     allow_http: bool = False  # plain http:// image URLs (https:// is always allowed when fetching is enabled)
     # Hosts ("images.internal", "*.corp.example") and networks ("10.1.0.0/16", "::1") that may be fetched even
     # though they are not public. Env: JSON list or comma-separated, e.g. MSSERVE_IMAGE_FETCH_ALLOWLIST=127.0.0.1,::1
     image_fetch_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    image_fetch_connect_timeout_s: float = 5.0
+    image_fetch_connect_timeout_s: float = 5.0  # connecting to the image host
     image_fetch_read_timeout_s: float = 10.0  # between two reads
     image_fetch_total_timeout_s: float = 30.0  # whole fetch, all redirects included (slow-drip servers)
-    image_fetch_max_redirects: int = 3
+    image_fetch_max_redirects: int = 3  # each redirect target is checked again
     # --- Image decoding off the event loop, memory bounded (server.media._pool, _prescan, _dns) ---
     image_decode_workers: int = Field(default=2, ge=1)  # threads decoding images; bounds decode memory
     image_decode_queue: int = Field(default=64, ge=0)  # images waiting for a decode thread; past it: 429
@@ -144,7 +145,7 @@ class Settings(BaseSettings):
     hf_token: SecretStr | None = None  # falls back to HF_TOKEN
 
     # Router (server.routing.router): weights, threshold or target escalation rate, image policy
-    router_weights: Path = resources.ROUTER_WEIGHTS
+    router_weights: Path = resources.ROUTER_WEIGHTS  # see server/resources/router/CARD.md
     router_threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # escalate when score > this; wins over rate
     router_target_rate: float | None = Field(default=None, ge=0.0, le=1.0)  # share to escalate (weights' quantiles)
     router_image_policy: Literal["score", "local", "azure"] = "score"  # requests with images: score, or force a tier
@@ -152,7 +153,7 @@ class Settings(BaseSettings):
     # --- Azure escalation and routing policy (server.engines.azure, server.routing.policy/dispatch) ---
     # Names promised to users: MSSERVE_AZURE_ENDPOINT, _API_KEY, _DEPLOYMENT, _API_VERSION.
     azure_endpoint: str | None = None  # https://RES.openai.azure.com[/openai/v1] or https://RES.services.ai.azure.com/models
-    azure_api_key: SecretStr | None = None
+    azure_api_key: SecretStr | None = None  # sent as api-key; unused with azure_auth=entra
     azure_deployment: str | None = None  # deployment name (Azure OpenAI) or model name (Foundry models endpoint)
     azure_api_version: str | None = None  # None: the v1 API (no api-version); else the deployments form
     azure_api_style: Literal["auto", "v1", "deployments", "foundry"] = "auto"  # auto: inferred from endpoint/version
@@ -167,7 +168,7 @@ class Settings(BaseSettings):
     azure_price_input_per_mtok: float = 2.50  # USD per million prompt tokens
     azure_price_output_per_mtok: float = 10.00  # USD per million completion tokens
     local_price_input_per_mtok: float = 0.0  # what a local token costs you (GPU amortised), for savings accounting
-    local_price_output_per_mtok: float = 0.0
+    local_price_output_per_mtok: float = 0.0  # USD per million local completion tokens
     azure_breaker_failures: int = 5  # consecutive Azure failures that open the circuit
     azure_breaker_cooldown_s: float = 30.0  # open circuit lets one probe through after this long
     escalate_when_queue_over: int | None = 16  # local waiting queue above this sends auto requests to Azure
@@ -181,7 +182,7 @@ class Settings(BaseSettings):
     # The share of the daily budget that shadow and judge calls together may use (escalations may use it all).
     router_shadow_budget_share: float = Field(default=0.1, ge=0.0, le=1.0)
 
-    # --- Operations (server.middleware, server.telemetry, server.shutdown, dashboard). Added for issue 4. ---
+    # --- Operations (server.middleware, server.telemetry, server.shutdown, dashboard) ---
     # Named API keys "alice:sk-abc,bob:sk-def" (a bare "sk-abc" is named key1, key2, ...). None: no auth (open).
     api_keys: SecretStr | None = None
     metrics_open: bool = False  # /metrics without a key (when keys are configured)
@@ -197,7 +198,7 @@ class Settings(BaseSettings):
     drain_timeout_s: float = 30.0  # on SIGTERM: how long in-flight requests may finish before they are aborted
     # How long a thread may hold the GIL while another waits (Python's default is 5 ms). vLLM tokenizes and
     # prepares images in worker threads; under streaming load the event loop rarely blocks, so each hand-over
-    # to them waited the full interval (docs/BENCHMARKS.md: 1 ms cut vLLM's render p50 from 23 to 16 ms).
+    # to them waited the full interval (1 ms cut vLLM's render p50 from 23 to 16 ms under the serving benchmark).
     gil_switch_interval_ms: float = Field(default=1.0, gt=0.0, le=100.0)
     # Durable state (Azure spend, router outcomes, batches): SQLite under this folder; None: ~/.local/state/msserve
     state_dir: Path | None = None

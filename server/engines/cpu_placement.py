@@ -6,11 +6,10 @@ cores. On a small host the API process's event loop and its image-preparation th
 core in the middle of a forward pass, and every stream's next token waits. So once the engine is up, this
 process (all its threads; threads started later inherit it) keeps to the cores no worker is bound to.
 
-Only the API process moves. The EngineCore stays where vLLM put it: pinned beside the API process, first tokens
-came later in the run that tried it (docs/BENCHMARKS.md, seventh round, with what this change measured); pinned
-beside the worker, requests/s fell 8 % (tenth round). Measured against itself, this placement gave 5.4 % more
-requests/s and 10 % sooner first tokens on one VM (twelfth round, planned beforehand, 36 pairs) and was not shown
-to matter on another (eleventh round), so it is on by default. Nothing moves when the workers are not bound
+Only the API process moves. The EngineCore stays where vLLM put it: pinned beside the API process, its first
+tokens came later; pinned beside the worker, requests/s fell 8 % (docs/BENCHMARKS.md). Measured against itself,
+this placement gave 5.4 % more requests/s and 10 % sooner first tokens on one 2-vCPU VM (36 pairs of rounds) and
+was not shown to matter on another (18 pairs), so it is on by default. Nothing moves when the workers are not bound
 (``VLLM_CPU_OMP_THREADS_BIND=nobind``) or when no core would be left; the caller asks only for vLLM's CPU backend.
 """
 

@@ -286,7 +286,8 @@ def renders_inline(request: GenerationRequest) -> bool:
 
     For a text prompt the async render hands the work on six times (three tasks, a template thread, a tokenizer
     thread, the template's timeout), and on a loop busy with other streams each hand-off waits its turn: a short
-    prompt took ~16 ms there for ~1 ms of template and tokenizer work (docs/BENCHMARKS.md, ninth round). Only
+    prompt took ~16 ms there for ~1 ms of template and tokenizer work (measured under the serving benchmark's load
+    on a 2-vCPU VM). Only
     short, text-only, tool-free prompts come inline: images must go through vLLM's multimodal thread (its cache
     is not thread-safe), and a long prompt's tokenization would hold the loop (~0.6 ms + 0.6 ms per 1000
     characters here). The tokenizer is then used from two threads at once, which vLLM allows itself
@@ -427,7 +428,7 @@ async def image_data_urls(messages: list[Message]) -> list[str]:
 
     BMP, not PNG: lossless either way, and the decoders on the other side (vLLM's media loader and
     mistral_common) open any format, but zlib made a PNG cost ~340 ms for a 1540 x 1540 photo against
-    ~34 ms as BMP (docs/BENCHMARKS.md, ninth round).
+    ~34 ms as BMP (one core of a 2-vCPU VM).
     """
     urls = []
     for message in messages:

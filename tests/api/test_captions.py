@@ -9,8 +9,10 @@ from pathlib import Path
 
 import httpx
 
+from server.api.captions_service import INSTRUCTIONS
 from tests.conftest import REPO, LiveServer
-from tests.images import image_bytes, png_url
+from tests.images import data_url, image_bytes, png_url
+from tests.prompt_tokens import expected_prompt_tokens
 
 
 def test_multipart_upload_of_two_files(live_server: LiveServer) -> None:
@@ -32,8 +34,9 @@ def test_multipart_upload_of_two_files(live_server: LiveServer) -> None:
         assert item["tier"] == "local" and item["model"] == "tiny-mistral3"
         # Greedy decoding of the random tiny model never picks EOS first: it runs to the cap, exactly.
         assert item["finish_reason"] == "length" and item["usage"]["completion_tokens"] == 5
-    # The larger image costs more prompt tokens: each caption really saw its own image.
-    assert body["data"][1]["usage"]["prompt_tokens"] > body["data"][0]["usage"]["prompt_tokens"]
+    # Each caption's prompt is the alt-text instruction with its own image, exactly as mistral_common counts it.
+    for item, (_, (_, data, mime)) in zip(body["data"], files, strict=True):
+        assert item["usage"]["prompt_tokens"] == expected_prompt_tokens(INSTRUCTIONS["alt_text"], data_url(data, mime))
     assert body["usage"]["total_tokens"] == sum(item["usage"]["total_tokens"] for item in body["data"])
     assert response.headers["x-msserve-tier"] == "local"
 
@@ -45,7 +48,11 @@ def test_json_with_image_urls_and_language(live_server: LiveServer) -> None:
         timeout=120,
     )
     assert response.status_code == 200, response.text
-    assert len(response.json()["data"]) == 1
+    [item] = response.json()["data"]
+    # The style picks the instruction and the language is added to it: both reach the prompt the model sees.
+    expected = expected_prompt_tokens(INSTRUCTIONS["detailed"] + " Answer in French.", png_url())
+    assert item["usage"]["prompt_tokens"] == expected
+    assert expected != expected_prompt_tokens(INSTRUCTIONS["short"], png_url())  # the check can tell them apart
 
 
 def test_caption_errors(live_server: LiveServer) -> None:

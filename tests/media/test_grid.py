@@ -14,7 +14,6 @@ from PIL import Image
 from server.media import MISTRAL_SMALL_3_1, VisionGrid, decode_image, model_pixels
 from tests.media.media_helpers import encode, photo
 
-TEKKEN = Path(__file__).resolve().parents[2] / "models" / "tiny-mistral3" / "tekken.json"
 ENCODER = ImageEncoder(ImageConfig(14, 1540, 2), SpecialImageIDs(img=10, img_break=12, img_end=13))
 MAX_PIXELS = 50_000_000
 
@@ -25,10 +24,8 @@ SIZES = [
 ]
 
 
-def test_defaults_are_mistral_small_3_1_from_tekken_json() -> None:
-    if not TEKKEN.is_file():
-        pytest.skip("build it: /tmp/v/bin/python scripts/make_tiny_model.py")
-    config = json.loads(TEKKEN.read_text())["image"]
+def test_defaults_are_mistral_small_3_1_from_tekken_json(tiny_model: Path) -> None:
+    config = json.loads((tiny_model / "tekken.json").read_text())["image"]
     assert VisionGrid.from_tekken(config) == MISTRAL_SMALL_3_1 == VisionGrid()
     assert MISTRAL_SMALL_3_1.cell == 28
 

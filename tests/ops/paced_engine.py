@@ -7,14 +7,19 @@ import logging
 import multiprocessing
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from server.engines.base import EngineCapabilities, EngineHealth, GenerationChunk, GenerationRequest, Usage
 from server.engines.loading import in_load_thread
 
 
 class PacedEngine:
-    def __init__(self, *, chunks: int = 5, delay_s: float = 0.0, load_s: float = 0.0, name: str = "paced-test") -> None:
+    def __init__(self, *, chunks: int = 5, delay_s: float = 0.0, load_s: float = 0.0, name: str = "paced-test",
+                 gate: Path | None = None) -> None:
         self.name = name
+        # Set: every stream holds after its first chunk until this file exists, so a test knows its streams are
+        # in flight at a given moment however slow the machine is.
+        self.gate = gate
         self.load_s = load_s  # > 0: start() loads like a real engine: a helper process, then a blocking wait
         self.capabilities = EngineCapabilities(logprobs=False)
         self.chunks = chunks
@@ -45,6 +50,8 @@ class PacedEngine:
         finished = False
         try:
             for index in range(self.chunks):
+                while index == 1 and self.gate is not None and not self.gate.exists():
+                    await asyncio.sleep(0.01)
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 last = index == self.chunks - 1

@@ -12,13 +12,8 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
-from server.engines.base import GenerationRequest
-from server.errors import UpstreamError
-from server.routing.decision import Decision
-from server.routing.dispatch import Dispatcher
-from server.routing.policy import CircuitBreaker, RoutingPolicy
 from server.telemetry import ACCESS_LOGGER
-from tests.fakes.scripted_engine import ScriptedEngine, answer
+from tests.fakes.fake_azure import FakeAzure, Reply, ServerError
 from tests.ops.conftest import CHAT, metric
 
 
@@ -41,11 +36,6 @@ def access_log() -> Iterator[_Capture]:
     yield capture
     logger.removeHandler(capture)
     logger.setLevel(old_level)
-
-
-class AlwaysAzure:
-    def decide(self, request: GenerationRequest) -> Decision:
-        return Decision(tier="azure", score=0.9, reason="score 0.90 >= 0.50", reason_class="score")
 
 
 async def test_request_id_is_echoed_or_made(make_client, access_log) -> None:
@@ -149,25 +139,35 @@ async def test_metrics_after_local_traffic(make_client) -> None:
     assert metric(text, "msserve_azure_circuit_state", state="closed") == 1
 
 
-async def test_metrics_for_azure_spend_failover_and_open_circuit(make_client, paced_engine) -> None:
-    client = make_client(azure_price_input_per_mtok=1.0, azure_price_output_per_mtok=2.0)
-    services = client.app.state.services
-    azure = ScriptedEngine(answer("remote answer here", prompt_tokens=100), name="azure-test")
-    policy = RoutingPolicy(breaker=CircuitBreaker(2, cooldown_s=3600.0))
-    policy.prices = policy.prices.model_copy(update={"azure_input": 1.0, "azure_output": 2.0})
-    services.dispatcher = Dispatcher(paced_engine, azure, router=AlwaysAzure(), policy=policy)
-    ok = await client.post("/v1/chat/completions", json=CHAT)
-    assert ok.headers["x-msserve-tier"] == "azure"
-    azure.fail_with = UpstreamError("azure is down")
-    for _ in range(3):  # two failures open the circuit; the third is not even tried
-        served = await client.post("/v1/chat/completions", json=CHAT)
-        assert served.status_code == 200 and served.headers["x-msserve-tier"] == "local"
+async def test_metrics_for_azure_spend_failover_and_open_circuit(make_client) -> None:
+    """The real AzureEngine against the fake Azure server (Azure's wire format over loopback HTTP): spend from the
+    usage Azure reports, failovers when it errs, the circuit opening after two failures."""
+    with FakeAzure() as backend:
+        backend.script = [Reply(text="remote answer here", prompt_tokens=100), ServerError(500), ServerError(500)]
+        client = make_client(
+            azure_endpoint=backend.endpoint + "/openai/v1/", azure_api_key="test-key", azure_deployment="gpt-4o",
+            router_threshold=0.0,  # every score is above it: the router sends every request to Azure
+            azure_breaker_failures=2, azure_breaker_cooldown_s=3600.0,
+            azure_price_input_per_mtok=1.0, azure_price_output_per_mtok=2.0,
+        )
+        azure = client.app.state.services.dispatcher.azure
+        try:
+            ok = await client.post("/v1/chat/completions", json=CHAT)
+            assert ok.headers["x-msserve-tier"] == "azure" and ok.json()["choices"][0]["message"]["content"] == (
+                "remote answer here")
+            for _ in range(3):  # two failures open the circuit; the third is not even tried
+                served = await client.post("/v1/chat/completions", json=CHAT)
+                assert served.status_code == 200 and served.headers["x-msserve-tier"] == "local"
+        finally:
+            await azure.stop()
+        assert len(backend.requests) == 3  # the call that answered, the two that failed; none while open
     text = (await client.get("/metrics")).text
+    # 100 prompt tokens and 3 completion tokens ("remote answer here"), as the fake Azure reported them
     assert metric(text, "msserve_azure_spend_usd_total") == pytest.approx((100 * 1.0 + 3 * 2.0) / 1e6)
     assert metric(text, "msserve_tokens_total", tier="azure", kind="prompt") == 100
     assert metric(text, "msserve_azure_failovers_total") == 3
     assert metric(text, "msserve_azure_circuit_state", state="open") == 1
-    assert metric(text, "msserve_router_decisions_total", tier="azure", reason_class="score") == 1
+    assert metric(text, "msserve_router_decisions_total", tier="azure", reason_class="score-high") == 1
     assert metric(text, "msserve_router_decisions_total", tier="local", reason_class="failover") == 3
     assert metric(text, "msserve_escalation_ratio") == pytest.approx(0.25)
     state = (await client.get("/dashboard/api/state")).json()

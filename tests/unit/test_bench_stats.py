@@ -17,6 +17,8 @@ import pytest
 from tests.conftest import REPO
 from tests.scripts import SCRIPTS, load_script
 
+PUBLISHED = REPO / "docs" / "bench-data" / "serving"
+
 
 def bench_common() -> ModuleType:
     return load_script("bench_common")
@@ -191,70 +193,6 @@ def test_gzipped_runs_pool_like_plain_ones(tmp_path: Path) -> None:
     assert str(broken) in done.stderr and "Traceback" not in done.stderr
 
 
-PUBLISHED = REPO / "docs" / "bench-data" / "serving"
-# The published runs by the BENCHMARKS.md section whose pooled row they make, and where that section ends.
-PUBLISHED_ROUNDS = {
-    "### Tenth round": (range(17, 23), "### Eleventh round"),
-    "### Eleventh round": (range(23, 31), "**Runs 17-30 pooled**"),
-    "**Runs 17-30 pooled**": (range(17, 31), "## Gateway"),
-}
-
-
-@pytest.mark.parametrize("heading", list(PUBLISHED_ROUNDS))
-def test_the_published_runs_pool_to_the_figures_benchmarks_md_gives(heading: str) -> None:
-    """Each round's pooled row in docs/BENCHMARKS.md is what its published runs give, to the digit, verdicts too."""
-    numbers, section_end = PUBLISHED_ROUNDS[heading]
-    published = [PUBLISHED / f"run{n}.json.gz" for n in numbers]
-    script, common = bench_pool(), bench_common()  # loaded once: each call executes the script afresh
-    pooled = script.pool({str(path): script.load_run(path) for path in published})["ours"]
-    doc = (REPO / "docs" / "BENCHMARKS.md").read_text()
-    section = doc[doc.index(heading):doc.index(section_end)]
-    for metric, (side, bound) in script.TARGETS.items():
-        verdict = pooled[metric]["target"]
-        shown = f"**{verdict}**" if verdict == "met" else verdict
-        assert f"| **{common.format_interval(pooled[metric]['interval_95'])}** | {side} {bound}: {shown} |" in section
-
-
-# The twelfth round's context runs (not in any verdict): the files, and the first cells of their rows in its tables.
-PUBLISHED_CONTEXT = {
-    "ab-confirm-api-off-worker-cores-*.json.gz": (6, {"ours": ""}),  # the A/B's rows name only the metric
-    "ceiling-*.json.gz": (3, {"ours": "ours, ", "direct": "direct, ", "thin": "thin, "}),
-    "open-rate4-*.json.gz": (2, {"ours": "rate 4, "}),
-    "open-rate7-*.json.gz": (2, {"ours": "rate 7, "}),
-}
-
-
-@pytest.mark.parametrize("pattern", list(PUBLISHED_CONTEXT))
-def test_the_twelfth_rounds_published_runs_pool_to_the_figures_benchmarks_md_gives(pattern: str) -> None:
-    """Each row: the pooled pairs and each run as one sample, to the digit, and no target verdict for an A/B."""
-    count, row_starts = PUBLISHED_CONTEXT[pattern]
-    published = sorted(PUBLISHED.glob(pattern))
-    assert len(published) == count
-    script, common = bench_pool(), bench_common()
-    runs = {str(path): script.load_run(path) for path in published}
-    pooled = script.pool(runs)
-    doc = (REPO / "docs" / "BENCHMARKS.md").read_text()
-    lines = doc[doc.index("### Twelfth round"):doc.index("## Gateway")].splitlines()
-    for side, start in row_starts.items():
-        for metric in ("requests_per_s", "ttft_p50_ms"):
-            found = pooled[side][metric]
-            row = next(line for line in lines if line.startswith(f"| {start}{script.METRICS[metric]} | "))
-            assert row.endswith(f"| **{common.format_interval(found['interval_95'])}** | "
-                                f"{common.format_interval(found['runs_as_samples_interval_95'])} |")
-    if any(script.no_target_reason(run) for run in runs.values()):
-        assert {pooled["ours"][metric]["target"] for metric in script.METRICS} == {"-"}
-
-
-def test_ours_over_the_ceiling_is_what_benchmarks_md_gives() -> None:
-    script, common = bench_pool(), bench_common()
-    runs = {str(path): script.load_run(path) for path in sorted(PUBLISHED.glob("ceiling-*.json.gz"))}
-    ours = script.pool(runs, over="direct")["ours"]
-    doc = " ".join((REPO / "docs" / "BENCHMARKS.md").read_text().split())  # the sentence wraps
-    shown = (f"requests/s {common.format_interval(ours['requests_per_s']['interval_95'])}, "
-             f"TTFT p50 {common.format_interval(ours['ttft_p50_ms']['interval_95'])}")
-    assert "Ours over direct, from the same rounds' pairs (`bench_pool.py --over direct " in doc and shown in doc
-
-
 def test_pooling_over_another_contender_divides_by_it_and_gives_no_verdict(tmp_path: Path) -> None:
     rounds = [{"round": r, "server": server, "requests_per_s": rps, "ttft_p50_ms": 100.0, "e2e_p50_ms": 200.0}
               for r in range(4) for server, rps in (("ours", 9.0), ("direct", 10.0), ("vllm", 8.0))]
@@ -271,12 +209,6 @@ def test_pooling_over_another_contender_divides_by_it_and_gives_no_verdict(tmp_p
     done = subprocess.run([sys.executable, str(SCRIPTS / "bench_pool.py"), "--over", "thin", str(path)],
                           capture_output=True, text=True)
     assert done.returncode != 0 and "'thin'" in done.stderr and "direct, ours, vllm" in done.stderr
-
-
-def test_every_published_run_belongs_to_a_round() -> None:
-    published = {path.name for path in PUBLISHED.glob("run*.json.gz")}
-    claimed = {f"run{n}.json.gz" for numbers, _ in PUBLISHED_ROUNDS.values() for n in numbers}
-    assert published == claimed
 
 
 def test_msserve_bench_pool_runs_the_script(tmp_path: Path) -> None:

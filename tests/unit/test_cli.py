@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from typer.testing import CliRunner
+
+from server import cli
 from tests.conftest import REPO, free_port
 
 
@@ -23,11 +27,19 @@ def test_profiles_lists_every_profile() -> None:
         assert name in result.stdout
 
 
-def test_gpu_profile_without_gpu_exits_non_zero_with_a_reason() -> None:
-    result = msserve("serve", "--profile", "mistral-small-3.1", "--port", str(free_port()),
-                     env={"PATH": "/usr/bin:/bin"})  # no nvidia-smi on this PATH
-    assert result.returncode == 2
-    assert "needs an NVIDIA GPU" in result.stderr
+def test_gpu_profile_without_gpu_exits_non_zero_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The GPU probe says "none", whatever this host has: on a GPU host the test must not load the 24B model.
+    monkeypatch.setattr(cli, "cuda_available", lambda: False)
+    result = CliRunner().invoke(cli.app, ["serve", "--profile", "mistral-small-3.1", "--port", str(free_port())])
+    assert result.exit_code == 2
+    assert "needs an NVIDIA GPU" in result.output
+
+
+@pytest.mark.parametrize(("gpu", "profile"), [(True, "mistral-small-3.1"), (False, "tiny-mistral3")])
+def test_auto_picks_the_profile_the_gpu_probe_allows(monkeypatch: pytest.MonkeyPatch, gpu: bool, profile: str) -> None:
+    monkeypatch.setattr(cli, "cuda_available", lambda: gpu)
+    assert cli.pick_profile("auto") == profile
+    assert cli.pick_profile("tiny-mistral3-vllm") == "tiny-mistral3-vllm"  # a named profile is never replaced
 
 
 def test_unknown_profile_exits_non_zero() -> None:

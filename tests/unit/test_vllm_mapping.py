@@ -111,53 +111,69 @@ def test_openai_tool_call_ids_become_mistral_ids() -> None:
     assert len(mistral_call_id("x")) == 9
 
 
-async def _ticks(count: int, every_s: float) -> AsyncIterator[int]:
-    for n in range(count):
-        await asyncio.sleep(every_s)
+async def _ready_then_stall(ready: int) -> AsyncIterator[int]:
+    """``ready`` items without suspending, then a wait that only a cancellation ends: an engine that stalled.
+
+    Nothing here depends on how fast the machine is: the items come before the loop runs any timer, and the stall
+    lasts until the deadline cuts it, however late that timer fires on a loaded machine."""
+    for n in range(ready):
         yield n
+    await asyncio.Event().wait()
+    yield ready  # never reached
 
 
 async def test_until_passes_a_stream_through_before_its_deadline() -> None:
-    assert [n async for n in _until(_ticks(3, 0.0), time.monotonic() + 30)] == [0, 1, 2]
-    assert [n async for n in _until(_ticks(3, 0.0), None)] == [0, 1, 2]
+    async def three() -> AsyncIterator[int]:
+        for n in range(3):
+            await asyncio.sleep(0)
+            yield n
+
+    assert [n async for n in _until(three(), time.monotonic() + 3600)] == [0, 1, 2]
+    assert [n async for n in _until(three(), None)] == [0, 1, 2]
 
 
 async def test_until_stops_a_stalled_stream_at_the_deadline() -> None:
     seen: list[int] = []
-    started = time.monotonic()
     with pytest.raises(TimeoutError):
-        async for n in _until(_ticks(100, 0.05), started + 0.12):
+        async for n in _until(_ready_then_stall(2), time.monotonic() + 0.05):
             seen.append(n)
-    assert seen == [0, 1]  # the third tick would come at 0.15 s, after the deadline
-    assert time.monotonic() - started < 5  # cut at the deadline, not after the stream's 5 s
+    assert seen == [0, 1]  # what came before the stall, then the deadline ended the wait
 
 
 async def test_until_never_cancels_the_consumer_between_items() -> None:
     """A consumer busy past the deadline is not cancelled mid-work; the next item then times out."""
-    iterator = _until(_ticks(10, 0.0), time.monotonic() + 0.05)
+    iterator = _until(_ready_then_stall(10), time.monotonic() + 0.01)
     assert await anext(iterator) == 0
-    await asyncio.sleep(0.1)  # the consumer's own work outlives the deadline: it must finish undisturbed
+    # The consumer's own work ends on a later timer than the deadline's, so the deadline passes during it (timers
+    # fire in order of their times); it must finish undisturbed.
+    await asyncio.sleep(0.05)
     with pytest.raises(TimeoutError):
-        await anext(iterator)
+        await anext(iterator)  # item 1 is ready at once: only the passed deadline refuses it
 
 
 async def test_until_times_out_a_wait_in_another_task_than_the_first() -> None:
     """The dispatcher awaits the first item, the response's task the rest: the deadline follows the waiting task."""
-    iterator = _until(_ticks(100, 0.05), time.monotonic() + 0.12)
+    iterator = _until(_ready_then_stall(1), time.monotonic() + 0.05)
     assert await anext(iterator) == 0
 
     async def read_rest() -> list[int]:
         return [n async for n in iterator]
 
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError):  # were the first task cancelled instead, this await would be cancelled
         await asyncio.create_task(read_rest())
 
 
 async def test_until_leaves_an_outside_cancellation_a_cancellation() -> None:
     """A client gone mid-stream cancels the reading task: that must not turn into a timeout, nor be swallowed."""
-    iterator = _until(_ticks(100, 0.05), time.monotonic() + 30)
-    reader = asyncio.create_task(anext(iterator))
-    await asyncio.sleep(0.01)
+    iterator = _until(_ready_then_stall(0), time.monotonic() + 3600)
+    started = asyncio.Event()
+
+    async def read() -> int:
+        started.set()
+        return await anext(iterator)  # runs on to the stall within this same step of the reader's task
+
+    reader = asyncio.create_task(read())
+    await started.wait()
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reader

@@ -44,8 +44,8 @@ def test_direct_engine_counts_the_served_prompt_tokens_and_decodes_the_same_text
         ("image", {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 12,
                    "temperature": 0}),
     ]
-    results, wall = direct.run(bodies, concurrency=2)
-    assert wall > 0 and all(r.ok for r in results), [r.error for r in results]
+    results, _ = direct.run(bodies, concurrency=2)
+    assert all(r.ok for r in results), [r.error for r in results]
     by_kind = {r.kind: r for r in results}
     for kind, body in bodies:
         served = httpx.post(f"{vllm_server.v1}/chat/completions", json=body, timeout=300).json()["usage"]

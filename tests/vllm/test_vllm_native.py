@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import REPO, LiveServer, start_server, stop_server
 from tests.images import png_url
+from tests.prompt_tokens import expected_prompt_tokens
 from tests.vllm.conftest import READY_TIMEOUT_S
 from tests.vllm.test_vllm_engine import engine_block, long_stream, wait_idle
 
@@ -72,7 +73,7 @@ def greedy(client, model: str, content: object, **extra: object):  # type: ignor
 def test_text_chat(native_client) -> None:
     completion = greedy(native_client, MODEL, "Say hello.")
     assert completion.choices[0].message.content
-    assert completion.usage.prompt_tokens > 3
+    assert completion.usage.prompt_tokens == expected_prompt_tokens("Say hello.")  # mistral_common's own count
     assert completion.choices[0].finish_reason == "length" and completion.usage.completion_tokens == 12
 
 
@@ -80,7 +81,8 @@ def test_image_answer_matches_the_hf_format_server(native_client, vllm_client) -
     native = greedy(native_client, MODEL, IMAGE_PROMPT)
     hf = greedy(vllm_client, HF_MODEL, IMAGE_PROMPT)
     # 300x200 px: 11 x 8 merged patches plus a break token per row, in both layouts.
-    assert native.usage.prompt_tokens == hf.usage.prompt_tokens > 11 * 8
+    assert native.usage.prompt_tokens == hf.usage.prompt_tokens == expected_prompt_tokens(
+        IMAGE_PROMPT[0]["text"], IMAGE_PROMPT[1]["image_url"]["url"])  # type: ignore[index]
     assert native.choices[0].message.content == hf.choices[0].message.content
     assert native.usage.completion_tokens == hf.usage.completion_tokens
 

@@ -1,0 +1,256 @@
+"""Write docs/BENCHMARKS.md's tables from docs/bench-data, so the page cannot drift from the data.
+
+    python scripts/bench_report.py           # rewrite the tables in place
+    python scripts/bench_report.py --check   # exit 1 when the committed page differs from what the data gives
+
+Each table sits between `<!-- bench_report:NAME -->` and `<!-- /bench_report:NAME -->`; the text around the markers
+is written by hand and left alone. Serving tables are pooled from the published bench_serving.py runs
+(docs/bench-data/serving/*.json.gz) by bench_pool.py's own functions; the other benchmarks' figures are small JSON
+files beside them. To publish a new run: add its file, point the table's glob below at it, run this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench_common import TARGETS, format_interval
+from bench_pool import METRICS, check_same_load, load_run, pool
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "docs" / "bench-data"
+PAGE = REPO / "docs" / "BENCHMARKS.md"
+MARKER = re.compile(r"(<!-- bench_report:(?P<name>[\w-]+) -->\n).*?(<!-- /bench_report:(?P=name) -->)", re.DOTALL)
+
+
+# The published runs each serving table pools (docs/bench-data/serving/).
+VERDICT_RUNS = "run*.json.gz"
+CEILING_RUNS = "ceiling-*.json.gz"
+PLACEMENT_RUNS = {
+    "API process off the worker's core, VM 3": "ab-confirm-api-off-worker-cores-*.json.gz",
+    "API process off the worker's core, VM 2": "ab-api-off-worker-cores-*.json.gz",
+    "EngineCore beside the worker, VM 1": "ab-enginecore-beside-worker.json.gz",
+}
+OPEN_LOOP_RUNS = {4: "open-rate4-*.json.gz", 7: "open-rate7-*.json.gz"}
+POOLED = [VERDICT_RUNS, CEILING_RUNS, *PLACEMENT_RUNS.values(), *OPEN_LOOP_RUNS.values()]
+
+
+def table(headers: list[str], rows: list[list[Any]], right: int = 1) -> str:
+    """A Markdown table; columns from ``right`` on are right-aligned (numbers)."""
+    align = ["---" if i < right else "---:" for i in range(len(headers))]
+    lines = [headers, align, *[[str(cell) for cell in row] for row in rows]]
+    return "".join("| " + " | ".join(line) + " |\n" for line in lines)
+
+
+def plural(runs: int) -> str:
+    return f"{runs} run" if runs == 1 else f"{runs} runs"
+
+
+def serving_runs(pattern: str) -> dict[str, dict[str, Any]]:
+    paths = sorted((DATA / "serving").glob(pattern))
+    if not paths:
+        raise SystemExit(f"no published runs match docs/bench-data/serving/{pattern}")
+    runs = {path.name: load_run(path) for path in paths}
+    check_same_load(runs)
+    return runs
+
+
+def target_text(metric: str, verdict: str) -> str:
+    if metric not in TARGETS or verdict == "-":
+        return "-"
+    side, bound = TARGETS[metric]
+    return f"{side} {bound}: **{verdict}**" if verdict == "met" else f"{side} {bound}: {verdict}"
+
+
+def pooled_rows(
+    runs: dict[str, dict[str, Any]], over: str = "vllm", only: str = "", label: str = ""
+) -> list[list[Any]]:
+    rows = []
+    for side, by_metric in pool(runs, over).items():
+        if only and side != only:
+            continue
+        for metric, found in by_metric.items():
+            rows.append(
+                [
+                    f"{label or side}",
+                    METRICS[metric],
+                    f"**{format_interval(found['interval_95'])}**",
+                    format_interval(found["runs_as_samples_interval_95"]),
+                    found["pairs"],
+                    target_text(metric, found["target"]),
+                ]
+            )
+    return rows
+
+
+POOLED_HEADERS = ["side", "metric", "pooled [95 %]", "runs as samples [95 %]", "pairs", "target"]
+
+
+def serving_verdict() -> str:
+    runs = serving_runs(VERDICT_RUNS)
+    return table([f"over `vllm serve` ({plural(len(runs))})", *POOLED_HEADERS[1:]], pooled_rows(runs), right=2)
+
+
+def serving_ceiling() -> str:
+    runs = serving_runs(CEILING_RUNS)
+    # Context, not a verdict: the targets are judged on runs 17-30 alone (the plan these runs were made under).
+    rows = pooled_rows(runs) + pooled_rows(runs, over="direct", only="ours", label="ours over direct")
+    return table([f"over `vllm serve` ({plural(len(runs))})", *POOLED_HEADERS[1:5]], [row[:5] for row in rows], right=2)
+
+
+def serving_placement() -> str:
+    rows = []
+    for vm, pattern in PLACEMENT_RUNS.items():
+        runs = serving_runs(pattern)
+        rows += [[f"{vm}, {plural(len(runs))}", *row[1:5]] for row in pooled_rows(runs)]
+    return table(["with / without", *POOLED_HEADERS[1:5]], rows, right=2)
+
+
+def serving_open_loop() -> str:
+    rows = []
+    for rate, pattern in OPEN_LOOP_RUNS.items():
+        runs = serving_runs(pattern)
+        rows += [
+            [f"{rate} requests/s, {plural(len(runs))}", *row[1:5]]
+            for row in pooled_rows(runs)
+            if row[1] != "requests/s"
+        ]
+    return table(["offered rate", *POOLED_HEADERS[1:5]], rows, right=2)
+
+
+def figures(name: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads((DATA / f"{name}.json").read_text())
+    return found
+
+
+def span(pair: list[float] | None, unit: str = " ms", digits: int = 2) -> str:
+    return "-" if pair is None else f"{pair[0]:.{digits}f}-{pair[1]:.{digits}f}{unit}"
+
+
+def media() -> str:
+    rows = [
+        [
+            row["input"],
+            row["bytes"],
+            f"{row['mistral_common_ms']:.1f} ms",
+            f"{row['ours_ms']:.1f} ms",
+            f"**{row['mistral_common_ms'] / row['ours_ms']:.1f}x**",
+            f"{row['forward_encode_ms']:.1f} ms",
+            f"{row['tokens']} = {row['tokens']}",
+        ]
+        for row in figures("media")["rows"]
+    ]
+    return table(
+        ["input", "bytes", "mistral_common", "ours", "speed-up", "forwarding encode (escalated only)", "tokens (both)"],
+        rows,
+    )
+
+
+def router_latency() -> str:
+    rows = [
+        [row["prompt"], span(row["p50_ms"]), span(row["p99_ms"]), span(row["cpu_p99_ms"])]
+        for row in figures("router-latency")["rows"]
+    ]
+    return table(["prompt", "p50", "p99", "CPU-time p99"], rows)
+
+
+def router_quality() -> str:
+    def cell(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    rows = [
+        [
+            row["split"],
+            f"**{row['apgr_pooled']:.3f}**",
+            span(row["interval_90"], unit="", digits=3),
+            cell(row["apgr_fold_mean"]),
+            cell(row["cpt50"]),
+            cell(row["cpt80"]),
+        ]
+        for row in figures("router-quality")["rows"]
+    ]
+    return table(["split", "APGR pooled", "90 % (subjects)", "per-fold mean", "CPT(50%)", "CPT(80%)"], rows)
+
+
+def gateway() -> str:
+    found = figures("gateway")["rows"]
+    rows = [
+        [
+            f"{n} (VM {row['vm']})",
+            f"{row['ours_added_p50_ms']:.1f} ms",
+            f"{row['litellm_added_p50_ms']:.1f} ms",
+            f"**{row['ratio']:.3f}**",
+            f"{row['ours_cpu_ms']:.2f} ms",
+            f"{row['ours_rps']} / {row['litellm_rps']}",
+        ]
+        for n, row in enumerate(found, 1)
+    ]
+    ratios = [row["ratio"] for row in found]
+    rows.append([f"all {len(found)}", "", "", f"**{min(ratios):.3f}-{max(ratios):.3f}**", "", ""])
+    return table(
+        [
+            "run",
+            "ours added p50",
+            "LiteLLM added p50",
+            "ours / LiteLLM",
+            "our CPU per request",
+            "requests/s ours / LiteLLM",
+        ],
+        rows,
+    )
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "serving-verdict": serving_verdict,
+    "serving-ceiling": serving_ceiling,
+    "serving-placement": serving_placement,
+    "serving-open-loop": serving_open_loop,
+    "media": media,
+    "router-latency": router_latency,
+    "router-quality": router_quality,
+    "gateway": gateway,
+}
+
+
+def render(page: str) -> str:
+    """``page`` with every marked table regenerated; exits when a marker names no table or a table has no marker."""
+    seen: set[str] = set()
+
+    def fill(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise SystemExit(f"docs/BENCHMARKS.md: no table named {name!r} (known: {', '.join(TABLES)})")
+        seen.add(name)
+        return match[1] + TABLES[name]() + match[3]
+
+    out = MARKER.sub(fill, page)
+    if missing := set(TABLES) - seen:
+        raise SystemExit(f"docs/BENCHMARKS.md has no markers for {', '.join(sorted(missing))}")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only say whether the page is current (exit 1 if not)")
+    args = parser.parse_args()
+    page = PAGE.read_text()
+    fresh = render(page)
+    if args.check:
+        if fresh != page:
+            print(
+                "docs/BENCHMARKS.md is not what docs/bench-data gives: run python scripts/bench_report.py",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    PAGE.write_text(fresh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
