@@ -160,21 +160,19 @@ def router_latency() -> str:
 
 
 def router_quality() -> str:
-    def cell(value: Any) -> str:
-        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
     rows = [
         [
-            row["split"],
-            f"**{row['apgr_pooled']:.3f}**",
-            span(row["interval_90"], unit="", digits=3),
-            cell(row["apgr_fold_mean"]),
-            cell(row["cpt50"]),
-            cell(row["cpt80"]),
+            row["source"],
+            f"{row['n']:,}",
+            f"**{row['prior']:.3f}**",
+            f"{row['length']:.3f}",
+            f"{row['difference_95'][0]:+.3f} to {row['difference_95'][1]:+.3f}",
+            "-" if row["previous"] is None else f"{row['previous']:.3f}",
         ]
         for row in figures("router-quality")["rows"]
     ]
-    return table(["split", "APGR pooled", "90 % (subjects)", "per-fold mean", "CPT(50%)", "CPT(80%)"], rows)
+    headers = ["left-out source", "prompts", "prior (trained on the others)", "prompt length", "prior - length, 95 %"]
+    return table([*headers, "previous weights"], rows)
 
 
 def gateway() -> str:

@@ -30,14 +30,14 @@ PROMPTS = (
     "What is the capital of France?",
     "Write a haiku about rain.",
     "Prove that there are infinitely many primes.",
-    "Janet's ducks lay 16 eggs per day. She eats 3 and bakes with 4. She sells the rest at $2 each. How much does she make?",
+    "Janet's ducks lay 16 eggs per day. She eats 3 and bakes with 4. She sells the rest at $2 each. How much?",
     "Implement binary search in Python.",
 )
 
 
 async def run(profile_name: str, max_tokens: int) -> list[tuple[str, float, float]]:
     profile = load_profile(profile_name)
-    model_dir = ROOT / "models" / "tiny-mistral3" if profile.demo else None
+    model_dir = ROOT / "models" / "tiny-mistral3" if profile.demo else None  # the demo model a checkout builds
     engine = HFEngine(profile, model_dir=model_dir)
     await engine.start()
     out = []
@@ -70,8 +70,10 @@ def main() -> None:
         verdict = "escalate" if max(greedy, sampled) < threshold else "keep local"
         print(f"greedy {greedy:.2e}  sampled {sampled:.2e}  -> {verdict:10s} {prompt[:60]!r}")
     values = [v for _, g, s in rows for v in (g, s)]
-    print(f"confidence median {statistics.median(values):.2e}, max {max(values):.2e}; all below threshold: "
-          f"{all(v < threshold for v in values)}")
+    print(
+        f"confidence median {statistics.median(values):.2e}, max {max(values):.2e}; all below threshold: "
+        f"{all(v < threshold for v in values)}"
+    )
 
 
 if __name__ == "__main__":

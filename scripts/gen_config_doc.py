@@ -98,7 +98,7 @@ def default_text(name: str) -> str:
         return "(secret)"
     if isinstance(value, Path):
         try:
-            return f"`{value.relative_to(config.REPO_ROOT).as_posix()}`"
+            return f"`{value.relative_to(REPO).as_posix()}`"
         except ValueError:
             return f"`{value}`"
     if isinstance(value, Enum):

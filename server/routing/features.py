@@ -183,9 +183,7 @@ def _operations(lowered: str) -> int:
         if left < 0 or right >= end:
             continue
         before, after = lowered[left], lowered[right]
-        if after in _RIGHT_OPERANDS and (
-            before in _LEFT_OPERANDS or (before in _LETTERS and lowered[at] in "=^")
-        ):
+        if after in _RIGHT_OPERANDS and (before in _LEFT_OPERANDS or (before in _LETTERS and lowered[at] in "=^")):
             count += 1
     return count
 

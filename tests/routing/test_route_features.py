@@ -167,7 +167,9 @@ def _class_regex(items: list) -> str:  # type: ignore[type-arg]
         elif op == sre_constants.RANGE:
             parts.append(f"{re.escape(chr(arg[0]))}-{re.escape(chr(arg[1]))}")
         elif op == sre_constants.CATEGORY:
-            parts.append({"CATEGORY_DIGIT": r"\d", "CATEGORY_SPACE": r"\s", "CATEGORY_WORD": r"\w"}.get(str(arg), r"\s"))
+            parts.append(
+                {"CATEGORY_DIGIT": r"\d", "CATEGORY_SPACE": r"\s", "CATEGORY_WORD": r"\w"}.get(str(arg), r"\s")
+            )
         elif op == sre_constants.NEGATE:
             parts.insert(0, "^")
     return "[" + "".join(parts) + "]"
@@ -177,7 +179,7 @@ def _check(parsed: sre_parse.SubPattern, inside_unbounded: bool, multiline: bool
     problems = []
     for op, arg in parsed:
         if op in _REPEATS:
-            low, high, sub = arg
+            _low, high, sub = arg
             unbounded = high == sre_constants.MAXREPEAT
             if unbounded and inside_unbounded:
                 problems.append("an unbounded repeat inside another")

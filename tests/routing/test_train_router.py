@@ -35,7 +35,9 @@ def synthetic(train, seed: int = 0):  # type: ignore[no-untyped-def]
 
 
 def test_soft_label(train) -> None:  # type: ignore[no-untyped-def]
-    data = train.Data(np.array(["a"] * 3), np.array([0.0, 1.0, 1.0]), np.array([1.0, 0.0, 1.0]), np.zeros((3, 1)), np.ones(3))
+    data = train.Data(
+        np.array(["a"] * 3), np.array([0.0, 1.0, 1.0]), np.array([1.0, 0.0, 1.0]), np.zeros((3, 1)), np.ones(3)
+    )
     assert train.soft_label(data).tolist() == [1.0, 0.0, 0.5]
 
 
