@@ -31,7 +31,7 @@ def test_every_setting_has_a_row_with_its_variable_and_default() -> None:
     }
     assert set(rows) == {f"MSSERVE_{name.upper()}" for name in config.Settings.model_fields}
     assert "| `8000` |" in rows["MSSERVE_PORT"] and "| `64` |" in rows["MSSERVE_MAX_QUEUE"]
-    assert "| `models/router/mmlu-lr-v1.json` |" in rows["MSSERVE_ROUTER_WEIGHTS"]  # no machine path
+    assert "| `server/resources/router/task-lr-v2.json` |" in rows["MSSERVE_ROUTER_WEIGHTS"]  # no machine path
 
 
 def with_extra_field(script: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str) -> None:
@@ -45,7 +45,7 @@ def with_extra_field(script: ModuleType, tmp_path: Path, monkeypatch: pytest.Mon
         new_knob: int = 7
 
     monkeypatch.setattr(script, "SOURCE", edited)
-    monkeypatch.setattr(script, "config", SimpleNamespace(Settings=Extended, REPO_ROOT=config.REPO_ROOT))
+    monkeypatch.setattr(script, "config", SimpleNamespace(Settings=Extended))
 
 
 def test_a_new_setting_with_a_comment_gets_its_row_and_the_check_fails_until_regenerated(
