@@ -73,7 +73,7 @@ def make_client(paced_engine: PacedEngine) -> Iterator[Any]:
     def make(**overrides: Any) -> httpx.AsyncClient:
         app = create_app(ops_settings(**overrides), engine=paced_engine)
         paced_engine.ready = True
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ops.test")
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000")  # a loopback Host: the default allow-list
         client.app = app  # type: ignore[attr-defined]
         clients.append(client)
         return client
