@@ -52,6 +52,8 @@ def parse_api_keys(text: str | None) -> dict[str, str]:
     """
     if text is None:
         return {}
+    if not text.strip():
+        raise ApiKeysError("MSSERVE_API_KEYS is set but names no key; unset it to run without keys")
     keys: dict[str, str] = {}
     for index, entry in enumerate(item.strip() for item in text.split(",")):
         where = f"MSSERVE_API_KEYS entry {index + 1}"
@@ -65,6 +67,9 @@ def parse_api_keys(text: str | None) -> dict[str, str]:
             raise ApiKeysError(
                 f"{where}: {'an empty' if not name else 'an invalid'} name before the first ':'. Entries are "
                 "name:key (names: 1-64 of A-Z a-z 0-9 _ . @ -); a key that contains ':' needs a name in front")
+        elif name.lower().startswith(("sk-", "sk_")):
+            raise ApiKeysError(f"{where}: the part before the first ':' looks like a key, not a name; a key that "
+                               "contains ':' needs a name in front (name:key)")
         if not key:
             raise ApiKeysError(f"{where} ({name}) has no key after the ':'")
         if len(key) < MIN_KEY_LENGTH:
@@ -77,8 +82,6 @@ def parse_api_keys(text: str | None) -> dict[str, str]:
         if key in keys.values():
             raise ApiKeysError(f"{where} ({name}) repeats another entry's key: each name needs its own key")
         keys[name] = key
-    if not keys:
-        raise ApiKeysError("MSSERVE_API_KEYS is set but names no key; unset it to run without keys")
     return keys
 
 
