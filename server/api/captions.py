@@ -15,8 +15,8 @@ from server.api import chat_service
 from server.api.captions_protocol import CaptionJSONRequest, CaptionOptions, CaptionResponse
 from server.api.captions_service import caption_images
 from server.api.deps import Services, get_services
-from server.api.permissions import check_route_permission
 from server.api.errors import validation_error
+from server.api.permissions import check_route_permission
 from server.api.protocol import ErrorResponse
 from server.engines.base import ImagePart, Usage
 from server.errors import ImageError, InvalidRequestError, MSServeError, NotFoundError

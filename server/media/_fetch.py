@@ -141,7 +141,8 @@ class SafeFetcher:
         extensions: dict[str, object] = {}
         if url.scheme == "https" and not _is_ip_literal(name):
             extensions["sni_hostname"] = name  # TLS: SNI and certificate check for the name
-        headers = {"Host": host_header(name, url.port), "Accept": "image/*", "Accept-Encoding": "identity", "User-Agent": _USER_AGENT}
+        headers = {"Host": host_header(name, url.port), "Accept": "image/*", "Accept-Encoding": "identity",
+                   "User-Agent": _USER_AGENT}
         return client.build_request("GET", pinned, headers=headers, extensions=extensions)
 
     async def _read(self, response: httpx.Response, url: httpx.URL, max_bytes: int) -> FetchedImage | str:

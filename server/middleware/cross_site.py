@@ -64,7 +64,10 @@ class CrossSiteMiddleware:
         if scope["type"] != "http" or not is_cross_site(scope["method"], Headers(scope=scope)):
             await self.app(scope, receive, send)
             return
-        await send_error(send, PermissionDeniedError(
-            "cross-site requests from web pages are refused; call the API from your own code or the dashboard",
-            code="cross_site_request",
-        ))
+        await send_error(
+            send,
+            PermissionDeniedError(
+                "cross-site requests from web pages are refused; call the API from your own code or the dashboard",
+                code="cross_site_request",
+            ),
+        )

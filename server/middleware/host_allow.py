@@ -15,8 +15,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.config import Settings
 from server.errors import InvalidRequestError
-from server.netnames import canonical_host, split_host_port
 from server.middleware._respond import send_error
+from server.netnames import canonical_host, split_host_port
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -65,8 +65,11 @@ class HostAllowListMiddleware:
         if host and host_matches(canonical_host(host), self.allowed):
             await self.app(scope, receive, send)
             return
-        await send_error(send, InvalidRequestError(
-            f"this server does not answer to the host name {raw.decode('latin-1')[:100]!r}; "
-            "MSSERVE_ALLOWED_HOSTS lists the names it answers to",
-            code="host_not_allowed",
-        ))
+        await send_error(
+            send,
+            InvalidRequestError(
+                f"this server does not answer to the host name {raw.decode('latin-1')[:100]!r}; "
+                "MSSERVE_ALLOWED_HOSTS lists the names it answers to",
+                code="host_not_allowed",
+            ),
+        )

@@ -41,8 +41,13 @@ def data_url() -> str:
 
 
 @asynccontextmanager
-async def app_client(engine: Engine | None = None, *, client: tuple[str, int] = ("127.0.0.1", 50000),
-                     base_url: str = LOCAL, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def app_client(
+    engine: Engine | None = None,
+    *,
+    client: tuple[str, int] = ("127.0.0.1", 50000),
+    base_url: str = LOCAL,
+    **settings: Any,
+) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client on a fresh app; ``client`` is the peer address the app sees (for proxy tests)."""
     settings.setdefault("host", "127.0.0.1")
     settings.setdefault("state_dir", tempfile.mkdtemp(prefix="msserve-access-"))

@@ -10,7 +10,8 @@ UPLOAD = {"file": ("a.png", png(), "image/png")}
 # /v1/captions does not close the multipart form it parses, so its spooled upload file is closed by the garbage
 # collector; in-process that is reported here. Not this file's subject (a live server never reports it).
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in.*SpooledTemporaryFile:pytest.PytestUnraisableExceptionWarning")
+    "ignore:Exception ignored in.*SpooledTemporaryFile:pytest.PytestUnraisableExceptionWarning"
+)
 
 
 @pytest.mark.parametrize("host", ["rebound.attacker.example", "rebound.attacker.example:8000", "", "127.0.0.1.nip.io"])
@@ -44,34 +45,41 @@ async def test_configured_allowed_hosts() -> None:
         assert (await client.get("/health", headers={"host": "anything.example"})).status_code == 200
 
 
-@pytest.mark.parametrize("headers", [
-    {"sec-fetch-site": "cross-site"},
-    {"sec-fetch-site": "same-site"},  # another port of localhost is another origin
-    {"sec-fetch-site": "cross-site", "origin": "http://127.0.0.1:8000"},  # the browser's word wins
-    {"origin": "http://evil.example"},  # older browsers: Origin only
-    {"origin": "http://127.0.0.1:9999"},
-    {"origin": "null"},  # sandboxed frames, file:// pages
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"sec-fetch-site": "cross-site"},
+        {"sec-fetch-site": "same-site"},  # another port of localhost is another origin
+        {"sec-fetch-site": "cross-site", "origin": "http://127.0.0.1:8000"},  # the browser's word wins
+        {"origin": "http://evil.example"},  # older browsers: Origin only
+        {"origin": "http://127.0.0.1:9999"},
+        {"origin": "null"},  # sandboxed frames, file:// pages
+    ],
+)
 async def test_cross_site_browser_posts_are_refused(headers: dict[str, str]) -> None:
     async with app_client() as client:
         # The classic attack: a form POST of multipart data, the one content type no preflight guards.
         upload = await client.post("/v1/captions", files=UPLOAD, headers=headers)
         assert upload.status_code == 403 and upload.json()["error"]["code"] == "cross_site_request"
         # Not decided by content type: a text/plain or JSON body is refused the same way.
-        text = await client.post("/v1/chat/completions", content=b'{"messages": []}',
-                                 headers={**headers, "content-type": "text/plain"})
+        text = await client.post(
+            "/v1/chat/completions", content=b'{"messages": []}', headers={**headers, "content-type": "text/plain"}
+        )
         assert text.status_code == 403
         assert (await client.post("/v1/chat/completions", json=chat(), headers=headers)).status_code == 403
         # Reading is not changing anything: GETs pass (no CORS means the page cannot read the answer anyway).
         assert (await client.get("/v1/models", headers=headers)).status_code == 200
 
 
-@pytest.mark.parametrize("headers", [
-    {},  # curl -F, `msserve caption`, scripts, SDKs: neither header
-    {"sec-fetch-site": "same-origin", "origin": "http://127.0.0.1:8000"},  # the dashboard's own upload
-    {"sec-fetch-site": "none"},  # typed into the address bar
-    {"origin": "http://127.0.0.1:8000"},  # an older browser on the same origin
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # curl -F, `msserve caption`, scripts, SDKs: neither header
+        {"sec-fetch-site": "same-origin", "origin": "http://127.0.0.1:8000"},  # the dashboard's own upload
+        {"sec-fetch-site": "none"},  # typed into the address bar
+        {"origin": "http://127.0.0.1:8000"},  # an older browser on the same origin
+    ],
+)
 async def test_scripts_and_same_origin_uploads_pass(headers: dict[str, str]) -> None:
     async with app_client() as client:
         upload = await client.post("/v1/captions", files=UPLOAD, data={"style": "short"}, headers=headers)

@@ -13,8 +13,9 @@ async def test_same_client_id_gives_distinct_engine_ids() -> None:
             response = await client.post("/v1/chat/completions", json=chat(), headers={"x-request-id": "victim-id"})
             assert response.status_code == 200
             assert response.headers["x-request-id"] == "victim-id"  # the client's id, for its own logs
-        streamed = await client.post("/v1/chat/completions", json={**chat(), "stream": True},
-                                     headers={"x-request-id": "victim-id"})
+        streamed = await client.post(
+            "/v1/chat/completions", json={**chat(), "stream": True}, headers={"x-request-id": "victim-id"}
+        )
         assert streamed.status_code == 200 and streamed.headers["x-request-id"] == "victim-id"
         recent = client.app.state.telemetry.recent  # type: ignore[attr-defined]
     ids = [request.request_id for request in engine.requests]
@@ -27,8 +28,9 @@ async def test_caption_engine_ids_are_server_made() -> None:
     engine = ScriptedEngine()
     async with app_client(engine) as client:
         for _ in range(2):
-            response = await client.post("/v1/captions", json={"image_urls": [data_url()]},
-                                         headers={"x-request-id": "victim-id"})
+            response = await client.post(
+                "/v1/captions", json={"image_urls": [data_url()]}, headers={"x-request-id": "victim-id"}
+            )
             assert response.status_code == 200 and response.headers["x-request-id"] == "victim-id"
     ids = [request.request_id for request in engine.requests]
     assert len(set(ids)) == 2 and not any(engine_id.startswith("victim-id") for engine_id in ids)
