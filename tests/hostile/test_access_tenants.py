@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from fastapi import Depends, Request
 
+from server.api.permissions import check_route_permission, require_admin
 from server.middleware.auth import SESSION_COOKIE
 from tests.fakes.fake_azure import FakeAzure
 from tests.hostile.access_app import ALICE, BOB, KEYS, ROOT, app_client, bearer, chat, data_url
@@ -59,16 +61,16 @@ async def test_anonymous_open_dashboard_shows_no_requests() -> None:
 
 async def test_admin_endpoints_need_an_admin_key() -> None:
     async with app_client(api_keys=KEYS, admin_keys="root") as client:
-        plain = await client.post("/admin/router/reload", headers=bearer(ALICE))
+        plain = await client.post("/admin/no-such-endpoint", headers=bearer(ALICE))
         assert plain.status_code == 403 and plain.json()["error"]["code"] == "admin_required"
         assert plain.json()["error"]["type"] == "permission_error"
-        assert (await client.post("/admin/router/reload")).status_code == 401
-        # An admin key passes the gate (no such route in this build: 404 from the router, not a refusal).
-        assert (await client.post("/admin/router/reload", headers=bearer(ROOT))).status_code == 404
+        assert (await client.post("/admin/no-such-endpoint")).status_code == 401
+        # An admin key passes the gate (to the router, whose 404 says it is no refusal).
+        assert (await client.post("/admin/no-such-endpoint", headers=bearer(ROOT))).status_code == 404
         # A session cookie is not enough for operator endpoints, even an admin's.
         assert (await client.post("/dashboard/login", headers=bearer(ROOT))).status_code == 204
         assert client.cookies.get(SESSION_COOKIE)
-        assert (await client.post("/admin/router/reload")).status_code == 401
+        assert (await client.post("/admin/no-such-endpoint")).status_code == 401
 
 
 async def test_no_admin_keys_means_no_all_tenant_view() -> None:
@@ -114,3 +116,22 @@ async def test_unset_azure_keys_lets_every_key_force_azure(fake_azure: FakeAzure
             "/v1/chat/completions", json=chat(), headers={**bearer(BOB), "x-msserve-route": "azure"}
         )
     assert response.status_code == 200 and response.headers["x-msserve-tier"] == "azure"
+
+
+async def test_permission_helpers_for_other_endpoints() -> None:
+    """What other code calls: an alias that resolves to `azure` is held to MSSERVE_AZURE_KEYS like the header,
+    and operator endpoints outside /admin/ use require_admin."""
+    async with app_client(api_keys=KEYS, admin_keys="root", azure_keys="alice") as client:
+        app = client.app  # type: ignore[attr-defined]
+
+        async def aliased(request: Request) -> dict[str, str]:
+            return {"route": check_route_permission(request, "azure", param="model")}  # e.g. "model": "gpt-4o"
+
+        app.add_api_route("/v1/alias-probe", aliased, methods=["POST"])
+        app.add_api_route("/ops-probe", lambda: {"ok": True}, dependencies=[Depends(require_admin)])
+        refused = await client.post("/v1/alias-probe", headers=bearer(BOB))
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "azure_not_permitted"
+        assert refused.json()["error"]["param"] == "model"
+        assert (await client.post("/v1/alias-probe", headers=bearer(ALICE))).json() == {"route": "azure"}
+        assert (await client.get("/ops-probe", headers=bearer(ALICE))).status_code == 403
+        assert (await client.get("/ops-probe", headers=bearer(ROOT))).json() == {"ok": True}
