@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -17,6 +18,7 @@ from server.bench_cli import app as bench_app
 from server.config import ModelProfile, Settings, list_profiles, load_profile, load_settings
 from server.errors import MSServeError
 from server.routing.cli import app as router_app
+from server.sdk_logging import quiet_sdk_loggers
 
 app = typer.Typer(
     help="mistral-small-server: serve Mistral Small 3.1 with an OpenAI-compatible API.", no_args_is_help=True
@@ -97,7 +99,11 @@ def serve(
     from server.app import create_app
     from server.shutdown import serve as serve_until_signal
 
-    settings = load_settings(config, host=host, port=port, profile=profile)
+    try:
+        settings = load_settings(config, host=host, port=port, profile=profile)
+    except ValueError as exc:  # pydantic's ValidationError too: a setting that must not be served with
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
     settings = settings.model_copy(update={"profile": pick_profile(settings.profile)})
     try:
         chosen = load_profile(settings.profile, settings.profiles_dir)
@@ -116,11 +122,13 @@ def serve(
     except MSServeError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from exc
+    except ValueError as exc:  # e.g. MSSERVE_API_KEYS that parse to nothing: never serve without the keys asked for
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
     if chosen.demo:
         console.print(demo_banner(chosen, settings))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx", "httpx2", "httpcore"):  # one INFO line per Azure call would drown the request log
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+    quiet_sdk_loggers(settings.log_contents)  # debug-level SDK logs would carry request bodies
     failure = serve_until_signal(application, settings)
     if failure:
         console.print(f"[red]error:[/red] the {chosen.name} engine failed to start: {failure}")

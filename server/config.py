@@ -6,9 +6,11 @@ Profiles: the user's folder (``MSSERVE_PROFILES_DIR``) first, then those shipped
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -205,6 +207,53 @@ class Settings(BaseSettings):
     log_contents: bool = False  # put prompt text (and image sizes/hashes, never pixels) in the request log
     recent_requests: int = 200  # size of the recent-requests ring buffer the dashboard shows
 
+    # --- Tenants, hosts and proxies (server.middleware.auth, host_allow, cross_site; server.api.permissions) ---
+    # Key names from api_keys. Admin keys open the dashboard's all-tenant view, /ready's details and /admin/*;
+    # other keys see only their own requests. Empty: no admin keys.
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Key names that may force Azure (x-msserve-route: azure, or an azure model alias). None (unset): every key;
+    # an empty list: no key.
+    azure_keys: Annotated[list[str] | None, NoDecode] = None
+    # Host header allow-list (DNS rebinding): names or addresses, "*.example.com" suffixes, any port. None (unset):
+    # the loopback names when bound to a loopback address, else off; "*": off.
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = None
+    # Proxies (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto are believed. Empty: none.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("admin_keys", "azure_keys", "allowed_hosts", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip("[]"), strict=False)
+            except ValueError:
+                raise ValueError(f"MSSERVE_TRUSTED_PROXIES entry {entry!r} is not an address or network") from None
+        return value
+
+    @field_validator("azure_endpoint")
+    @classmethod
+    def _azure_endpoint_https(cls, value: str | None) -> str | None:
+        # The Azure key travels in a header on every call: plain http only to this machine (tests' fake Azure).
+        if value is None or not value.strip():
+            return value
+        parsed = urlsplit(value.strip())
+        if parsed.scheme == "https" and parsed.hostname:
+            return value
+        if parsed.scheme == "http" and parsed.hostname and _is_loopback_host(parsed.hostname):
+            return value
+        raise ValueError(f"MSSERVE_AZURE_ENDPOINT must be an https:// URL (plain http:// only to a loopback "
+                         f"address), not {value!r}")
+
     @field_validator("port")
     @classmethod
     def _valid_port(cls, port: int) -> int:
@@ -226,6 +275,15 @@ class Settings(BaseSettings):
         if yaml_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
         return (*sources, file_secret_settings)
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

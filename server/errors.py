@@ -4,6 +4,7 @@
     ├── InvalidRequestError      400 invalid_request_error (bad field, unsupported option)
     │   └── ImageError           400/413/415 image intake (bad data URL, too large, wrong format)
     ├── AuthenticationError      401 authentication_error
+    ├── PermissionDeniedError    403 permission_error (a valid key that may not do this)
     ├── NotFoundError            404 not_found_error (unknown model)
     ├── RateLimitError           429 rate_limit_error (queue full, per-key limit)
     ├── UpstreamError            502 upstream_error (Azure failed)
@@ -58,6 +59,12 @@ class AuthenticationError(MSServeError):
     status_code = 401
     error_type = "authentication_error"
     default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(MSServeError):
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "permission_denied"
 
 
 class NotFoundError(MSServeError):

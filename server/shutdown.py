@@ -70,7 +70,8 @@ def serve(app: FastAPI, settings: Settings) -> str | None:
     # in it (request id, tier, timings), and a second line per request cost ~2 % of a proxied request's CPU.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
-                            timeout_keep_alive=settings.keep_alive_timeout_s, access_log=False)
+                            timeout_keep_alive=settings.keep_alive_timeout_s, access_log=False,
+                            proxy_headers=False)  # forwarded headers: MSSERVE_TRUSTED_PROXIES (server.middleware)
     set_switch_interval(settings)
     server = DrainingServer(config, app)
     failures: list[str] = []

@@ -15,9 +15,11 @@ from server.api.captions_protocol import CaptionJSONRequest, CaptionOptions, Cap
 from server.api.captions_service import caption_images
 from server.api.deps import Services, get_services
 from server.api.errors import validation_error
+from server.api.permissions import check_route_permission
 from server.api.protocol import ErrorResponse
 from server.engines.base import ImagePart, Usage
 from server.errors import ImageError, InvalidRequestError, MSServeError, NotFoundError
+from server.middleware.request_id import engine_request_id
 from server.telemetry import record_of
 
 router = APIRouter()
@@ -48,7 +50,7 @@ _REQUEST_BODY: dict[str, Any] = {
 @router.post(
     "/v1/captions",
     response_model=CaptionResponse,
-    responses={status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 429, 502, 503, 504)},
+    responses={status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 415, 429, 502, 503, 504)},
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
 async def create_captions(
@@ -57,6 +59,7 @@ async def create_captions(
     x_msserve_route: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     request_id = request.headers.get("x-request-id") or chat_service.new_request_id()
+    check_route_permission(request, x_msserve_route)  # before any upload is read
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         options, images = await _from_multipart(request, services)
@@ -70,7 +73,7 @@ async def create_captions(
         )
     if options.model and options.model not in chat_service.served_names(services):
         raise NotFoundError(f"model {options.model!r} is not served here", param="model", code="model_not_found")
-    result = await caption_images(images, options, services, request_id, x_msserve_route)
+    result = await caption_images(images, options, services, engine_request_id(request), x_msserve_route)
     if (record := record_of(request)) is not None:  # tokens for the request log and the dashboard row
         record.usage = Usage(prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens)
     first = result.data[0]

@@ -9,13 +9,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.api import chat_service
 from server.api.deps import Services, get_services
+from server.api.permissions import check_route_permission
 from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse
+from server.middleware.request_id import engine_request_id
 from server.telemetry import observe_routed
 
 router = APIRouter()
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 429, 502, 503, 504)
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
 }
 # With "stream": true the 200 is server-sent events; the schema describes one event (OpenAPI < 3.2): its data is a
 # chat.completion.chunk in JSON, an {"error": ...} object if the stream fails midway, or the final "[DONE]".
@@ -39,7 +41,8 @@ async def create_chat_completion(
 ) -> JSONResponse | StreamingResponse:
     request_id = request.headers.get("x-request-id") or chat_service.new_request_id()
     chat_service.check_request(body, services)
-    generation = await chat_service.to_generation_request(body, services, request_id)
+    check_route_permission(request, x_msserve_route)  # the effective route's permission, before any work
+    generation = await chat_service.to_generation_request(body, services, engine_request_id(request))
     routed = await services.dispatcher.dispatch(generation, x_msserve_route, stream=body.stream)
     routed = observe_routed(request, routed, generation, stream=body.stream)  # telemetry: decision, token timings
     headers = chat_service.routing_headers(routed.decision, request_id)

@@ -6,7 +6,11 @@ CSP nonce; every value is escaped on the server and set with ``textContent`` in 
 
 Access (see server.middleware.auth): with API keys configured and ``dashboard_open`` off, ``/`` shows a login
 form; the key entered stays in the tab's sessionStorage (the upload sends it as a Bearer token) and
-``/dashboard/login`` sets a signed, HttpOnly, SameSite=Strict cookie naming the key for the page itself.
+``/dashboard/login`` sets a signed, HttpOnly, SameSite=Strict cookie naming the key for the page itself. Only
+the key itself signs in: a session never renews itself, so it ends at its absolute expiry.
+
+Tenants: an admin key (``MSSERVE_ADMIN_KEYS``), or any visitor when no keys are configured, sees every request
+(the all-tenant view); any other key sees only its own requests, and totals computed over them alone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from server.api.permissions import is_admin, key_name
 from server.api.protocol import ErrorResponse
 from server.errors import AuthenticationError
 from server.middleware.auth import SESSION_COOKIE, SESSION_TTL_S, ApiKeys
@@ -30,6 +35,7 @@ from server.telemetry import Telemetry
 router = APIRouter()
 ASSETS = files("server.api") / "dashboard_assets"  # package data: a wheel install ships them
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
+_TENANT_TOTALS = ("spend_azure_usd", "cost_local_usd", "savings_usd")  # all tenants' money: admins only
 
 
 @cache
@@ -83,10 +89,29 @@ def _dashboard_body(state: dict[str, Any]) -> str:
         "engine_state": "draining" if state["draining"] else engine["state"],
         "engine_load": f"{engine['running']} running, {engine['waiting']} waiting",
         "breaker": state["breaker"] if state["azure_configured"] else "not configured",
+        "scope": "all keys" if state.get("view", "all") == "all" else "this key's only",
     }
     escaped = {name: html.escape(str(value)) for name, value in values.items()}
     rows = "".join(_row(r) for r in state["recent"])
     return Template(_asset("dashboard.html")).substitute(escaped, rows=rows)
+
+
+def tenant_view(state: dict[str, Any], request: Request) -> dict[str, Any]:
+    """The snapshot this caller may see: all of it for admins, else its own requests and totals over them."""
+    if is_admin(request):
+        return {**state, "view": "all"}
+    name = key_name(request)
+    own = [row for row in state["recent"] if name is not None and row["key"] == name]
+    routed = [row for row in own if row["tier"] in ("local", "azure")]
+    decisions = {"local": sum(row["tier"] == "local" for row in routed),
+                 "azure": sum(row["tier"] == "azure" for row in routed)}
+    rate = decisions["azure"] / len(routed) if routed else None
+    spend = sum(row["cost_usd"] or 0.0 for row in routed if row["tier"] == "azure")
+    view = {**state, "view": "own", "recent": own, "decisions": decisions, "escalation_rate": rate,
+            "recent_escalation_rate": rate}
+    view.update(dict.fromkeys(_TENANT_TOTALS))
+    view["spend_azure_usd"] = spend
+    return view
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=True,
@@ -96,7 +121,7 @@ async def dashboard(request: Request) -> HTMLResponse:
     keys: ApiKeys = request.app.state.api_keys
     signed_in = bool(getattr(request.state, "authenticated", True)) or not keys.enabled
     nonce = secrets.token_urlsafe(16)
-    body = _dashboard_body(telemetry.snapshot()) if signed_in else _asset("login.html")
+    body = _dashboard_body(tenant_view(telemetry.snapshot(), request)) if signed_in else _asset("login.html")
     logout = '<button id="logout" type="button">sign out</button>' if keys.enabled and signed_in else ""
     page = Template(_asset("page.html")).substitute(
         nonce=nonce, css=_asset("dashboard.css"), js=_asset("dashboard.js"), body=body, logout=logout,
@@ -111,7 +136,7 @@ async def dashboard(request: Request) -> HTMLResponse:
 @router.get("/dashboard/api/state", responses=_UNAUTHORIZED)
 async def dashboard_state(request: Request) -> JSONResponse:
     telemetry: Telemetry = request.app.state.telemetry
-    return JSONResponse(telemetry.snapshot(), headers={"cache-control": "no-store"})
+    return JSONResponse(tenant_view(telemetry.snapshot(), request), headers={"cache-control": "no-store"})
 
 
 @router.post("/dashboard/login", status_code=204, response_class=Response, responses=_UNAUTHORIZED)
@@ -120,9 +145,10 @@ async def dashboard_login(request: Request) -> Response:
     keys: ApiKeys = request.app.state.api_keys
     if not keys.enabled:
         return Response(status_code=204)
-    name = getattr(request.state, "key_name", None)
-    if name is None:
-        raise AuthenticationError("that API key is not valid", code="invalid_api_key")
+    name = key_name(request)
+    if name is None or getattr(request.state, "auth_via", None) != "key":
+        # A session cookie must not buy a new session: its lifetime is absolute, the key is needed again.
+        raise AuthenticationError("sign in with an API key (a session cannot renew itself)", code="invalid_api_key")
     response = Response(status_code=204)
     response.set_cookie(SESSION_COOKIE, keys.session_cookie(name), max_age=SESSION_TTL_S, path="/", httponly=True,
                         samesite="strict", secure=request.url.scheme == "https")

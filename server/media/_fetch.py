@@ -20,6 +20,7 @@ import httpx
 from server.config import Settings
 from server.errors import ImageError
 from server.media._netguard import AddressPolicy, IPAddress, Resolver, resolve_checked, system_resolve
+from server.netnames import canonical_host, host_header
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 _USER_AGENT = "mistral-small-server-image-fetch/1"
@@ -104,7 +105,7 @@ class SafeFetcher:
         current = self.check_url(url)
         for hop in range(self.max_redirects + 1):
             port = current.port or (443 if current.scheme == "https" else 80)
-            addresses = await resolve_checked(current.host, port, self.policy, self.resolver)
+            addresses = await resolve_checked(_ascii_host(current), port, self.policy, self.resolver)
             result = await self._get(current, addresses, max_bytes)
             if isinstance(result, FetchedImage):
                 return result
@@ -136,11 +137,12 @@ class SafeFetcher:
 
     def _pinned_request(self, client: httpx.AsyncClient, url: httpx.URL, address: IPAddress) -> httpx.Request:
         pinned = url.copy_with(host=str(address))
-        host_header = url.netloc.decode("ascii")
+        name = _ascii_host(url)  # the one form the lookup, the check, SNI and Host all use
         extensions: dict[str, object] = {}
-        if url.scheme == "https" and not _is_ip_literal(url.host):
-            extensions["sni_hostname"] = url.host.rstrip(".")  # TLS: SNI and certificate check for the name
-        headers = {"Host": host_header, "Accept": "image/*", "Accept-Encoding": "identity", "User-Agent": _USER_AGENT}
+        if url.scheme == "https" and not _is_ip_literal(name):
+            extensions["sni_hostname"] = name  # TLS: SNI and certificate check for the name
+        headers = {"Host": host_header(name, url.port), "Accept": "image/*", "Accept-Encoding": "identity",
+                   "User-Agent": _USER_AGENT}
         return client.build_request("GET", pinned, headers=headers, extensions=extensions)
 
     async def _read(self, response: httpx.Response, url: httpx.URL, max_bytes: int) -> FetchedImage | str:
@@ -185,6 +187,11 @@ def too_large(size: int | None, max_bytes: int) -> ImageError:
     what = f"{size} bytes" if size is not None else "larger than the limit"
     message = f"remote image is {what}; the limit is {max_bytes} bytes"
     return ImageError(message, code="image_too_large", status_code=413)
+
+
+def _ascii_host(url: httpx.URL) -> str:
+    """httpx's IDNA 2008 encoding of the name (``raw_host``), canonical: never the Unicode ``url.host``."""
+    return canonical_host(url.raw_host.decode("ascii"))
 
 
 def _is_ip_literal(host: str) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from server.errors import ImageError
+from server.netnames import canonical_host
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -23,8 +24,49 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 CLOUD_METADATA = ipaddress.ip_address("169.254.169.254")
+# Cloud metadata and platform endpoints: credentials live behind them, so they are refused even when an
+# allow-list entry (a host name or a network) would let their address through. Some look public (Azure's
+# WireServer 168.63.129.16), so "not private" is no protection for them.
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(text) for text in (
+    "169.254.169.254",  # AWS, GCP, Azure IMDS, OpenStack, DigitalOcean, Oracle
+    "169.254.170.2",  # AWS ECS task credentials
+    "169.254.170.23",  # AWS EKS pod identity
+    "fd00:ec2::254",  # AWS IMDS over IPv6
+    "fd00:ec2::23",  # AWS EKS pod identity over IPv6
+    "100.100.100.200",  # Alibaba Cloud
+    "168.63.129.16",  # Azure WireServer / platform
+    "192.0.0.192",  # Oracle Cloud (classic)
+))
+# Ranges Python's ipaddress (3.11) still calls global: deprecated site-local (RFC 3879), the IPv6 documentation
+# range added in 2024 (RFC 9637).
+_NOT_PUBLIC_V6 = (
+    (ipaddress.ip_network("fec0::/10"), "a site-local IPv6 address"),
+    (ipaddress.ip_network("3fff::/20"), "a documentation address"),
+)
 _HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*")
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _embedded_v4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if any(address in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def is_metadata(address: IPAddress) -> bool:
+    """A cloud metadata address, also when embedded in an IPv6 one (mapped, 6to4, Teredo, NAT64)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        address = ipaddress.IPv6Address(int(address))  # without a %scope, which equality would compare
+        embedded = _embedded_v4(address)
+        if embedded is not None and embedded in METADATA_ADDRESSES:
+            return True
+    return address in METADATA_ADDRESSES
 
 
 def forbidden_reason(address: IPAddress) -> str | None:
@@ -36,8 +78,12 @@ def forbidden_reason(address: IPAddress) -> str | None:
             return "an IPv6 address that embeds an IPv4 address"
         if address.scope_id:
             return "a scoped (link-local) IPv6 address"
-    if address == CLOUD_METADATA:
+    if is_metadata(address):
         return "the cloud metadata address"
+    if isinstance(address, ipaddress.IPv6Address):
+        for network, why in _NOT_PUBLIC_V6:
+            if address in network:
+                return why
     checks = (
         (address.is_unspecified, "an unspecified address"),
         (address.is_loopback, "a loopback address"),
@@ -74,23 +120,28 @@ class AddressPolicy:
                 continue
             except ValueError:
                 pass
-            name = entry.rstrip(".")
-            label = name[2:] if name.startswith("*.") else name
+            wildcard = entry.startswith("*.")
+            label = canonical_host(entry[2:] if wildcard else entry)  # Unicode names as the fetcher sends them
             if not _HOST_NAME.fullmatch(label):
                 raise ValueError(f"image_fetch_allowlist entry {raw!r} is neither a network nor a host name")
-            hosts.add(name)
+            hosts.add(("*." if wildcard else "") + label)
         return cls(networks=tuple(networks), hosts=frozenset(hosts))
 
     def host_allowed(self, host: str) -> bool:
-        name = host.lower().rstrip(".")
+        name = canonical_host(host)
         if name in self.hosts:
             return True
         return any(entry.startswith("*.") and name.endswith(entry[1:]) for entry in self.hosts)
 
     def check(self, address: IPAddress, host: str) -> None:
-        """Raise ``image_url_forbidden`` unless this address may be fetched for this host."""
+        """Raise ``image_url_forbidden`` unless this address may be fetched for this host.
+
+        The allow-list opens private and loopback addresses, never the metadata ones: a name on the list can
+        be made to resolve anywhere by whoever controls its DNS, and no image lives at a metadata address.
+        """
         reason = forbidden_reason(address)
-        if reason is None or self.host_allowed(host) or any(address in net for net in self.networks):
+        allowed = self.host_allowed(host) or any(address in net for net in self.networks)
+        if reason is None or (allowed and not is_metadata(address)):
             return
         raise ImageError(
             f"image URL host {host!r} resolves to {reason}; remote images must be on public addresses",

@@ -2,25 +2,33 @@
 
 Outermost first (a request passes them top to bottom, the response bottom to top):
 
+    ProxyHeadersMiddleware       uvicorn's: X-Forwarded-For/-Proto, only from MSSERVE_TRUSTED_PROXIES (if any)
     RequestIdMiddleware          x-request-id accepted or generated, echoed on every response
     AccessLogMiddleware          timing, metrics, one JSON log line, recent-request ring buffer
-    AuthMiddleware               API keys (401), key name for logs and per-key limits
+    HostAllowListMiddleware      Host not allowed (DNS rebinding): 400 host_not_allowed
+    CrossSiteMiddleware          cross-site browser requests that change things: 403 cross_site_request
+    AuthMiddleware               API keys (401), admin endpoints (403), key name for logs and per-key limits
     BodySizeLimitMiddleware      413 request_too_large while the body streams in
     ConcurrencyLimitMiddleware   slots, wait queue, per-key cap (429 + Retry-After), draining (503)
 
-The id comes first so that every log line and error carries it; the access log sits outside auth and the
+Forwarded headers are applied first so that everything after sees the client's scheme and address (the
+server's own uvicorn proxy handling is off: it trusted 127.0.0.1 unasked). The id comes next so that every log
+line and error carries it; the access log sits outside auth and the
 limits so that refused requests are counted too; the size limit runs before a slot is taken.
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from server.config import Settings
 from server.middleware.access_log import AccessLogMiddleware
 from server.middleware.auth import ApiKeys, AuthMiddleware, warn_if_exposed
 from server.middleware.body_limit import BodySizeLimitMiddleware
 from server.middleware.concurrency import ConcurrencyLimitMiddleware, Limiter
+from server.middleware.cross_site import CrossSiteMiddleware
+from server.middleware.host_allow import HostAllowListMiddleware, allowed_hosts
 from server.middleware.request_id import RequestIdMiddleware
 from server.telemetry import Telemetry
 
@@ -28,7 +36,10 @@ __all__ = ["ApiKeys", "Limiter", "install", "warn_if_exposed"]
 
 
 def install(app: FastAPI, settings: Settings, telemetry: Telemetry) -> None:
-    """Add the middleware in the order above; ``app.state.api_keys`` and ``app.state.limiter`` are shared."""
+    """Add the middleware in the order above; ``app.state.api_keys`` and ``app.state.limiter`` are shared.
+
+    Raises ``ApiKeysError`` (a ValueError) when the keys or the lists naming them are malformed.
+    """
     keys = ApiKeys.from_settings(settings)
     limiter = Limiter.from_settings(settings)
     telemetry.limiter = limiter
@@ -38,5 +49,9 @@ def install(app: FastAPI, settings: Settings, telemetry: Telemetry) -> None:
     app.add_middleware(ConcurrencyLimitMiddleware, limiter=limiter)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(AuthMiddleware, keys=keys)
+    app.add_middleware(CrossSiteMiddleware)
+    app.add_middleware(HostAllowListMiddleware, allowed=allowed_hosts(settings))
     app.add_middleware(AccessLogMiddleware, telemetry=telemetry)
     app.add_middleware(RequestIdMiddleware)
+    if settings.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))

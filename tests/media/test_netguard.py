@@ -31,7 +31,7 @@ FORBIDDEN = {
     "::": "unspecified",
     "fe80::1": "link-local",
     "fc00::1": "private",
-    "fd00:ec2::254": "private",  # AWS metadata over IPv6
+    "fd00:ec2::254": "metadata",  # AWS metadata over IPv6
     "ff02::1": "multicast",
     "::ffff:127.0.0.1": "IPv4-mapped",
     "::ffff:8.8.8.8": "IPv4-mapped",  # even a public one: refused unless allow-listed

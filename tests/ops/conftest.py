@@ -73,7 +73,8 @@ def make_client(paced_engine: PacedEngine) -> Iterator[Any]:
     def make(**overrides: Any) -> httpx.AsyncClient:
         app = create_app(ops_settings(**overrides), engine=paced_engine)
         paced_engine.ready = True
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ops.test")
+        # A loopback Host: the default Host allow-list of a server bound to 127.0.0.1.
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000")
         client.app = app  # type: ignore[attr-defined]
         clients.append(client)
         return client

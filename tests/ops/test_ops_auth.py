@@ -11,22 +11,23 @@ from server.config import Settings
 from server.middleware.auth import SESSION_COOKIE, ApiKeys, parse_api_keys, warn_if_exposed
 from tests.ops.conftest import CHAT
 
-KEYS = "alice:sk-alice-1,bob:sk-bob-2"
+KEYS = "alice:sk-alice-00000001,bob:sk-bob-000000002"
 
 
 def test_parse_api_keys() -> None:
-    assert parse_api_keys("alice:sk-a, bob:sk-b") == {"alice": "sk-a", "bob": "sk-b"}
-    assert parse_api_keys("sk-x,sk-y") == {"key1": "sk-x", "key2": "sk-y"}
-    assert parse_api_keys(None) == {} and parse_api_keys(" , ") == {}
+    a, b = "sk-a-0123456789abcdef", "sk-b-0123456789abcdef"
+    assert parse_api_keys(f"alice:{a}, bob:{b}") == {"alice": a, "bob": b}
+    assert parse_api_keys(f"{a},{b}") == {"key1": a, "key2": b}
+    assert parse_api_keys(None) == {}  # unset: no keys (open); set, it must name keys (tests/hostile)
     with pytest.raises(ValueError):
         parse_api_keys("alice:")
     with pytest.raises(ValueError):
-        parse_api_keys("alice:a,alice:b")
+        parse_api_keys(f"alice:{a},alice:{b}")
 
 
 def test_match_names_the_key_and_rejects_others() -> None:
     keys = ApiKeys(parse_api_keys(KEYS))
-    assert keys.match("sk-bob-2") == "bob"
+    assert keys.match("sk-bob-000000002") == "bob"
     assert keys.match("sk-bob-") is None and keys.match("") is None and keys.match(None) is None
 
 
@@ -38,7 +39,8 @@ async def test_no_keys_means_open(make_client) -> None:
 
 async def test_missing_or_wrong_key_is_openai_shaped_401(make_client) -> None:
     client = make_client(api_keys=KEYS)
-    for headers in ({}, {"authorization": "Bearer sk-nope"}, {"api-key": "sk-nope"}, {"authorization": "sk-alice-1"}):
+    no_scheme = {"authorization": "sk-alice-00000001"}
+    for headers in ({}, {"authorization": "Bearer sk-nope"}, {"api-key": "sk-nope"}, no_scheme):
         response = await client.post("/v1/chat/completions", json=CHAT, headers=headers)
         assert response.status_code == 401, headers
         assert response.json() == {"error": {"message": response.json()["error"]["message"],
@@ -51,8 +53,8 @@ async def test_missing_or_wrong_key_is_openai_shaped_401(make_client) -> None:
 
 async def test_bearer_and_api_key_headers_are_accepted(make_client) -> None:
     client = make_client(api_keys=KEYS)
-    bearer = await client.post("/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer sk-alice-1"})
-    azure_style = await client.post("/v1/chat/completions", json=CHAT, headers={"api-key": "sk-bob-2"})
+    bearer = await client.post("/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer sk-alice-00000001"})
+    azure_style = await client.post("/v1/chat/completions", json=CHAT, headers={"api-key": "sk-bob-000000002"})
     assert bearer.status_code == 200 and azure_style.status_code == 200
     recent = client.app.state.telemetry.recent  # type: ignore[attr-defined]
     assert [row["key"] for row in recent] == ["alice", "bob"]  # the key's name, never the key
@@ -67,7 +69,7 @@ async def test_health_and_ready_stay_open(make_client) -> None:
 async def test_metrics_need_a_key_unless_open(make_client) -> None:
     closed = make_client(api_keys=KEYS)
     assert (await closed.get("/metrics")).status_code == 401
-    assert (await closed.get("/metrics", headers={"api-key": "sk-alice-1"})).status_code == 200
+    assert (await closed.get("/metrics", headers={"api-key": "sk-alice-00000001"})).status_code == 200
     opened = make_client(api_keys=KEYS, metrics_open=True)
     assert (await opened.get("/metrics")).status_code == 200
     assert (await opened.post("/v1/chat/completions", json=CHAT)).status_code == 401
@@ -79,10 +81,10 @@ async def test_dashboard_login_session_and_logout(make_client) -> None:
     assert page.status_code == 200 and 'id="login"' in page.text and 'id="recent"' not in page.text
     assert (await client.get("/dashboard/api/state")).status_code == 401
     assert (await client.post("/dashboard/login", headers={"authorization": "Bearer sk-wrong"})).status_code == 401
-    login = await client.post("/dashboard/login", headers={"authorization": "Bearer sk-alice-1"})
+    login = await client.post("/dashboard/login", headers={"authorization": "Bearer sk-alice-00000001"})
     assert login.status_code == 204
     set_cookie = login.headers["set-cookie"].lower()
-    assert "httponly" in set_cookie and "samesite=strict" in set_cookie and "sk-alice-1" not in set_cookie
+    assert "httponly" in set_cookie and "samesite=strict" in set_cookie and "sk-alice-00000001" not in set_cookie
     cookie = client.cookies[SESSION_COOKIE]
     assert cookie.startswith("alice.")
     assert 'id="recent"' in (await client.get("/")).text
@@ -126,10 +128,10 @@ async def test_openai_sdk_sends_the_key(make_client) -> None:
 
     client = make_client(api_keys=KEYS)
     http = httpx.AsyncClient(transport=client._transport)  # the same in-process app
-    good = AsyncOpenAI(base_url="http://ops.test/v1", api_key="sk-bob-2", http_client=http, max_retries=0)
+    good = AsyncOpenAI(base_url="http://127.0.0.1:8000/v1", api_key="sk-bob-000000002", http_client=http, max_retries=0)
     completion = await good.chat.completions.create(model="paced-test", messages=CHAT["messages"], max_tokens=4)
     assert completion.choices[0].message.content
-    bad = AsyncOpenAI(base_url="http://ops.test/v1", api_key="sk-evil", http_client=http, max_retries=0)
+    bad = AsyncOpenAI(base_url="http://127.0.0.1:8000/v1", api_key="sk-evil", http_client=http, max_retries=0)
     with pytest.raises(AuthenticationError):
         await bad.chat.completions.create(model="paced-test", messages=CHAT["messages"], max_tokens=4)
     await http.aclose()

@@ -17,7 +17,7 @@ from tests.ops.conftest import start_scripted_server
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-KEY = "sk-dash-123"
+KEY = "sk-dash-0123456789ab"
 
 
 def test_sign_in_upload_and_see_the_routed_caption(tmp_path: Path) -> None:

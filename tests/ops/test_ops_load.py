@@ -20,7 +20,7 @@ from tests.conftest import LiveServer, stop_server
 from tests.ops.conftest import CHAT, metric, start_scripted_server
 
 CLIENTS = 200
-KEY = "sk-load"
+KEY = "sk-load-0123456789ab"
 RSS_GROWTH_LIMIT = 64 * 1024 * 1024
 
 

@@ -98,7 +98,7 @@ async def test_logged_images_are_fingerprints_of_their_pixels(make_client, acces
 
 
 async def test_refused_requests_are_logged_with_their_error_code(make_client, access_log) -> None:
-    client = make_client(api_keys="alice:sk-a")
+    client = make_client(api_keys="alice:sk-alice-0123456789")
     await client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "denied"})
     line = access_log.lines[-1]
     assert (line["request_id"], line["status"], line["error"], line["endpoint"]) == (
