@@ -224,6 +224,40 @@ def task_of(counts: dict[str, int], flags: dict[str, bool]) -> str:
     return "general question"
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """One user turn as the features read it: the question, lowered, and its words."""
+
+    question: str
+    lowered: str
+    words: list[str]
+    bag: Counter[str]
+
+    @classmethod
+    def of(cls, text: str) -> _Reading:
+        question = question_of(bounded(text))
+        lowered = question.lower()
+        words = _words_of(lowered)
+        return cls(question, lowered, words, Counter(words))
+
+    def cues(self) -> dict[str, int]:
+        q, low, bag = self.question, self.lowered, self.bag
+        return {
+            "math": _count(bag, MATH_WORDS)
+            + _math_marks(q)
+            + _operations(low)
+            + low.count("how many")
+            + low.count("how much"),
+            "code": _count(bag, CODE_WORDS) + sum(q.count(mark) for mark in _CODE_MARKS),
+            "proof": _count(bag, PROOF_WORDS) + low.count("show that"),
+            "reasoning": _count(bag, REASONING_WORDS) + low.count("step by step"),
+            "constraints": _count(bag, CONSTRAINT_WORDS),
+        }
+
+    def opens_with(self, verbs: frozenset[str]) -> bool:
+        return _opens_with(self.words[:_OPENING_WORDS], verbs)
+
+
 def text_features(
     texts: list[str],
     *,
@@ -233,40 +267,35 @@ def text_features(
     tools: int = 0,
     structured: bool = False,
 ) -> Features:
-    """Features from the user turns (the last one is the current ask) and the request's shape."""
-    last = texts[-1] if texts else ""
-    question = question_of(bounded(last))
-    lowered = question.lower()
-    words = _words_of(lowered)
-    bag = Counter(words)
-    opening = words[:_OPENING_WORDS]
+    """Features from the user turns (the last one is the current ask) and the request's shape.
+
+    In a conversation the first user turn usually sets the task ("Write a poem ...", "Prove ...") and later turns
+    refine it ("Now make it rhyme"): task cues and request types come from the first and the last turn together;
+    the question's length, quantities and parts from the last alone.
+    """
+    last = _Reading.of(texts[-1] if texts else "")
+    readings = [_Reading.of(texts[0]), last] if len(texts) > 1 else [last]
+    cues = Counter[str]()
+    for reading in readings:
+        cues.update(reading.cues())
     flags = {
-        "writing": _opens_with(opening, WRITING_VERBS) and bool(WRITING_NOUNS.intersection(bag)),
-        "extraction": _opens_with(opening, EXTRACTION_VERBS),
-        "chat": _opens_with(opening[:2], CHAT_OPENERS) or (len(words) <= 6 and "you" in bag and "?" in question),
+        "writing": any(r.opens_with(WRITING_VERBS) and bool(WRITING_NOUNS.intersection(r.bag)) for r in readings),
+        "extraction": any(r.opens_with(EXTRACTION_VERBS) for r in readings),
+        # Small talk is the current ask's: a greeting that opened a conversation says nothing of a later question.
+        "chat": _opens_with(last.words[:2], CHAT_OPENERS)
+        or (len(last.words) <= 6 and "you" in last.bag and "?" in last.question),
     }
+    question, lowered, bag = last.question, last.lowered, last.bag
     # Digits only: counting number words ("two", "half") lowered every left-out source's APGR by 0.002-0.004.
     quantities = len(_NUMBER.findall(question))
-    maths = (
-        _count(bag, MATH_WORDS)
-        + _math_marks(question)
-        + _operations(lowered)
-        + lowered.count("how many")
-        + lowered.count("how much")
-    )
-    code = _count(bag, CODE_WORDS) + sum(question.count(m) for m in _CODE_MARKS)
     earlier = sum(map(len, texts[:-1]))
     counts = {
-        "chars": len(last) + earlier + context_chars,
+        "chars": len(texts[-1] if texts else "") + earlier + context_chars,
         "question_chars": len(question),
         "quantities": quantities,
         "parts": len(_LINE_PART.findall("\n" + question))
         + (len(_NAMED_PART.findall(lowered)) if _PART_WORDS.intersection(bag) else 0),
-        "math": maths,
-        "code": code,
-        "proof": _count(bag, PROOF_WORDS) + lowered.count("show that"),
-        "reasoning": _count(bag, REASONING_WORDS) + lowered.count("step by step"),
-        "constraints": _count(bag, CONSTRAINT_WORDS),
+        **cues,
         "turns": max(0, len(texts) - 1),
         "images": images,
         "tools": tools,
@@ -277,11 +306,7 @@ def text_features(
         "parts": math.log1p(counts["parts"]),
         "context_log": math.log1p(earlier + context_chars),
         "turns": float(min(counts["turns"], 10)),
-        "math": math.log1p(maths),
-        "code": math.log1p(code),
-        "proof": math.log1p(counts["proof"]),
-        "reasoning": math.log1p(counts["reasoning"]),
-        "constraints": math.log1p(counts["constraints"]),
+        **{name: math.log1p(cues[name]) for name in ("math", "code", "proof", "reasoning", "constraints")},
         "writing": float(flags["writing"]),
         "extraction": float(flags["extraction"]),
         "chat": float(flags["chat"]),

@@ -209,3 +209,22 @@ def test_the_shape_check_catches_the_quadratic_patterns() -> None:
     assert _check(sre_parse.parse(old.pattern, old.flags), False, True)
     nested = re.compile(r"(\w+\s?)*$")
     assert _check(sre_parse.parse(nested.pattern, nested.flags), False, False)
+
+
+def test_a_conversation_keeps_the_task_its_first_turn_set() -> None:
+    def conversation(*turns: str) -> f.Features:
+        messages = []
+        for index, turn in enumerate(turns):
+            messages.append({"role": "user", "content": turn})
+            if index < len(turns) - 1:
+                messages.append({"role": "assistant", "content": "ok"})
+        return extract(request_from_json({"messages": messages}))
+
+    follow_up = conversation("Prove that the square root of 2 is irrational.", "Now do it for 3.")
+    assert follow_up.task == "proof" and follow_up.counts["turns"] == 1
+    assert follow_up.counts["question_chars"] == len("Now do it for 3.")  # length is the current ask's
+    poem = conversation("Write a poem about the sea.", "Make it rhyme.")
+    assert poem.values["writing"] == 1.0
+    # A greeting that opened the conversation does not make a later question small talk.
+    later = conversation("hi", "What is the integral of x^2 from 0 to 3?")
+    assert later.values["chat"] == 0.0 and later.counts["math"] >= 1
