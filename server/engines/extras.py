@@ -37,12 +37,17 @@ class EngineExtras(BaseModel):
         return {name: value for name, value in self if value != getattr(defaults, name)}
 
 
+# Other names clients send for a field (vllm-router's SGLang-lineage name), for refusals to mention.
+ALSO_SENT_AS = {"include_stop_str_in_output": "no_stop_trim"}
+
+
 def refuse_unsupported(extras: EngineExtras, supported: frozenset[str], engine: str, hint: str = "") -> None:
     """400 for the first field asked for that ``engine`` cannot honour; ``supported`` names those it can."""
     for name in sorted(extras.asked()):
         if name not in supported:
+            also = f" (or {ALSO_SENT_AS[name]})" if name in ALSO_SENT_AS else ""
             raise InvalidRequestError(
-                f"{name} is not supported by the {engine}; send it at its default value or leave it out{hint}",
+                f"{name}{also} is not supported by the {engine}; send it at its default value or leave it out{hint}",
                 param=name,
                 code="unsupported_parameter",
             )
