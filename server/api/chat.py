@@ -30,10 +30,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _STREAMED: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A chat.completion object, or with stream: true, server-sent chat.completion.chunk events",
-        "content": {"text/event-stream": {"schema": {
-            "type": "object", "required": ["data"],
-            "properties": {"data": {"type": "string", "description": "a chat.completion.chunk (JSON), or [DONE]"}},
-        }}},
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {"type": "string", "description": "a chat.completion.chunk (JSON), or [DONE]"}
+                    },
+                }
+            }
+        },
     },
 }
 _RESPONSES = {**_STREAMED, **_ERRORS}
@@ -55,8 +62,7 @@ async def create_chat_completion_azure_v1(
     return await _chat(body, request, services, x_msserve_route)
 
 
-@router.post("/openai/deployments/{deployment}/chat/completions", response_model=ChatCompletion,
-             responses=_RESPONSES)
+@router.post("/openai/deployments/{deployment}/chat/completions", response_model=ChatCompletion, responses=_RESPONSES)
 async def create_chat_completion_azure_deployment(
     deployment: str,
     body: ChatCompletionRequest,

@@ -32,6 +32,8 @@ async def list_models(services: Annotated[Services, Depends(get_services)]) -> M
         profile=profile.name,
         demo=profile.demo,
     )
-    aliases = [AliasCard(id=name, created=created, route=route)
-               for name, route in ModelNames.from_services(services).aliases.items()]
+    aliases = [
+        AliasCard(id=name, created=created, route=route)
+        for name, route in ModelNames.from_services(services).aliases.items()
+    ]
     return ModelList(data=[card, *aliases])

@@ -117,10 +117,17 @@ DEFAULT_ONLY: dict[str, tuple[Any, str]] = {
     "thinking_token_budget": (None, "Mistral Small 3.1 does not reason in a separate channel"),
     "routed_experts_prompt_start": (0, "the model has no experts"),
 }
-NO_EFFECT = frozenset({
-    "request_id", "session_id", "include_reasoning", "separate_reasoning", "stream_reasoning", "return_mm_kwargs",
-    "return_token_offsets",
-})
+NO_EFFECT = frozenset(
+    {
+        "request_id",
+        "session_id",
+        "include_reasoning",
+        "separate_reasoning",
+        "stream_reasoning",
+        "return_mm_kwargs",
+        "return_token_offsets",
+    }
+)
 HONOURED = frozenset(EngineExtras.model_fields) | {"no_stop_trim"}
 
 

@@ -49,8 +49,10 @@ def validator(name: str) -> Draft202012Validator:
 
 
 def errors(name: str, instance: Any) -> list[str]:
-    return [f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
-            for error in validator(name).iter_errors(instance)]
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
+        for error in validator(name).iter_errors(instance)
+    ]
 
 
 def assert_valid(name: str, instance: Any) -> None:

@@ -21,9 +21,16 @@ from tests.images import data_url, image_bytes, png_url
 
 COMPLETION = "CreateChatCompletionResponse"
 CHUNK = "CreateChatCompletionStreamResponse"
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                                                          "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 
 
 def user(content: Any, **extra: Any) -> dict[str, Any]:
@@ -57,14 +64,24 @@ def stream(http: httpx.Client, body: dict[str, Any], **headers: str) -> list[dic
 
 
 def test_nullable_is_resolved_before_validating() -> None:
-    schema = {"type": "object", "properties": {"nullable": {"type": "string", "nullable": True},
-                                               "reason": {"type": "string", "enum": ["stop"], "nullable": True}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "nullable": {"type": "string", "nullable": True},
+            "reason": {"type": "string", "enum": ["stop"], "nullable": True},
+        },
+    }
     resolved = resolve_nullable(schema)
     assert resolved["properties"]["reason"] == {"anyOf": [{"type": "string", "enum": ["stop"]}, {"type": "null"}]}
     assert resolved["properties"]["nullable"]["anyOf"][1] == {"type": "null"}  # a property may be called that
     # OpenAI's own first chunk (finish_reason null) passes only once nullable is resolved.
-    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-             "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    chunk = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+    }
     assert errors(CHUNK, chunk) == []
     raw = json.loads(SCHEMAS.read_text())
     unresolved = Draft202012Validator({**raw, "$ref": "#/components/schemas/" + CHUNK})
@@ -73,10 +90,23 @@ def test_nullable_is_resolved_before_validating() -> None:
 
 def test_the_schema_catches_what_the_issue_found() -> None:
     """Without refusal beside content, or with a null system_fingerprint, a completion is not OpenAI's shape."""
-    choice = {"index": 0, "message": {"role": "assistant", "content": "a", "refusal": None}, "finish_reason": "stop",
-              "logprobs": {"content": []}}
-    found = errors(COMPLETION, {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
-                                "system_fingerprint": None, "choices": [choice]})
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": "a", "refusal": None},
+        "finish_reason": "stop",
+        "logprobs": {"content": []},
+    }
+    found = errors(
+        COMPLETION,
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "system_fingerprint": None,
+            "choices": [choice],
+        },
+    )
     assert any("logprobs" in line for line in found) and any("system_fingerprint" in line for line in found)
 
 
@@ -89,13 +119,21 @@ def test_text_chat(http: httpx.Client) -> None:
 
 
 def test_image_chat(http: httpx.Client) -> None:
-    complete(http, user([{"type": "text", "text": "What is this?"},
-                         {"type": "image_url", "image_url": {"url": png_url((64, 48))}}]))
+    complete(
+        http,
+        user(
+            [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": png_url((64, 48))}}]
+        ),
+    )
 
 
 def test_multi_turn_chat(http: httpx.Client) -> None:
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "And now?"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "And now?"},
+    ]
     complete(http, {"model": MODEL, "messages": messages, "max_tokens": 3})
 
 
@@ -171,8 +209,13 @@ def test_model_list_includes_the_aliases(http: httpx.Client, path: str) -> None:
     body = response.json()
     assert_valid("ListModelsResponse", body)
     routes = {card["id"]: card.get("route") for card in body["data"]}
-    assert routes == {MODEL: None, "gpt-4o": "auto", "gpt-4o-mini": "local", "my-azure-deployment": "azure",
-                      "careful": "cascade"}
+    assert routes == {
+        MODEL: None,
+        "gpt-4o": "auto",
+        "gpt-4o-mini": "local",
+        "my-azure-deployment": "azure",
+        "careful": "cascade",
+    }
 
 
 # -- every error code ---------------------------------------------------------------------------------------------
@@ -188,8 +231,11 @@ BAD_REQUESTS: list[tuple[Any, int, str]] = [
     (user("x", model="gpt-9"), 404, "model_not_found"),
     (user([{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]), 400, "unsupported_content_type"),
     (user([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@@"}}]), 400, "image_invalid_data_url"),
-    (user([{"type": "image_url", "image_url": {"url": data_url(b"not an image", "image/png")}}]), 415,
-     "image_unsupported_format"),
+    (
+        user([{"type": "image_url", "image_url": {"url": data_url(b"not an image", "image/png")}}]),
+        415,
+        "image_unsupported_format",
+    ),
     (user([{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]), 400, "image_url_forbidden"),
     (user("x", max_tokens=10_000_000), 400, "context_length_exceeded"),
     (user("x", response_format={"type": "json_object"}), 400, "response_format_unsupported"),
@@ -210,8 +256,11 @@ def test_error_bodies(http: httpx.Client, body: Any, status: int, code: str) -> 
 def test_error_bodies_outside_the_chat_handler(server: LiveServer, http: httpx.Client) -> None:
     cases = [
         (httpx.post(f"{server.v1}/chat/completions", json=user("x"), timeout=30), 401, "invalid_api_key"),
-        (http.post("/v1/chat/completions", json=user("x"), headers={"x-msserve-route": "sideways"}), 400,
-         "invalid_route"),
+        (
+            http.post("/v1/chat/completions", json=user("x"), headers={"x-msserve-route": "sideways"}),
+            400,
+            "invalid_route",
+        ),
         (http.get("/v1/no-such-thing"), 404, None),
     ]
     for response, status, code in cases:

@@ -67,8 +67,9 @@ def test_an_unknown_name_is_a_404_listing_every_accepted_name(client: openai.Ope
 
 
 def test_azure_client_with_the_deployments_path(server: LiveServer, azure: FakeAzure) -> None:
-    with openai.AzureOpenAI(azure_endpoint=server.base_url, api_key=API_KEY, api_version="2024-10-21",
-                            max_retries=0, timeout=120) as sdk:
+    with openai.AzureOpenAI(
+        azure_endpoint=server.base_url, api_key=API_KEY, api_version="2024-10-21", max_retries=0, timeout=120
+    ) as sdk:
         raw = sdk.chat.completions.with_raw_response.create(model=DEPLOYMENT, messages=HELLO, max_tokens=3)
         assert raw.http_request.url.path == f"/openai/deployments/{DEPLOYMENT}/chat/completions"
         assert "api-key" in raw.http_request.headers and "authorization" not in raw.http_request.headers
@@ -121,9 +122,12 @@ def test_azure_paths_are_under_the_request_limits() -> None:
 
 def test_alias_setting_forms() -> None:
     assert Settings(model_aliases="gpt-4o=auto, mini = LOCAL,,x=y=azure").model_aliases == {
-        "gpt-4o": "auto", "mini": "local", "x=y": "azure"}
+        "gpt-4o": "auto",
+        "mini": "local",
+        "x=y": "azure",
+    }
     assert Settings(model_aliases='{"a": "cascade"}').model_aliases == {"a": "cascade"}
-    with pytest.raises(ValueError, match="route|literal|input"):
+    with pytest.raises(ValueError, match="'cascade'"):
         Settings(model_aliases="a=sideways")
     with pytest.raises(ValueError, match="name=route"):
         Settings(model_aliases="justaname")

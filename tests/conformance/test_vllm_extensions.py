@@ -104,9 +104,17 @@ def test_other_value_is_honoured_or_refused_by_name(http: httpx.Client, field: s
 
 def test_what_vllm_router_adds_to_every_body(http: httpx.Client) -> None:
     """The fields vllm-router 0.1.17 put into each chat body it forwarded (captured from its traffic)."""
-    added = {"logprobs": False, "no_stop_trim": False, "ignore_eos": False, "continue_final_message": False,
-             "skip_special_tokens": True, "separate_reasoning": True, "stream_reasoning": True,
-             "return_hidden_states": False, "include_reasoning": True}
+    added = {
+        "logprobs": False,
+        "no_stop_trim": False,
+        "ignore_eos": False,
+        "continue_final_message": False,
+        "skip_special_tokens": True,
+        "separate_reasoning": True,
+        "stream_reasoning": True,
+        "return_hidden_states": False,
+        "include_reasoning": True,
+    }
     response = ask(http, **added)
     assert response.status_code == 200, response.text
 
@@ -119,6 +127,7 @@ def test_badly_typed_extension_field_is_a_400(http: httpx.Client) -> None:
 
 def test_top_k_1_samples_the_greedy_answer(http: httpx.Client) -> None:
     """Hot sampling with top_k 1 can only pick the most likely token: the greedy answer, whatever the seed."""
+
     def answer(**sampling: Any) -> str:
         response = ask(http, max_tokens=8, **sampling)
         assert response.status_code == 200, response.text
@@ -133,7 +142,10 @@ def test_top_k_1_samples_the_greedy_answer(http: httpx.Client) -> None:
 def test_extension_fields_refused_on_an_azure_route(http: httpx.Client) -> None:
     response = ask(http, top_k=5, **{})
     assert response.status_code == 200  # local: honoured
-    forced = http.post("/v1/chat/completions", headers={"x-msserve-route": "azure"},
-                       json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_k": 5})
+    forced = http.post(
+        "/v1/chat/completions",
+        headers={"x-msserve-route": "azure"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_k": 5},
+    )
     assert forced.status_code == 400
     assert (forced.json()["error"]["code"], forced.json()["error"]["param"]) == ("unsupported_parameter", "top_k")

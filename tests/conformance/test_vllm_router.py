@@ -42,10 +42,26 @@ def router(replicas: list[LiveServer], tmp_path_factory: pytest.TempPathFactory)
         pytest.fail(f"vllm-router is not installed in {sys.executable}: pip install -e '.[dev]'")
     port = free_port()
     log_path = tmp_path_factory.mktemp("router") / "router.log"
-    command = [sys.executable, "-m", "vllm_router.launch_router", "--host", LOOPBACK, "--port", str(port),
-               "--policy", "round_robin", "--worker-urls", *(server.base_url for server in replicas),
-               "--prometheus-host", LOOPBACK, "--prometheus-port", str(free_port()),
-               "--health-check-endpoint", "/ready", "--disable-retries"]
+    command = [
+        sys.executable,
+        "-m",
+        "vllm_router.launch_router",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--policy",
+        "round_robin",
+        "--worker-urls",
+        *(server.base_url for server in replicas),
+        "--prometheus-host",
+        LOOPBACK,
+        "--prometheus-port",
+        str(free_port()),
+        "--health-check-endpoint",
+        "/ready",
+        "--disable-retries",
+    ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://{LOOPBACK}:{port}"
@@ -74,9 +90,13 @@ def router(replicas: list[LiveServer], tmp_path_factory: pytest.TempPathFactory)
 
 def chat_requests_served(server: LiveServer) -> int:
     metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                   if line.startswith('msserve_requests_total{endpoint="/v1/chat/completions"')
-                   and 'status="200"' in line))
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith('msserve_requests_total{endpoint="/v1/chat/completions"') and 'status="200"' in line
+        )
+    )
 
 
 def test_requests_through_vllm_router_succeed_on_both_replicas(router: str, replicas: list[LiveServer]) -> None:
@@ -84,11 +104,13 @@ def test_requests_through_vllm_router_succeed_on_both_replicas(router: str, repl
     with openai.OpenAI(base_url=f"{router}/v1", api_key="unused", max_retries=0, timeout=120) as client:
         for index in range(REQUESTS):
             raw = client.chat.completions.with_raw_response.create(
-                model=MODEL, messages=[{"role": "user", "content": f"question {index}"}], max_tokens=3)
+                model=MODEL, messages=[{"role": "user", "content": f"question {index}"}], max_tokens=3
+            )
             assert raw.http_response.status_code == 200
             assert_valid("CreateChatCompletionResponse", raw.http_response.json())
         stream = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "stream it"}], max_tokens=3, stream=True)
+            model=MODEL, messages=[{"role": "user", "content": "stream it"}], max_tokens=3, stream=True
+        )
         assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     served = [chat_requests_served(server) - start for server, start in zip(replicas, before, strict=True)]
     assert sum(served) == REQUESTS + 1 and min(served) >= REQUESTS // 2  # round robin: both took their share
