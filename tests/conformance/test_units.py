@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -87,3 +88,13 @@ def test_generate_kwargs() -> None:
     ignoring = generate_kwargs(SamplingParams(extra=EngineExtras(ignore_eos=True, min_tokens=3)), 8, eos_id=2)
     assert ignoring["eos_token_id"] is None and "min_new_tokens" not in ignoring
     assert generate_kwargs(SamplingParams(frequency_penalty=1.0), 8, 2)["repetition_penalty"] == 1.5
+
+
+def test_vendored_schemas_hold_every_root_and_every_schema_they_reference() -> None:
+    from tests.conformance.openai.vendor import ROOTS, references
+    from tests.conformance.schema import document
+
+    schemas = document()["components"]["schemas"]
+    assert set(ROOTS) <= set(schemas)
+    assert set().union(*(references(schema) for schema in schemas.values())) <= set(schemas)
+    assert '"nullable": true' not in json.dumps(schemas)  # every marker was resolved

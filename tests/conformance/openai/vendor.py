@@ -13,8 +13,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# What our responses are: a chat completion, a chunk of one, the model list, an error body.
-ROOTS = ("CreateChatCompletionResponse", "CreateChatCompletionStreamResponse", "ListModelsResponse", "ErrorResponse")
+# What our responses are: a chat completion, a chunk of one, the model list, an error body; and the file and
+# batch objects, for the files and batches endpoints.
+ROOTS = (
+    "CreateChatCompletionResponse",
+    "CreateChatCompletionStreamResponse",
+    "ListModelsResponse",
+    "ErrorResponse",
+    "OpenAIFile",
+    "ListFilesResponse",
+    "DeleteFileResponse",
+    "Batch",
+    "ListBatchesResponse",
+)
 PREFIX = "#/components/schemas/"
 
 
