@@ -2,7 +2,8 @@
 
 Fields OpenAI defines that this server does not act on are listed in IGNORED_FIELDS and
 accepted silently (clients and routers send them by default); any other unknown field is a
-400 ``unknown_parameter`` so typos do not pass unnoticed.
+400 ``unknown_parameter`` so typos do not pass unnoticed. vLLM's own extension fields (``top_k``,
+``continue_final_message``, ...) are declared, honoured or refused in ``server.api.vllm_extensions``.
 """
 
 from __future__ import annotations
