@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from tests.conformance.conftest import API_KEY, MODEL
 from tests.conformance.schema import SCHEMAS, assert_valid, errors, resolve_nullable
 from tests.conftest import LiveServer
-from tests.fakes.fake_azure import FakeAzure, Reply
+from tests.fakes.fake_azure import ContentFiltered, FakeAzure, RateLimited, Reply, ServerError
 from tests.images import data_url, image_bytes, png_url
 
 COMPLETION = "CreateChatCompletionResponse"
@@ -239,6 +239,19 @@ BAD_REQUESTS: list[tuple[Any, int, str]] = [
     (user([{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]), 400, "image_url_forbidden"),
     (user("x", max_tokens=10_000_000), 400, "context_length_exceeded"),
     (user("x", response_format={"type": "json_object"}), 400, "response_format_unsupported"),
+    (user("x", tools=TOOLS, tool_choice="required"), 400, "tool_choice_unsupported"),
+    (user([{"type": "image_url", "image_url": {"url": png_url((8, 8))}}] * 9), 400, "too_many_images"),
+    (
+        {
+            "model": MODEL,
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": png_url((8, 8))}}]},
+            ],
+        },
+        400,
+        "invalid_image_placement",
+    ),
 ]
 
 
@@ -268,6 +281,33 @@ def test_error_bodies_outside_the_chat_handler(server: LiveServer, http: httpx.C
         assert_valid("ErrorResponse", response.json())
         if code is not None:
             assert response.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status", "code"),
+    [(ContentFiltered(), 400, "content_filter"), (ServerError(500), 502, None), (RateLimited(None, None), 429, None)],
+    ids=["content_filter", "azure_5xx", "azure_429"],
+)
+def test_azure_error_bodies(
+    http: httpx.Client, azure: FakeAzure, behaviour: Any, status: int, code: str | None
+) -> None:
+    azure.script += [behaviour] * 3  # retries included
+    response = http.post("/v1/chat/completions", json=user("x"), headers={"x-msserve-route": "azure"})
+    assert response.status_code == status, response.text
+    assert_valid("ErrorResponse", response.json())
+    assert code is None or response.json()["error"]["code"] == code
+
+
+def test_error_event_mid_stream(http: httpx.Client, azure: FakeAzure) -> None:
+    """After the 200 went out an error can only travel as a last event: it has OpenAI's error shape."""
+    azure.script.append(Reply(text="one two three", error_after_chunks=1))
+    with http.stream(
+        "POST", "/v1/chat/completions", json={**user("x"), "stream": True}, headers={"x-msserve-route": "azure"}
+    ) as response:
+        assert response.status_code == 200
+        data = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    assert_valid(CHUNK, data[0])
+    assert_valid("ErrorResponse", data[-1])
 
 
 def test_captions_error_bodies(http: httpx.Client) -> None:
