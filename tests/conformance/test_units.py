@@ -14,7 +14,7 @@ from server.api.vllm_extensions import engine_extras
 from server.config import load_profile
 from server.engines.base import SamplingParams
 from server.engines.extras import EngineExtras, refuse_unsupported
-from server.engines.hf import HF_EXTRAS, generate_kwargs
+from server.engines.hf_sampling import HF_EXTRAS, generate_kwargs
 from server.errors import InvalidRequestError
 
 
