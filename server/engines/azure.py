@@ -138,7 +138,10 @@ def retry_after_seconds(headers: Any) -> float | None:
 class AzureEngine:
     """Escalation target. ``name`` is the deployment; chunks carry the model Azure reports having used."""
 
-    capabilities = EngineCapabilities(images=True, tools=True, response_format=True, logprobs=True)
+    # Azure has none of vLLM's options; a cache salt has nothing to do there (no prefix cache shared with us).
+    capabilities = EngineCapabilities(
+        images=True, tools=True, response_format=True, logprobs=True, extras=frozenset({"cache_salt"})
+    )
 
     def __init__(
         self,
@@ -257,8 +260,7 @@ class AzureEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if self._client is None:
             await self.start()
-        # Azure has none of vLLM's extension options; a cache salt has nothing to do there (no shared prefix cache).
-        refuse_unsupported(request.sampling.extra, frozenset({"cache_salt"}), "Azure escalation target",
+        refuse_unsupported(request.sampling.extra, self.capabilities.extras, "Azure escalation target",
                            "; keep such a request local with the header x-msserve-route: local")
         self._running += 1
         try:

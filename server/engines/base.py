@@ -139,6 +139,7 @@ class EngineCapabilities(BaseModel):
     response_format: bool = False
     logprobs: bool = False
     max_images_per_request: int | None = None
+    extras: frozenset[str] = frozenset()  # the EngineExtras fields (vLLM's options) it acts on; others are refused
 
 
 class EngineHealth(BaseModel):

@@ -53,7 +53,9 @@ class HFEngine:
         self.model_dir = model_dir
         self.hf_token = hf_token
         self.max_queue = max_queue
-        self.capabilities = EngineCapabilities(images=True, tools=True, response_format=False, logprobs=True)
+        self.capabilities = EngineCapabilities(
+            images=True, tools=True, response_format=False, logprobs=True, extras=HF_EXTRAS
+        )
         self._state = "starting"
         self._detail = ""
         self._model: Any = None
@@ -119,7 +121,8 @@ class HFEngine:
         if self._state != "ready" or self._model is None or self._format is None:
             raise EngineUnavailableError(f"engine is {self._state}", code="engine_not_ready")
         refuse_unconstrainable(request)
-        refuse_unsupported(request.sampling.extra, HF_EXTRAS, "transformers engine", "; the vLLM profiles take it")
+        refuse_unsupported(request.sampling.extra, self.capabilities.extras, "transformers engine",
+                           "; the vLLM profiles take it")
         chat_format = self._format
         prompt = await asyncio.to_thread(chat_format.encode, request.messages, request.tools)
         max_new = self._max_new_tokens(request, prompt)

@@ -90,8 +90,10 @@ class VLLMEngine:
         self.name = profile.model_name
         self.model_dir = model_dir
         limit = profile.engine_options.get("limit_mm_per_prompt", {}).get("image")
+        policy = profile.engine_options.get("scheduling_policy", DEFAULT_SCHEDULING_POLICY)
         self.capabilities = EngineCapabilities(
-            images=limit != 0, tools=True, response_format=True, logprobs=True, max_images_per_request=limit
+            images=limit != 0, tools=True, response_format=True, logprobs=True, max_images_per_request=limit,
+            extras=VLLM_EXTRAS if policy == "priority" else VLLM_EXTRAS - {"priority"},
         )
         self._state = "starting"
         self._detail = ""
@@ -194,7 +196,8 @@ class VLLMEngine:
         llm = self._llm
         if self._state != "ready" or llm is None:
             raise EngineUnavailableError(f"engine is {self._state}", code="engine_not_ready")
-        refuse_unsupported(request.sampling.extra, self._extras_supported(), "vLLM engine as configured",
+        # Every extension field maps onto vLLM; priority only under its priority scheduler (else vLLM refuses it).
+        refuse_unsupported(request.sampling.extra, self.capabilities.extras, "vLLM engine as configured",
                            "; priority needs engine_options scheduling_policy: priority in the profile")
         if self._in_flight >= self.settings.max_queue + self._max_num_seqs():
             raise RateLimitError(
@@ -287,13 +290,6 @@ class VLLMEngine:
         if keep_special_tokens:
             kwargs["skip_special_tokens"] = False  # [TOOL_CALLS] is a special token: the parser must see it
         return SamplingParams(output_kind=RequestOutputKind.DELTA, **kwargs)
-
-    def _extras_supported(self) -> frozenset[str]:
-        """Every extension field maps onto vLLM; priority only under its priority scheduler (else vLLM refuses it)."""
-        config = getattr(self._llm, "vllm_config", None)
-        policy = config.scheduler_config.policy if config is not None else self.profile.engine_options.get(
-            "scheduling_policy", DEFAULT_SCHEDULING_POLICY)
-        return VLLM_EXTRAS if policy == "priority" else VLLM_EXTRAS - {"priority"}
 
     def _max_num_seqs(self) -> int:
         """The scheduler's batch size: what vLLM resolved once loaded, else the profile's (or vLLM's CPU default)."""

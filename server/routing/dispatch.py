@@ -138,6 +138,17 @@ def _usage(chunks: Sequence[GenerationChunk]) -> Usage:
     return found[-1] if found else Usage()
 
 
+def unsupported_by(engine: Engine | None, request: GenerationRequest) -> str | None:
+    """Why ``engine`` cannot take ``request`` (an option only another engine has, e.g. vLLM's top_k), or None.
+
+    A request the router would send there is served locally instead; one forced there gets the engine's 400.
+    """
+    if engine is None:
+        return None
+    asked = sorted(set(request.sampling.extra.asked()) - engine.capabilities.extras)
+    return f"{asked[0]} is not supported there" if asked else None
+
+
 def parse_route(route: str | None) -> str:
     value = (route or "auto").strip().lower()
     if value not in ROUTE_VALUES:
@@ -195,7 +206,7 @@ class Dispatcher:
                 if not health.ready
                 else f"local queue {health.waiting} > {self.policy.escalate_when_queue_over}"
             )
-            blocked = self.policy.azure_blocked()
+            blocked = unsupported_by(self.azure, request) or self.policy.azure_blocked()
             if blocked is None:
                 self.policy.counters.escalations_overload += 1
                 decision = Decision(tier="azure", reason=f"{why}; escalated", reason_class="overload")
@@ -238,7 +249,7 @@ class Dispatcher:
     async def _azure(self, request: GenerationRequest, decision: Decision, *, reserved: bool = False) -> Routed:
         """Azure, or local when Azure is unavailable or fails before its first chunk."""
         assert self.azure is not None
-        blocked = None if reserved else self.policy.azure_blocked()
+        blocked = unsupported_by(self.azure, request) or (None if reserved else self.policy.azure_blocked())
         if blocked is not None:
             return await self._failover(request, decision, blocked)
         try:
@@ -351,7 +362,7 @@ class Dispatcher:
                 [("local", local_usage)],
             )
         reason = f"cascade: local confidence {score:.2f} < {threshold:.2f}"
-        blocked = self.policy.azure_blocked()
+        blocked = unsupported_by(self.azure, request) or self.policy.azure_blocked()
         if blocked is None:
             try:
                 azure_chunks = await _collect(self.azure, request)

@@ -94,10 +94,10 @@ def test_priority_is_acted_on_only_under_the_priority_scheduler(tmp_path: Path) 
     profile = load_profile("tiny-mistral3-vllm")
     assert engine_args(profile, tmp_path)["scheduling_policy"] == "priority"
     asked = GenerationRequest(request_id="r", messages=[], sampling=SamplingParams(extra=EngineExtras(priority=-1)))
-    refuse_unsupported(asked.sampling.extra, VLLMEngine(profile, Settings())._extras_supported(), "vLLM engine")
+    refuse_unsupported(asked.sampling.extra, VLLMEngine(profile, Settings()).capabilities.extras, "vLLM engine")
     fcfs = profile.model_copy(update={"engine_options": {**profile.engine_options, "scheduling_policy": "fcfs"}})
     with pytest.raises(InvalidRequestError) as caught:
-        refuse_unsupported(asked.sampling.extra, VLLMEngine(fcfs, Settings())._extras_supported(), "vLLM engine")
+        refuse_unsupported(asked.sampling.extra, VLLMEngine(fcfs, Settings()).capabilities.extras, "vLLM engine")
     assert caught.value.code == "unsupported_parameter" and caught.value.param == "priority"
 
 
