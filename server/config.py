@@ -254,6 +254,32 @@ class Settings(BaseSettings):
         raise ValueError(f"MSSERVE_AZURE_ENDPOINT must be an https:// URL (plain http:// only to a loopback "
                          f"address), not {value!r}")
 
+    # --- Model aliases (server.api.aliases): a client written for Azure keeps its deployment name as the model ---
+    # "gpt-4o=auto,gpt-4o-mini=local,my-deployment=azure" (or a JSON object): name -> route (auto, local, azure,
+    # cascade), as the x-msserve-route header would give it; the header wins. MSSERVE_AZURE_DEPLOYMENT is an
+    # "auto" alias unless listed here.
+    model_aliases: Annotated[dict[str, Literal["auto", "local", "azure", "cascade"]], NoDecode] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _parse_aliases(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        aliases: dict[str, str] = {}
+        for entry in (item.strip() for item in text.split(",")):
+            if not entry:
+                continue
+            name, sep, route = entry.rpartition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"MSSERVE_MODEL_ALIASES entry {entry!r} needs the form name=route")
+            aliases[name.strip()] = route.strip().lower()
+        return aliases
+
     @field_validator("port")
     @classmethod
     def _valid_port(cls, port: int) -> int:

@@ -81,7 +81,7 @@ class RequestRecord:
 
     @property
     def is_model_request(self) -> bool:
-        return self.method == "POST" and self.path.startswith("/v1/")
+        return self.method == "POST" and self.path.startswith(("/v1/", "/openai/"))  # /openai/: Azure's path forms
 
     @property
     def ttft_s(self) -> float | None:

@@ -1,17 +1,25 @@
-"""POST /v1/chat/completions: a thin router; the work is in chat_service."""
+"""POST /v1/chat/completions, and Azure's own paths to it: a thin router; the work is in chat_service.
+
+Azure OpenAI clients (``AzureOpenAI(azure_endpoint=...)``) call ``/openai/deployments/{deployment}/chat/completions
+?api-version=...`` with the deployment as the model, or ``/openai/v1/chat/completions``; both are the same
+endpoint here, behind the same middleware (auth accepts Azure's ``api-key`` header, limits, metrics, logs).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.api import chat_service
+from server.api.aliases import resolve_route
 from server.api.deps import Services, get_services
+from server.api.fingerprint import azure_fingerprint, local_fingerprint
 from server.api.permissions import check_route_permission
 from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse
 from server.middleware.request_id import engine_request_id
+from server.routing.dispatch import Routed
 from server.telemetry import observe_routed
 
 router = APIRouter()
@@ -24,29 +32,79 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _STREAMED: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A chat.completion object, or with stream: true, server-sent chat.completion.chunk events",
-        "content": {"text/event-stream": {"schema": {
-            "type": "object", "required": ["data"],
-            "properties": {"data": {"type": "string", "description": "a chat.completion.chunk (JSON), or [DONE]"}},
-        }}},
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {"type": "string", "description": "a chat.completion.chunk (JSON), or [DONE]"}
+                    },
+                }
+            }
+        },
     },
 }
+_RESPONSES = {**_STREAMED, **_ERRORS}
+RouteHeader = Annotated[str | None, Header()]
+ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion, responses={**_STREAMED, **_ERRORS})
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_RESPONSES)
 async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, services: ServicesDep, x_msserve_route: RouteHeader = None
+) -> JSONResponse | StreamingResponse:
+    return await _chat(body, request, services, x_msserve_route)
+
+
+@router.post("/openai/v1/chat/completions", response_model=ChatCompletion, responses=_RESPONSES)
+async def create_chat_completion_azure_v1(
+    body: ChatCompletionRequest, request: Request, services: ServicesDep, x_msserve_route: RouteHeader = None
+) -> JSONResponse | StreamingResponse:
+    return await _chat(body, request, services, x_msserve_route)
+
+
+@router.post("/openai/deployments/{deployment}/chat/completions", response_model=ChatCompletion, responses=_RESPONSES)
+async def create_chat_completion_azure_deployment(
+    deployment: str,
     body: ChatCompletionRequest,
     request: Request,
-    services: Annotated[Services, Depends(get_services)],
-    x_msserve_route: Annotated[str | None, Header()] = None,
+    services: ServicesDep,
+    x_msserve_route: RouteHeader = None,
+    api_version: Annotated[str | None, Query(alias="api-version")] = None,  # any version: the wire format is one
+) -> JSONResponse | StreamingResponse:
+    body.model = deployment  # Azure's deployments form names the model in the path, not the body
+    return await _chat(body, request, services, x_msserve_route)
+
+
+async def _chat(
+    body: ChatCompletionRequest, request: Request, services: Services, route_header: str | None
 ) -> JSONResponse | StreamingResponse:
     request_id = request.headers.get("x-request-id") or chat_service.new_request_id()
+    # The model name resolves to the route the x-msserve-route header would give (the header wins); whatever
+    # checks the route (the per-key permission to force Azure) reads this value, so an alias cannot get around it.
+    route = resolve_route(body.model, route_header, services)
     chat_service.check_request(body, services)
-    check_route_permission(request, x_msserve_route)  # the effective route's permission, before any work
+    # The effective route's permission, before any work; an alias names its route through the model.
+    check_route_permission(request, route, param="x-msserve-route" if route_header else "model")
     generation = await chat_service.to_generation_request(body, services, engine_request_id(request))
-    routed = await services.dispatcher.dispatch(generation, x_msserve_route, stream=body.stream)
+    routed = await services.dispatcher.dispatch(generation, route, stream=body.stream)
     routed = observe_routed(request, routed, generation, stream=body.stream)  # telemetry: decision, token timings
     headers = chat_service.routing_headers(routed.decision, request_id)
+    fingerprint = system_fingerprint(routed, services)
     if body.stream:
         headers["cache-control"] = "no-cache"
-        return StreamingResponse(chat_service.stream(routed, body), media_type="text/event-stream", headers=headers)
-    return JSONResponse(await chat_service.complete(routed, body), headers=headers)
+        return StreamingResponse(
+            chat_service.stream(routed, body, fingerprint), media_type="text/event-stream", headers=headers
+        )
+    return JSONResponse(await chat_service.complete(routed, body, fingerprint), headers=headers)
+
+
+def system_fingerprint(routed: Routed, services: Services) -> str:
+    """Azure's own fingerprint when it sent one, else that of the configuration that answered."""
+    if routed.first.system_fingerprint:
+        return routed.first.system_fingerprint
+    if routed.decision.tier == "azure":
+        settings = services.settings
+        return azure_fingerprint(settings.azure_endpoint, settings.azure_deployment, settings.azure_api_version)
+    return local_fingerprint(services.profile, getattr(services.engine, "model_dir", None))

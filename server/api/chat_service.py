@@ -10,6 +10,7 @@ from typing import Any
 from server.api.deps import Services
 from server.api.protocol import ChatCompletionRequest, ChatMessage, ImageContentPart, completion_id
 from server.api.sse import DONE, ChunkEvents, error_event
+from server.api.vllm_extensions import engine_extras
 from server.engines.base import (
     ContentPart,
     GenerationChunk,
@@ -17,10 +18,11 @@ from server.engines.base import (
     Message,
     SamplingParams,
     TextPart,
+    TokenLogprob,
     ToolCall,
     Usage,
 )
-from server.errors import InvalidRequestError, MSServeError, NotFoundError
+from server.errors import InvalidRequestError, MSServeError
 from server.media import ImageBudget
 from server.routing.decision import Decision
 from server.routing.dispatch import Routed
@@ -38,12 +40,7 @@ def check_request(body: ChatCompletionRequest, services: Services) -> None:
         raise InvalidRequestError(
             "n > 1 is not supported: send one request per completion", param="n", code="unsupported_n"
         )
-    if body.model and body.model not in served_names(services):
-        raise NotFoundError(
-            f"model {body.model!r} is not served here; available: {', '.join(served_names(services))}",
-            param="model",
-            code="model_not_found",
-        )
+    # The model name is checked where it is resolved to a route (server.api.aliases).
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequestError("top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
 
@@ -54,6 +51,7 @@ def served_names(services: Services) -> list[str]:
 
 
 async def to_generation_request(body: ChatCompletionRequest, services: Services, request_id: str) -> GenerationRequest:
+    extra = engine_extras(body)  # refusals first: before any image is fetched
     budget = services.intake.budget()
     messages = [await _normalize(message, index, services, budget) for index, message in enumerate(body.messages)]
     settings = services.settings
@@ -68,6 +66,7 @@ async def to_generation_request(body: ChatCompletionRequest, services: Services,
         presence_penalty=body.presence_penalty or 0.0,
         logprobs=bool(body.logprobs),
         top_logprobs=body.top_logprobs or 0,
+        extra=extra,
     )
     tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
     if body.tool_choice == "none":
@@ -148,7 +147,7 @@ class _Collected:
             call["id"] = call["id"] or delta.id
             call["name"] = call["name"] or delta.name
             call["arguments"] += delta.arguments
-        self.logprobs.extend(_logprob_entry(item.token, item.logprob) for item in chunk.logprobs)
+        self.logprobs.extend(_logprob_entry(item) for item in chunk.logprobs)
         self.finish_reason = chunk.finish_reason or self.finish_reason
         self.usage = chunk.usage or self.usage
         self.model = chunk.model or self.model
@@ -166,7 +165,7 @@ async def collect(routed: Routed) -> _Collected:
     return collected
 
 
-async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any]:
+async def complete(routed: Routed, body: ChatCompletionRequest, system_fingerprint: str) -> dict[str, Any]:
     collected = await collect(routed)
     tool_calls = [
         {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
@@ -189,7 +188,7 @@ async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any
             {
                 "index": 0,
                 "message": message,
-                "logprobs": {"content": collected.logprobs} if body.logprobs else None,
+                "logprobs": {"content": collected.logprobs, "refusal": None} if body.logprobs else None,
                 "finish_reason": collected.finish_reason or "stop",
             }
         ],
@@ -198,11 +197,11 @@ async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.total_tokens,
         },
-        "system_fingerprint": None,
+        "system_fingerprint": system_fingerprint,
     }
 
 
-async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+async def stream(routed: Routed, body: ChatCompletionRequest, system_fingerprint: str) -> AsyncIterator[bytes]:
     """OpenAI's chunk sequence: role first, content deltas, a finish chunk, the usage chunk if asked, [DONE]."""
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     base = {
@@ -210,7 +209,7 @@ async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[b
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": routed.model,
-        "system_fingerprint": None,
+        "system_fingerprint": system_fingerprint,
     }
     usage = Usage()
     events = ChunkEvents(base, include_usage=include_usage)
@@ -225,7 +224,7 @@ async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[b
             if chunk.model:
                 base["model"] = chunk.model
             logprobs = (
-                {"content": [_logprob_entry(i.token, i.logprob) for i in chunk.logprobs]}
+                {"content": [_logprob_entry(i) for i in chunk.logprobs], "refusal": None}
                 if body.logprobs and chunk.logprobs
                 else None
             )
@@ -267,5 +266,14 @@ def _tool_call_delta(call: Any) -> dict[str, Any]:
     return out
 
 
-def _logprob_entry(token: str, logprob: float) -> dict[str, Any]:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
+def _logprob_entry(item: TokenLogprob) -> dict[str, Any]:
+    return {
+        "token": item.token,
+        "logprob": item.logprob,
+        "bytes": item.bytes if item.bytes is not None else list(item.token.encode()),
+        "top_logprobs": [
+            {"token": top.token, "logprob": top.logprob,
+             "bytes": top.bytes if top.bytes is not None else list(top.token.encode())}
+            for top in item.top_logprobs
+        ],
+    }

@@ -1,4 +1,8 @@
-"""GET /v1/models: what is served, with its context length."""
+"""GET /v1/models: what is served, with its context length, and the aliases clients may name instead.
+
+Clients that list the models before calling (and Azure clients, at ``/openai/models``) find every name a chat
+request accepts: the served model first, then each alias with the route it stands for.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,30 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from server.api.aliases import ModelNames
 from server.api.deps import Services, get_services
-from server.api.protocol import ModelCard, ModelList
+from server.api.protocol import AliasCard, ModelCard, ModelList
 
 router = APIRouter()
 
 
 @router.get("/v1/models", response_model=ModelList)
+@router.get("/openai/v1/models", response_model=ModelList, include_in_schema=False)
+@router.get("/openai/models", response_model=ModelList, include_in_schema=False)
 async def list_models(services: Annotated[Services, Depends(get_services)]) -> ModelList:
     profile = services.profile
+    created = int(services.started_at)
     card = ModelCard(
         id=services.engine.name,
-        created=int(services.started_at),
+        created=created,
         context_length=profile.max_model_len,
         max_model_len=profile.max_model_len,
         engine=profile.engine,
         profile=profile.name,
         demo=profile.demo,
     )
-    return ModelList(data=[card])
+    aliases = [
+        AliasCard(id=name, created=created, route=route)
+        for name, route in ModelNames.from_services(services).aliases.items()
+    ]
+    return ModelList(data=[card, *aliases])

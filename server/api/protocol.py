@@ -2,7 +2,8 @@
 
 Fields OpenAI defines that this server does not act on are listed in IGNORED_FIELDS and
 accepted silently (clients and routers send them by default); any other unknown field is a
-400 ``unknown_parameter`` so typos do not pass unnoticed.
+400 ``unknown_parameter`` so typos do not pass unnoticed. vLLM's own extension fields (``top_k``,
+``continue_final_message``, ...) are declared, honoured or refused in ``server.api.vllm_extensions``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from server.api.vllm_extensions import VLLMExtensionFields
 
 IGNORED_FIELDS = frozenset(
     {
@@ -107,7 +110,7 @@ class ResponseFormat(_Strict):
     json_schema: dict[str, Any] | None = None
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(VLLMExtensionFields):  # vLLM's extension fields: server/api/vllm_extensions.py
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
@@ -153,15 +156,22 @@ class ToolCallOut(BaseModel):
     function: FunctionCallOut
 
 
+class TopLogprobEntry(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
 class LogprobEntry(BaseModel):
     token: str
     logprob: float
     bytes: list[int] | None = None
-    top_logprobs: list[dict[str, Any]] = Field(default_factory=list)
+    top_logprobs: list[TopLogprobEntry] = Field(default_factory=list)
 
 
 class ChoiceLogprobs(BaseModel):
     content: list[LogprobEntry] | None = None
+    refusal: list[LogprobEntry] | None = None  # OpenAI requires the key; the model never refuses in a channel
 
 
 class AssistantMessageOut(BaseModel):
@@ -195,7 +205,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: UsageOut | None = None
-    system_fingerprint: str | None = None
+    system_fingerprint: str  # server/api/fingerprint.py
 
 
 class Delta(BaseModel):
@@ -218,7 +228,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: UsageOut | None = None
-    system_fingerprint: str | None = None
+    system_fingerprint: str
 
 
 class ModelCard(BaseModel):
@@ -233,9 +243,19 @@ class ModelCard(BaseModel):
     demo: bool = False
 
 
+class AliasCard(BaseModel):
+    """A name that a chat request may give as its model (MSSERVE_MODEL_ALIASES), and the route it stands for."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "mistral-small-server"
+    route: str  # auto, local, azure or cascade
+
+
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[ModelCard]
+    data: list[ModelCard | AliasCard]
 
 
 class ErrorDetail(BaseModel):

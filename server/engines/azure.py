@@ -45,6 +45,7 @@ from server.engines.base import (
     ToolCallDelta,
     Usage,
 )
+from server.engines.extras import refuse_unsupported
 from server.errors import DeadlineExceededError, InvalidRequestError, MSServeError, RateLimitError, UpstreamError
 
 ApiStyle = Literal["v1", "deployments", "foundry"]
@@ -139,7 +140,10 @@ def retry_after_seconds(headers: Any) -> float | None:
 class AzureEngine:
     """Escalation target. ``name`` is the deployment; chunks carry the model Azure reports having used."""
 
-    capabilities = EngineCapabilities(images=True, tools=True, response_format=True, logprobs=True)
+    # Azure has none of vLLM's options; a cache salt has nothing to do there (no prefix cache shared with us).
+    capabilities = EngineCapabilities(
+        images=True, tools=True, response_format=True, logprobs=True, extras=frozenset({"cache_salt"})
+    )
 
     def __init__(
         self,
@@ -258,6 +262,8 @@ class AzureEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if self._client is None:
             await self.start()
+        refuse_unsupported(request.sampling.extra, self.capabilities.extras, "Azure escalation target",
+                           "; keep such a request local with the header x-msserve-route: local")
         self._running += 1
         try:
             response = await self._within_deadline(request, self._open(request))
@@ -426,7 +432,7 @@ def map_chunk(data: dict[str, Any]) -> GenerationChunk | None:
 
     None for Azure's metadata-only chunks (prompt filter results, the empty role delta).
     """
-    out = GenerationChunk(model=data.get("model") or None)
+    out = GenerationChunk(model=data.get("model") or None, system_fingerprint=data.get("system_fingerprint") or None)
     usage = data.get("usage")
     if usage:
         out.usage = Usage(
@@ -449,7 +455,8 @@ def map_chunk(data: dict[str, Any]) -> GenerationChunk | None:
                 )
             )
         for item in (choice.get("logprobs") or {}).get("content") or []:
-            out.logprobs.append(TokenLogprob(token=item["token"], logprob=item["logprob"]))
+            # Azure's entries pass on as they came: bytes and alternatives included.
+            out.logprobs.append(TokenLogprob.model_validate({**item, "top_logprobs": item.get("top_logprobs") or []}))
         finish = choice.get("finish_reason")
         if finish:
             out.finish_reason = _FINISH.get(finish, "stop")

@@ -14,6 +14,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.engines.extras import EngineExtras
+
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
@@ -71,7 +73,8 @@ class SamplingParams(BaseModel):
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logprobs: bool = False
-    top_logprobs: int = 0
+    top_logprobs: int = 0  # alternatives per token, most likely first (with logprobs)
+    extra: EngineExtras = Field(default_factory=EngineExtras)  # vLLM's extension fields (server.engines.extras)
 
 
 class GenerationRequest(BaseModel):
@@ -98,9 +101,17 @@ class ToolCallDelta(BaseModel):
     arguments: str = ""
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None  # None: the token's UTF-8 bytes
+
+
 class TokenLogprob(BaseModel):
     token: str
     logprob: float
+    bytes: list[int] | None = None  # None: the token's UTF-8 bytes
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)  # the most likely tokens at this position
 
 
 class Usage(BaseModel):
@@ -119,6 +130,7 @@ class GenerationChunk(BaseModel):
     finish_reason: FinishReason | None = None
     usage: Usage | None = None  # set on the last chunk
     model: str | None = None  # the model that really answered, when the engine knows better than its name
+    system_fingerprint: str | None = None  # the backend's own, when it reports one (Azure)
 
 
 class EngineCapabilities(BaseModel):
@@ -127,6 +139,7 @@ class EngineCapabilities(BaseModel):
     response_format: bool = False
     logprobs: bool = False
     max_images_per_request: int | None = None
+    extras: frozenset[str] = frozenset()  # the EngineExtras fields (vLLM's options) it acts on; others are refused
 
 
 class EngineHealth(BaseModel):

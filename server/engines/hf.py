@@ -28,8 +28,11 @@ from server.engines.base import (
     GenerationRequest,
     TokenLogprob,
     ToolCallDelta,
+    TopLogprob,
     Usage,
 )
+from server.engines.extras import refuse_unsupported
+from server.engines.hf_sampling import HF_EXTRAS, generate_kwargs
 from server.engines.loading import in_load_thread
 from server.engines.mistral_format import EncodedPrompt, MistralChatFormat
 from server.engines.mistral_tools import ToolCallParser
@@ -50,7 +53,9 @@ class HFEngine:
         self.model_dir = model_dir
         self.hf_token = hf_token
         self.max_queue = max_queue
-        self.capabilities = EngineCapabilities(images=True, tools=True, response_format=False, logprobs=True)
+        self.capabilities = EngineCapabilities(
+            images=True, tools=True, response_format=False, logprobs=True, extras=HF_EXTRAS
+        )
         self._state = "starting"
         self._detail = ""
         self._model: Any = None
@@ -116,6 +121,8 @@ class HFEngine:
         if self._state != "ready" or self._model is None or self._format is None:
             raise EngineUnavailableError(f"engine is {self._state}", code="engine_not_ready")
         refuse_unconstrainable(request)
+        refuse_unsupported(request.sampling.extra, self.capabilities.extras, "transformers engine",
+                           "; the vLLM profiles take it")
         chat_format = self._format
         prompt = await asyncio.to_thread(chat_format.encode, request.messages, request.tools)
         max_new = self._max_new_tokens(request, prompt)
@@ -193,9 +200,9 @@ class HFEngine:
                 break
             if isinstance(item, BaseException):
                 raise EngineUnavailableError(f"generation failed: {item}", code="generation_failed") from item
-            token_id, logprob = item
+            token_id, logprob, top = item
             generated += 1
-            if token_id == eos:
+            if token_id == eos and not request.sampling.extra.ignore_eos:
                 finish = "stop"
                 break
             piece = decoder.push(token_id)
@@ -203,7 +210,10 @@ class HFEngine:
             if tools is not None:
                 piece, calls = tools.feed(piece)
             text, matched = stops.feed(piece)
-            logprobs = [TokenLogprob(token=decoder.piece(token_id), logprob=logprob)] if logprob is not None else []
+            logprobs = [] if logprob is None else [TokenLogprob(
+                token=decoder.piece(token_id), logprob=logprob,
+                top_logprobs=[TopLogprob(token=decoder.piece(alt), logprob=alt_logprob) for alt, alt_logprob in top],
+            )]
             if matched:
                 abort.set()
                 finish = "stop"
@@ -236,22 +246,11 @@ class HFEngine:
         try:
             inputs = self._model_inputs(prompt, torch)
             sampling = request.sampling
-            recorder = _LogprobRecorder() if sampling.logprobs else None
+            recorder = _LogprobRecorder(sampling.top_logprobs) if sampling.logprobs else None
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
-            do_sample = sampling.temperature > 0
-            kwargs: dict[str, Any] = {
-                "max_new_tokens": max_new,
-                "do_sample": do_sample,
-                "eos_token_id": self._format.eos_id if self._format else None,
-                "streamer": _QueueStreamer(emit, recorder),
-                "stopping_criteria": [_AbortCriteria(abort)],
-                "pad_token_id": self._format.eos_id if self._format else None,
-            }
-            if do_sample:
-                kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
-            if sampling.frequency_penalty > 0:
-                kwargs["repetition_penalty"] = 1.0 + sampling.frequency_penalty / 2
+            kwargs = generate_kwargs(sampling, max_new, self._format.eos_id if self._format else None)
+            kwargs.update(streamer=_QueueStreamer(emit, recorder), stopping_criteria=[_AbortCriteria(abort)])
             if recorder is not None:
                 kwargs["logits_processor"] = [recorder]
             with torch.inference_mode():
@@ -292,7 +291,8 @@ class _QueueStreamer:
             return
         for token_id in value.reshape(-1).tolist():
             logprob = self._recorder.logprob_of(token_id) if self._recorder else None
-            self._emit((int(token_id), logprob))
+            top = self._recorder.top() if self._recorder else []
+            self._emit((int(token_id), logprob, top))
 
     def end(self) -> None:
         return None
@@ -300,10 +300,12 @@ class _QueueStreamer:
 
 class _LogprobRecorder:
     """A logits processor that keeps the last step's log-probabilities, so the streamer can look up
-    the chosen token's. It sees the scores after the other processors (temperature, top-p)."""
+    the chosen token's and the ``top_logprobs`` most likely ones. It sees the scores after the other
+    processors (temperature, top-p)."""
 
-    def __init__(self) -> None:
+    def __init__(self, top_logprobs: int = 0) -> None:
         self._last: Any = None
+        self._top = top_logprobs
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         self._last = scores[0].float().log_softmax(dim=-1)
@@ -314,6 +316,14 @@ class _LogprobRecorder:
             return None
         value = float(self._last[token_id])
         return value if math.isfinite(value) else -9999.0
+
+    def top(self) -> list[tuple[int, float]]:
+        """(token id, logprob) of the ``top_logprobs`` most likely tokens, most likely first."""
+        if self._last is None or self._top <= 0:
+            return []
+        values, ids = self._last.topk(self._top)
+        pairs = zip(ids.tolist(), values.tolist(), strict=True)
+        return [(int(i), v if math.isfinite(v) else -9999.0) for i, v in pairs]
 
 
 class _AbortCriteria:

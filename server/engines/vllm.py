@@ -45,9 +45,11 @@ from server.engines.base import (
     TextPart,
     TokenLogprob,
     ToolCallDelta,
+    TopLogprob,
     Usage,
 )
 from server.engines.cpu_placement import keep_off_worker_cores
+from server.engines.extras import refuse_unsupported
 from server.engines.loading import in_load_thread
 from server.engines.mistral_tools import ToolCallParser, forced_call_schema
 from server.errors import (
@@ -69,6 +71,15 @@ CPU_KVCACHE_GIB = "1"
 ENGINE_EXIT_TIMEOUT_S = 20.0
 INLINE_RENDER_MAX_CHARS = 2000  # ~1.7 ms of template and tokenizer work on the benchmark machine's CPU
 INLINE_ENCODE_MAX_PIXELS = 512 * 512  # ~4 ms to a BMP data URL there; larger images are encoded in a thread
+# vLLM's extension fields (server.engines.extras) this engine passes on: all of them.
+VLLM_EXTRAS = frozenset({
+    "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "skip_special_tokens",
+    "spaces_between_special_tokens", "include_stop_str_in_output", "stop_token_ids", "bad_words",
+    "allowed_token_ids", "priority", "cache_salt",
+})
+# Requests' `priority` needs vLLM's priority scheduler. With every request at the default priority 0 it schedules
+# in arrival order, as the default first-come-first-served one does.
+DEFAULT_SCHEDULING_POLICY = "priority"
 
 
 class VLLMEngine:
@@ -79,8 +90,10 @@ class VLLMEngine:
         self.name = profile.model_name
         self.model_dir = model_dir
         limit = profile.engine_options.get("limit_mm_per_prompt", {}).get("image")
+        policy = profile.engine_options.get("scheduling_policy", DEFAULT_SCHEDULING_POLICY)
         self.capabilities = EngineCapabilities(
-            images=limit != 0, tools=True, response_format=True, logprobs=True, max_images_per_request=limit
+            images=limit != 0, tools=True, response_format=True, logprobs=True, max_images_per_request=limit,
+            extras=VLLM_EXTRAS if policy == "priority" else VLLM_EXTRAS - {"priority"},
         )
         self._state = "starting"
         self._detail = ""
@@ -183,6 +196,9 @@ class VLLMEngine:
         llm = self._llm
         if self._state != "ready" or llm is None:
             raise EngineUnavailableError(f"engine is {self._state}", code="engine_not_ready")
+        # Every extension field maps onto vLLM; priority only under its priority scheduler (else vLLM refuses it).
+        refuse_unsupported(request.sampling.extra, self.capabilities.extras, "vLLM engine as configured",
+                           "; priority needs engine_options scheduling_policy: priority in the profile")
         if self._in_flight >= self.settings.max_queue + self._max_num_seqs():
             raise RateLimitError(
                 f"the local engine has {self._in_flight} requests in flight; retry shortly",
@@ -194,11 +210,14 @@ class VLLMEngine:
         prompt_tokens = len(engine_input.get("prompt_token_ids") or [])
         max_tokens = max_new_tokens(request, prompt_tokens, self.profile.max_model_len)
         params = self._sampling_params(request, max_tokens, forced_call=forced, keep_special_tokens=parser is not None)
+        extra = request.sampling.extra
+        if extra.cache_salt is not None:
+            engine_input["cache_salt"] = extra.cache_salt  # vLLM salts this prompt's prefix-cache blocks with it
 
         self._in_flight += 1
         finished = False
         completion_tokens = 0
-        stream = llm.generate(engine_input, params, request.request_id)
+        stream = llm.generate(engine_input, params, request.request_id, priority=extra.priority)
         try:
             async for output in _until(stream, request.deadline):
                 completion = output.outputs[0]
@@ -211,7 +230,9 @@ class VLLMEngine:
                     if finished:
                         rest, more = parser.finish()
                         text, calls = text + rest, calls + more
-                chunk = GenerationChunk(text=text, tool_calls=calls, logprobs=_logprobs(completion))
+                chunk = GenerationChunk(
+                    text=text, tool_calls=calls, logprobs=_logprobs(completion, request.sampling.top_logprobs)
+                )
                 if finished:
                     chunk.finish_reason = finish_reason(completion.finish_reason, parser is not None and parser.called)
                     chunk.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
@@ -316,6 +337,7 @@ def engine_args(profile: ModelProfile, model_dir: Path) -> dict[str, Any]:
         "max_model_len": profile.max_model_len,
         "dtype": profile.dtype,
         "disable_log_stats": True,  # vLLM's periodic log lines stay off; our stat logger records if asked for
+        "scheduling_policy": DEFAULT_SCHEDULING_POLICY,
     }
     if profile.quantization:
         args["quantization"] = profile.quantization
@@ -360,8 +382,17 @@ def sampling_kwargs(request: GenerationRequest, max_tokens: int) -> dict[str, An
         "presence_penalty": sampling.presence_penalty,
     }
     if sampling.logprobs:
-        # The sampled token's logprob always comes back; top_logprobs adds alternatives we do not forward.
-        kwargs["logprobs"] = 0
+        # vLLM returns the sampled token's logprob and the top_logprobs most likely ones (ranked 1..k).
+        kwargs["logprobs"] = sampling.top_logprobs
+    extra = sampling.extra
+    kwargs.update(
+        top_k=extra.top_k, min_p=extra.min_p, repetition_penalty=extra.repetition_penalty,
+        min_tokens=extra.min_tokens, ignore_eos=extra.ignore_eos, skip_special_tokens=extra.skip_special_tokens,
+        spaces_between_special_tokens=extra.spaces_between_special_tokens,
+        include_stop_str_in_output=extra.include_stop_str_in_output,
+        stop_token_ids=list(extra.stop_token_ids) or None, bad_words=list(extra.bad_words) or None,
+        allowed_token_ids=extra.allowed_token_ids,
+    )
     return kwargs
 
 
@@ -446,14 +477,21 @@ def bmp_data_url(image: Image.Image) -> str:
     return "data:image/bmp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _logprobs(completion: Any) -> list[TokenLogprob]:
+def _logprobs(completion: Any, top_logprobs: int = 0) -> list[TokenLogprob]:
+    """vLLM's per-position candidates ({token id: Logprob(logprob, rank, decoded_token)}, the sampled token always
+    among them) -> the sampled token with the ``top_logprobs`` best-ranked candidates, most likely first."""
     if not completion.logprobs:
         return []
     out = []
     for token_id, candidates in zip(completion.token_ids, completion.logprobs, strict=False):
         chosen = candidates.get(token_id)
-        if chosen is not None:
-            out.append(TokenLogprob(token=chosen.decoded_token or "", logprob=max(float(chosen.logprob), -9999.0)))
+        if chosen is None:
+            continue
+        ranked = sorted((c for c in candidates.values() if c.rank is not None and c.rank <= top_logprobs),
+                        key=lambda c: c.rank)
+        top = [TopLogprob(token=c.decoded_token or "", logprob=max(float(c.logprob), -9999.0)) for c in ranked]
+        out.append(TokenLogprob(token=chosen.decoded_token or "", logprob=max(float(chosen.logprob), -9999.0),
+                                top_logprobs=top))
     return out
 
 

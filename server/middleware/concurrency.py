@@ -105,7 +105,8 @@ class Limiter:
 
 
 def is_limited(scope: Scope) -> bool:
-    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/")
+    # /openai/...: Azure's path forms of the same endpoints
+    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(("/v1/", "/openai/"))
 
 
 class ConcurrencyLimitMiddleware:

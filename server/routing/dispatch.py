@@ -16,6 +16,7 @@ Routes (the raw ``x-msserve-route`` header value):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
@@ -148,6 +149,17 @@ def _usage(chunks: Sequence[GenerationChunk]) -> Usage:
     return found[-1] if found else Usage()
 
 
+def unsupported_by(engine: Engine | None, request: GenerationRequest) -> str | None:
+    """Why ``engine`` cannot take ``request`` (an option only another engine has, e.g. vLLM's top_k), or None.
+
+    A request the router would send there is served locally instead; one forced there gets the engine's 400.
+    """
+    if engine is None:
+        return None
+    asked = sorted(set(request.sampling.extra.asked()) - engine.capabilities.extras)
+    return f"{asked[0]} is not supported there" if asked else None
+
+
 def parse_route(route: str | None) -> str:
     value = (route or "auto").strip().lower()
     if value not in ROUTE_VALUES:
@@ -205,11 +217,12 @@ class Dispatcher:
                 if not health.ready
                 else f"local queue {health.waiting} > {self.policy.escalate_when_queue_over}"
             )
-            try:
-                call = await self.policy.admit(request)
-            except AzureBlocked:
-                pass  # Azure cannot take it either: the router decides below, and local it is
-            else:
+            call = None
+            if unsupported_by(self.azure, request) is None:
+                # When Azure cannot take it either, the router decides below, and local it is.
+                with contextlib.suppress(AzureBlocked):
+                    call = await self.policy.admit(request)
+            if call is not None:
                 self.policy.counters.escalations_overload += 1
                 decision = Decision(tier="azure", reason=f"{why}; escalated", reason_class="overload")
                 return await self._azure(request, decision, call=call)
@@ -252,6 +265,9 @@ class Dispatcher:
         """Azure, or local when Azure is unavailable or fails before its first chunk."""
         assert self.azure is not None
         if call is None:
+            unsupported = unsupported_by(self.azure, request)
+            if unsupported is not None:
+                return await self._failover(request, decision, unsupported)
             try:
                 call = await self.policy.admit(request)
             except AzureBlocked as blocked:
@@ -387,11 +403,14 @@ class Dispatcher:
                 [("local", local_usage)],
             )
         reason = f"cascade: local confidence {score:.2f} < {threshold:.2f}"
-        try:
-            call = await self.policy.admit(request)
-        except AzureBlocked as refused:
-            blocked = refused.reason
-        else:
+        blocked = unsupported_by(self.azure, request)
+        call = None
+        if blocked is None:
+            try:
+                call = await self.policy.admit(request)
+            except AzureBlocked as refused:
+                blocked = refused.reason
+        if call is not None:
             try:
                 azure_chunks, azure_usage = await self._collect_azure(call, request)
             except FAILOVER_ERRORS as exc:

@@ -237,11 +237,14 @@ class FakeAzure:
     def _logprobs(self, tokens: list[str], reply: Reply, body: dict[str, Any]) -> dict[str, Any] | None:
         if not body.get("logprobs"):
             return None
-        return {
-            "content": [
-                {"token": t, "logprob": reply.logprob, "bytes": list(t.encode()), "top_logprobs": []} for t in tokens
-            ]
-        }
+        # top_logprobs as OpenAI sends them: the token itself first, then made-up, less likely alternatives.
+        wanted = body.get("top_logprobs") or 0
+        content = []
+        for t in tokens:
+            ranked = [(t, reply.logprob), *((f"{t}~{i}", reply.logprob - 1.0 - i) for i in range(wanted - 1))]
+            top = [{"token": word, "logprob": lp, "bytes": list(word.encode())} for word, lp in ranked[:wanted]]
+            content.append({"token": t, "logprob": reply.logprob, "bytes": list(t.encode()), "top_logprobs": top})
+        return {"content": content, "refusal": None}
 
     def _completion(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
@@ -269,6 +272,7 @@ class FakeAzure:
                 }
             ],
             "usage": self._usage(reply),
+            "system_fingerprint": "fp_fake",
         }
 
     async def _sse(self, reply: Reply, body: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:

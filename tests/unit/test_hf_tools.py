@@ -30,7 +30,7 @@ def stream_tokens(engine: HFEngine, request: GenerationRequest, token_ids: list[
     async def run() -> list[Any]:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         for token in token_ids:
-            queue.put_nowait((token, None))
+            queue.put_nowait((token, None, []))  # (token id, logprob, top alternatives)
         queue.put_nowait(_DONE)
         prompt = EncodedPrompt(tokens=[1, 2, 3], images=[])
         return [chunk async for chunk in engine._stream(request, prompt, 1000, threading.Event(), queue)]

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import namedtuple
 from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
 from server.config import Settings, load_profile
 from server.engines.base import GenerationRequest, ImagePart, Message, SamplingParams, TextPart, ToolCall
+from server.engines.extras import EngineExtras, refuse_unsupported
 from server.engines.vllm import (
     INLINE_RENDER_MAX_CHARS,
     VLLMEngine,
+    _logprobs,
     _until,
     engine_args,
     finish_reason,
@@ -54,7 +59,46 @@ def test_sampling_maps_one_to_one() -> None:
                               frequency_penalty=0.5, presence_penalty=0.25, logprobs=True)
     kwargs = sampling_kwargs(GenerationRequest(request_id="r", messages=[], sampling=sampling), 5)
     assert kwargs == {"max_tokens": 5, "temperature": 0.3, "top_p": 0.9, "seed": 7, "stop": ["\n\n"],
-                      "frequency_penalty": 0.5, "presence_penalty": 0.25, "logprobs": 0}
+                      "frequency_penalty": 0.5, "presence_penalty": 0.25, "logprobs": 0,
+                      # vLLM's extension fields at their defaults
+                      "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "min_tokens": 0, "ignore_eos": False,
+                      "skip_special_tokens": True, "spaces_between_special_tokens": True,
+                      "include_stop_str_in_output": False, "stop_token_ids": None, "bad_words": None,
+                      "allowed_token_ids": None}
+
+
+def test_top_logprobs_and_extension_fields_reach_vllm() -> None:
+    extra = EngineExtras(top_k=5, min_p=0.1, repetition_penalty=1.2, min_tokens=2, ignore_eos=True,
+                         skip_special_tokens=False, stop_token_ids=[7], bad_words=["x"], allowed_token_ids=[1, 2])
+    sampling = SamplingParams(logprobs=True, top_logprobs=3, extra=extra)
+    kwargs = sampling_kwargs(GenerationRequest(request_id="r", messages=[], sampling=sampling), 5)
+    assert kwargs["logprobs"] == 3
+    assert {key: kwargs[key] for key in ("top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos",
+                                         "skip_special_tokens", "stop_token_ids", "bad_words", "allowed_token_ids")} \
+        == {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2, "min_tokens": 2, "ignore_eos": True,
+            "skip_special_tokens": False, "stop_token_ids": [7], "bad_words": ["x"], "allowed_token_ids": [1, 2]}
+
+
+def test_vllm_logprobs_keep_the_top_ranked_alternatives_most_likely_first() -> None:
+    candidate = namedtuple("candidate", "logprob rank decoded_token")
+    # vLLM's candidates at one position: the sampled token (rank 4 here) and the top 2, in no particular order.
+    position = {9: candidate(-3.0, 4, "d"), 5: candidate(-0.5, 2, "b"), 3: candidate(-0.1, 1, "a")}
+    completion = SimpleNamespace(token_ids=[9], logprobs=[position])
+    (entry,) = _logprobs(completion, top_logprobs=2)
+    assert (entry.token, entry.logprob) == ("d", -3.0)
+    assert [(top.token, top.logprob) for top in entry.top_logprobs] == [("a", -0.1), ("b", -0.5)]
+    assert _logprobs(completion, top_logprobs=0)[0].top_logprobs == []
+
+
+def test_priority_is_acted_on_only_under_the_priority_scheduler(tmp_path: Path) -> None:
+    profile = load_profile("tiny-mistral3-vllm")
+    assert engine_args(profile, tmp_path)["scheduling_policy"] == "priority"
+    asked = GenerationRequest(request_id="r", messages=[], sampling=SamplingParams(extra=EngineExtras(priority=-1)))
+    refuse_unsupported(asked.sampling.extra, VLLMEngine(profile, Settings()).capabilities.extras, "vLLM engine")
+    fcfs = profile.model_copy(update={"engine_options": {**profile.engine_options, "scheduling_policy": "fcfs"}})
+    with pytest.raises(InvalidRequestError) as caught:
+        refuse_unsupported(asked.sampling.extra, VLLMEngine(fcfs, Settings()).capabilities.extras, "vLLM engine")
+    assert caught.value.code == "unsupported_parameter" and caught.value.param == "priority"
 
 
 def test_max_tokens_defaults_to_the_room_left_and_rejects_overflow() -> None:
