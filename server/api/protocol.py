@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from server.api.input_limits import INT64_MAX, INT64_MIN, check_chat_payload
+
 IGNORED_FIELDS = frozenset(
     {
         "user",
@@ -117,7 +119,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     n: int | None = Field(default=None, ge=1, le=128)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)  # engines take a 64-bit seed
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -128,6 +130,12 @@ class ChatCompletionRequest(BaseModel):
     tools: list[ToolDefinition] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _input_caps(cls, data: Any) -> Any:
+        check_chat_payload(data)  # counts, sizes, schemas, lone surrogates: before pydantic walks the payload
+        return data
 
     def unknown_fields(self) -> list[str]:
         return sorted(set(self.model_extra or {}) - IGNORED_FIELDS)
