@@ -323,6 +323,8 @@ class _StateCollector(Collector):
         if t.limiter is not None:
             yield _gauge("msserve_server_running_requests", "Model requests holding a server slot", t.limiter.running)
             yield _gauge("msserve_server_queue_depth", "Model requests waiting for a server slot", t.limiter.waiting)
+            yield _gauge("msserve_server_reading_requests", "Model requests whose body is still arriving (no slot yet)",
+                         getattr(t.limiter, "reading", 0))
         rate = t.escalation_rate()
         yield _gauge("msserve_escalation_ratio", "Share of routed requests sent to Azure since start",
                      rate if rate is not None else 0.0)

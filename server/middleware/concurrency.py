@@ -3,6 +3,10 @@
 Past the queue, the per-key cap or the queue timeout: 429 with ``Retry-After``. While draining for shutdown:
 503 with ``Retry-After``, for new requests and for those still waiting. A slot is held until the response
 is over, streams included, and freed however the request ends.
+
+The slot is taken once the whole body is in, not before: a client trickling its body holds its own
+connection, never a slot others need (the body's size and arrival rate are bounded by the body-limit
+middleware outside this one). The body read here is handed to the app unchanged.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import asyncio
 import collections
 import contextlib
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.config import Settings
 from server.errors import EngineUnavailableError, MSServeError, RateLimitError
@@ -27,13 +31,15 @@ class Limiter:
         self.queue_timeout_s = queue_timeout_s
         self.retry_after_s = retry_after_s
         self.running = 0
+        self.reading = 0  # model requests whose body is still arriving (they hold no slot yet)
         self.draining = False
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._by_key: collections.Counter[str] = collections.Counter()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limiter:
-        return cls(settings.max_concurrent_requests, settings.max_waiting_requests, settings.max_concurrent_per_key,
+        per_key = settings.max_concurrent_per_key or None  # 0 turns the per-key cap off
+        return cls(settings.max_concurrent_requests, settings.max_waiting_requests, per_key,
                    settings.queue_timeout_s, settings.retry_after_s)
 
     @property
@@ -119,12 +125,45 @@ class ConcurrencyLimitMiddleware:
             return
         key = scope_state(scope).get("key_name")
         key_name = key if isinstance(key, str) else None
+        self.limiter.reading += 1
+        try:
+            body = await _read_body(receive)
+        finally:
+            self.limiter.reading -= 1
+        if body is None:
+            return  # the client left, or the body limits refused the body and answered already
         try:
             await self.limiter.acquire(key_name)
         except MSServeError as error:
             await send_error(send, error)
             return
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, _replay(body, receive), send)
         finally:
             self.limiter.release(key_name)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when a disconnect came first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body in one message, then the real channel (so the app still hears a disconnect)."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
