@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.api import chat_service
 from server.api.deps import Services, get_services
+from server.api.lifetime import guard, new_deadline
 from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse
 from server.telemetry import observe_routed
 
@@ -39,11 +40,18 @@ async def create_chat_completion(
 ) -> JSONResponse | StreamingResponse:
     request_id = request.headers.get("x-request-id") or chat_service.new_request_id()
     chat_service.check_request(body, services)
-    generation = await chat_service.to_generation_request(body, services, request_id)
-    routed = await services.dispatcher.dispatch(generation, x_msserve_route, stream=body.stream)
-    routed = observe_routed(request, routed, generation, stream=body.stream)  # telemetry: decision, token timings
-    headers = chat_service.routing_headers(routed.decision, request_id)
-    if body.stream:
-        headers["cache-control"] = "no-cache"
-        return StreamingResponse(chat_service.stream(routed, body), media_type="text/event-stream", headers=headers)
-    return JSONResponse(await chat_service.complete(routed, body), headers=headers)
+    deadline = new_deadline(services.settings)
+
+    async def answer() -> JSONResponse | StreamingResponse:
+        generation = await chat_service.to_generation_request(body, services, request_id, deadline=deadline)
+        routed = await services.dispatcher.dispatch(generation, x_msserve_route, stream=body.stream)
+        routed = observe_routed(request, routed, generation, stream=body.stream)  # telemetry: decision, timings
+        headers = chat_service.routing_headers(routed.decision, request_id)
+        if body.stream:  # from here the response hears a disconnect itself; the engine keeps the deadline
+            headers["cache-control"] = "no-cache"
+            return StreamingResponse(chat_service.stream(routed, body), media_type="text/event-stream",
+                                     headers=headers)
+        return JSONResponse(await chat_service.complete(routed, body), headers=headers)
+
+    # Image fetches, the wait for the engine and a non-streamed answer stop when the client leaves or time is up.
+    return await guard(request, deadline, answer())
