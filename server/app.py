@@ -73,6 +73,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
             await engine.stop()
             if azure is not None:
                 await azure.stop()
+            await telemetry.stop()
             gc.unfreeze()  # what the engine left is garbage now; a test process builds many apps
 
     app = FastAPI(
