@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     if 4 in args.only and not args.skip_startup_checks:
         failures += empty_keys(tmp)
-    print("item input" + " " * 42 + "status" + " " * 21 + "worst /health meanwhile", flush=True)
+    print("item input" + " " * 54 + "status" + " " * 7 + "worst /health meanwhile", flush=True)
     azure = BilledAzure(api_key="fake-azure-key").start()
     process, base = launch(server_env(azure, tmp / "state"), tmp / "server.log")
     try:

@@ -72,23 +72,25 @@ def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", rows) + _chunk(b"IEND", b"")
 
 
+# The chunk/comment/marker bombs wrap a 64x64 image: big enough that the model takes it (item 2 is about
+# tiny images), so what they test is the parsing work, not the size.
 def png_many_chunks(count: int = 20_000) -> bytes:
-    """A valid 8x8 PNG with thousands of text chunks before its pixels (a Python loop per chunk in Pillow)."""
-    base = png(8, 8)
+    """A valid 64x64 PNG with thousands of text chunks before its pixels (a Python loop per chunk in Pillow)."""
+    base = png(64, 64)
     head, tail = base[:33], base[33:]  # signature + IHDR, then the rest
     return head + b"".join(_chunk(b"tEXt", b"k\x00" + b"v" * 8) for _ in range(count)) + tail
 
 
 def gif_many_comments(count: int = 20_000) -> bytes:
     buffer = io.BytesIO()
-    Image.new("P", (8, 8)).save(buffer, format="GIF")
+    Image.new("P", (64, 64)).save(buffer, format="GIF")
     data = buffer.getvalue()
     comments = b"".join(b"\x21\xfe\x08commentx\x00" for _ in range(count))
     return data[:-1] + comments + data[-1:]  # before the trailer byte
 
 
 def jpeg_many_markers(count: int = 20_000) -> bytes:
-    base = gradient_jpeg(16, 16)
+    base = gradient_jpeg(64, 64)
     comment = b"\xff\xfe" + struct.pack(">H", 10) + b"comment!"
     return base[:2] + comment * count + base[2:]
 

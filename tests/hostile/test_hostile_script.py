@@ -52,8 +52,8 @@ def test_the_images_are_what_they_claim() -> None:
     assert len(bomb) < 1000
     assert Image.open(io.BytesIO(corpus.png(1, 1))).size == (1, 1)
     assert corpus.png_many_chunks(50).count(b"tEXt") == 50
-    assert Image.open(io.BytesIO(corpus.gif_many_comments(10))).size == (8, 8)  # still a valid GIF
-    assert Image.open(io.BytesIO(corpus.jpeg_many_markers(10))).size == (16, 16)
+    assert Image.open(io.BytesIO(corpus.gif_many_comments(10))).size == (64, 64)  # still a valid GIF
+    assert Image.open(io.BytesIO(corpus.jpeg_many_markers(10))).size == (64, 64)
 
 
 def test_lone_surrogate_bodies_really_hold_lone_surrogates() -> None:
