@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tmp = args.log_dir or Path(tempfile.mkdtemp(prefix="msserve-hostile-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + args.max_seconds
+    started = time.monotonic()
+    deadline = started + args.max_seconds
     failures: list[str] = []
     if 4 in args.only and not args.skip_startup_checks:
         failures += empty_keys(tmp)
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(process)
         azure.stop()
-    print(f"server log: {tmp / 'server.log'}")
+    print(f"server log: {tmp / 'server.log'}; {time.monotonic() - started:.0f} s in all")
     for failure in failures:
         print(f"FAIL {failure}")
     print("PASS" if not failures else f"{len(failures)} failure(s)")
