@@ -30,7 +30,6 @@ class Probe:
     path: str = "/v1/chat/completions"
     headers: dict[str, str] = field(default_factory=dict)
     expect: frozenset[int] = frozenset()
-    files: list[tuple[str, bytes]] | None = None  # multipart upload instead of a body
 
 
 def chat(content: Any, **extra: Any) -> dict[str, Any]:

@@ -115,3 +115,11 @@ def test_the_value_walk_is_bounded() -> None:
         caps.check_unicode({"metadata": [[0]] * caps.MAX_JSON_VALUES})
     assert refused.value.code == "request_too_complex"
     caps.check_unicode({"metadata": [0] * 1000})  # well under: no error
+
+
+async def test_an_unreadable_number_is_invalid_json(make_client) -> None:  # noqa: F811
+    client = make_client()
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "seed": ' + b"9" * 5000 + b"}"
+    response = await client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
