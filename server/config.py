@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     log_contents: bool = False  # put prompt text (and image sizes/hashes, never pixels) in the request log
     recent_requests: int = 200  # size of the recent-requests ring buffer the dashboard shows
 
-    # --- Slow clients and request deadlines (server.middleware.body_limit, .concurrency; server.telemetry) ---
+    # --- Slow clients and a blocked event loop (server.middleware.body_limit, .concurrency; server.loop_lag) ---
     # A request body must arrive at this average rate once the grace period is over, else 408
     # request_body_timeout (a trickling client is cut off; it never holds a concurrency slot). 0: no floor.
     body_min_bytes_per_s: float = Field(default=16384.0, ge=0.0)
