@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     # request_body_timeout (a trickling client is cut off; it never holds a concurrency slot). 0: no floor.
     body_min_bytes_per_s: float = Field(default=16384.0, ge=0.0)
     body_min_rate_grace_s: float = Field(default=10.0, ge=0.0)  # seconds before the rate floor applies
+    # Bodies are read before their request takes a slot: all of them together, until they have one, hold at most
+    # this many bytes; past it 429 queue_full (1 GiB: ~30 maximal uploads at once).
+    max_buffered_body_bytes: int = Field(default=2**30, ge=1)
     event_loop_lag_warn_s: float = Field(default=0.1, gt=0.0)  # log a warning when the loop is blocked this long
 
     @field_validator("port")

@@ -17,7 +17,7 @@ from server.errors import RateLimitError
 from server.middleware.body_limit import BodySizeLimitMiddleware
 from server.middleware.concurrency import Limiter
 from tests.conftest import LOOPBACK, LiveServer, stop_server
-from tests.ops.conftest import CHAT, metric, start_scripted_server
+from tests.ops.conftest import CHAT, make_client, metric, paced_engine, start_scripted_server  # noqa: F401
 
 
 class FakeClock:
@@ -101,6 +101,35 @@ async def test_default_per_key_cap_refuses_the_65th_request_of_one_key() -> None
         await limiter.acquire("tenant")
     assert refused.value.code == "too_many_concurrent_requests"
     await limiter.acquire("other")  # another tenant is not affected
+
+
+async def test_bodies_waiting_for_a_slot_are_bounded_in_bytes_and_per_key() -> None:
+    limiter = Limiter(max_running=1, max_waiting=0, per_key=2, max_buffered_bytes=1000)
+    limiter.start_reading("a")
+    limiter.start_reading("a")
+    with pytest.raises(RateLimitError) as per_key:
+        limiter.start_reading("a")  # bodies arriving count toward the key's cap
+    assert per_key.value.code == "too_many_concurrent_requests"
+    for _ in range(50):
+        limiter.start_reading(None)  # tricklers: many bodies, few bytes, no count cap
+    limiter.buffer(600)
+    with pytest.raises(RateLimitError) as full:
+        limiter.buffer(500)
+    assert full.value.code == "queue_full" and full.value.headers["connection"] == "close"
+    limiter.unbuffer(600)
+    limiter.buffer(1000)
+
+
+async def test_large_bodies_past_the_buffer_budget_are_refused(make_client) -> None:  # noqa: F811
+    client = make_client(max_buffered_body_bytes=50_000)
+    small = await client.post("/v1/chat/completions", json=CHAT)
+    assert small.status_code == 200
+    long_message = [{"role": "user", "content": "x" * 60_000}]
+    big = await client.post("/v1/chat/completions", json={**CHAT, "messages": long_message})
+    assert big.status_code == 429
+    assert big.json()["error"]["code"] == "queue_full"
+    assert client.app.state.limiter.buffered_bytes == 0  # nothing left counted
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
 
 
 # -- a real trickling client on loopback --------------------------------------------------------------------------
