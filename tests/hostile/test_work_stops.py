@@ -130,10 +130,15 @@ async def test_past_its_deadline_a_chat_request_is_504_and_frees_the_engine(hf_e
 
 
 async def test_image_fetches_count_against_the_deadline(make_client) -> None:  # noqa: F811
+    release = asyncio.Event()
+    handlers: list[asyncio.Task[Any]] = []
+
     async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
         await reader.read(65536)
-        await asyncio.sleep(60)  # the image server accepts the request and then says nothing
+        await release.wait()  # the image server accepts the request and then says nothing
         writer.close()
+        await writer.wait_closed()
 
     server = await asyncio.start_server(never_answers, LOOPBACK, 0)
     port = server.sockets[0].getsockname()[1]
@@ -147,4 +152,7 @@ async def test_image_fetches_count_against_the_deadline(make_client) -> None:  #
         assert response.status_code == 504  # the request's deadline, not the fetch's own 30 s
         assert response.json()["error"]["code"] == "deadline_exceeded"
     finally:
+        release.set()
+        await asyncio.gather(*handlers, return_exceptions=True)
         server.close()
+        await server.wait_closed()
