@@ -78,6 +78,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
                 await azure.stop()
             if ledger is not None:
                 ledger.close()  # the queued settles are written before the process goes
+            await telemetry.stop()
             gc.unfreeze()  # what the engine left is garbage now; a test process builds many apps
 
     app = FastAPI(

@@ -190,7 +190,8 @@ class Settings(BaseSettings):
     metrics_open: bool = False  # /metrics without a key (when keys are configured)
     dashboard_open: bool = False  # the dashboard at / without a key (when keys are configured)
     max_concurrent_requests: int = 256  # model requests (POST /v1/*) running at once, all keys together
-    max_concurrent_per_key: int | None = None  # running + waiting per API key; None: no per-key cap
+    # Running + waiting per API key (keys configured): one tenant cannot take every slot. 0 or None: no cap.
+    max_concurrent_per_key: int | None = 64
     max_waiting_requests: int = 256  # beyond max_concurrent_requests, wait up to queue_timeout_s; past it: 429
     queue_timeout_s: float = 30.0  # longest wait for a slot before a 429
     retry_after_s: int = 1  # Retry-After on 429s and 503s from the limits
@@ -279,6 +280,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"MSSERVE_MODEL_ALIASES entry {entry!r} needs the form name=route")
             aliases[name.strip()] = route.strip().lower()
         return aliases
+
+    # --- Slow clients and a blocked event loop (server.middleware.body_limit, .concurrency; server.loop_lag) ---
+    # A request body must arrive at this average rate once the grace period is over, else 408
+    # request_body_timeout (a trickling client is cut off; it never holds a concurrency slot). 0: no floor.
+    body_min_bytes_per_s: float = Field(default=16384.0, ge=0.0)
+    body_min_rate_grace_s: float = Field(default=10.0, ge=0.0)  # seconds before the rate floor applies
+    # Bodies are read before their request takes a slot: all of them together, until they have one, hold at most
+    # this many bytes; past it 429 queue_full (1 GiB: ~30 maximal uploads at once).
+    max_buffered_body_bytes: int = Field(default=2**30, ge=1)
+    event_loop_lag_warn_s: float = Field(default=0.1, gt=0.0)  # log a warning when the loop is blocked this long
 
     @field_validator("port")
     @classmethod

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from server.config import Settings
 from server.engines.base import GenerationChunk, GenerationRequest, ImagePart, TextPart, Usage
 from server.errors import MSServeError
+from server.loop_lag import LOOP_LAG_BUCKETS, LoopLagMonitor
 
 if TYPE_CHECKING:
     from server.api.deps import Services
@@ -229,10 +230,16 @@ class Telemetry:
                              ["tier"], buckets=ITL_BUCKETS, registry=r)
         self.router_decisions = Counter("msserve_router_decisions", "Routing decisions by tier and reason class",
                                         ["tier", "reason_class"], registry=r)
+        self.loop_lag = Histogram("msserve_event_loop_lag_seconds",
+                                  "How late a short sleep on the event loop woke up (time the loop was blocked)",
+                                  buckets=LOOP_LAG_BUCKETS, registry=r)
+        self.lag_monitor = LoopLagMonitor(self.loop_lag, warn_s=settings.event_loop_lag_warn_s)
         r.register(_StateCollector(self))
 
     def start(self) -> None:
-        """Send access-log lines to stderr as bare JSON, unless the operator configured that logger already."""
+        """Start the loop-lag monitor; send access-log lines to stderr as bare JSON, unless the operator
+        configured that logger already. Called from the app's lifespan, on the event loop."""
+        self.lag_monitor.start()
         if not self.log.handlers:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(message)s"))
@@ -240,6 +247,9 @@ class Telemetry:
             self.log.propagate = False
         if self.log.level == logging.NOTSET:
             self.log.setLevel(logging.INFO)
+
+    async def stop(self) -> None:
+        await self.lag_monitor.stop()
 
     # -- per request ---------------------------------------------------------------------------------------------
     def finish(self, record: RequestRecord) -> None:
@@ -323,6 +333,8 @@ class _StateCollector(Collector):
         if t.limiter is not None:
             yield _gauge("msserve_server_running_requests", "Model requests holding a server slot", t.limiter.running)
             yield _gauge("msserve_server_queue_depth", "Model requests waiting for a server slot", t.limiter.waiting)
+            yield _gauge("msserve_server_reading_requests", "Model requests whose body is still arriving (no slot yet)",
+                         getattr(t.limiter, "reading", 0))
         rate = t.escalation_rate()
         yield _gauge("msserve_escalation_ratio", "Share of routed requests sent to Azure since start",
                      rate if rate is not None else 0.0)

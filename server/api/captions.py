@@ -15,6 +15,7 @@ from server.api.captions_protocol import CaptionJSONRequest, CaptionOptions, Cap
 from server.api.captions_service import caption_images
 from server.api.deps import Services, get_services
 from server.api.errors import validation_error
+from server.api.lifetime import guard, new_deadline
 from server.api.permissions import check_route_permission
 from server.api.protocol import ErrorResponse
 from server.engines.base import ImagePart, Usage
@@ -60,6 +61,16 @@ async def create_captions(
 ) -> JSONResponse:
     request_id = request.headers.get("x-request-id") or chat_service.new_request_id()
     check_route_permission(request, x_msserve_route)  # before any upload is read
+    deadline = new_deadline(services.settings)
+    await request.body()  # read (and cached for the parsers) before the guard starts listening for a disconnect
+    # Uploads are decoded and URLs fetched inside the guard: the client leaving or the deadline passing stops
+    # the fetches and every caption's engine work.
+    return await guard(request, deadline, _answer(request, services, request_id, x_msserve_route, deadline))
+
+
+async def _answer(
+    request: Request, services: Services, request_id: str, route: str | None, deadline: float
+) -> JSONResponse:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         options, images = await _from_multipart(request, services)
@@ -73,7 +84,7 @@ async def create_captions(
         )
     if options.model and options.model not in chat_service.served_names(services):
         raise NotFoundError(f"model {options.model!r} is not served here", param="model", code="model_not_found")
-    result = await caption_images(images, options, services, engine_request_id(request), x_msserve_route)
+    result = await caption_images(images, options, services, engine_request_id(request), route, deadline=deadline)
     if (record := record_of(request)) is not None:  # tokens for the request log and the dashboard row
         record.usage = Usage(prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens)
     first = result.data[0]

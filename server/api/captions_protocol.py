@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from server.api.input_limits import check_unicode
 
 CaptionStyle = Literal["short", "detailed", "alt_text"]
 
@@ -18,6 +20,12 @@ class CaptionOptions(BaseModel):
     language: str | None = Field(default=None, max_length=40, description="e.g. 'French' or 'fr'")
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
     temperature: float | None = Field(default=None, ge=0, le=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        check_unicode(data)  # a lone surrogate in prompt or language is a 400, not a tokenizer crash
+        return data
 
 
 class CaptionJSONRequest(CaptionOptions):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from server.api.captions_protocol import Caption, CaptionOptions, CaptionResponse, CaptionUsage
 from server.api.chat_service import collect
 from server.api.deps import Services
+from server.api.lifetime import new_deadline
 from server.engines.base import GenerationRequest, ImagePart, Message, SamplingParams, TextPart
 from server.errors import MSServeError
 
@@ -34,8 +34,10 @@ def instruction(options: CaptionOptions) -> str:
 
 async def caption_images(
     images: list[tuple[str | None, ImagePart]], options: CaptionOptions, services: Services, request_id: str,
-    route: str | None,
+    route: str | None, *, deadline: float | None = None,
 ) -> CaptionResponse:
+    deadline = deadline or new_deadline(services.settings)
+
     async def one(index: int, filename: str | None, image: ImagePart) -> Caption:
         request = GenerationRequest(
             request_id=f"{request_id}-{index}",
@@ -44,7 +46,7 @@ async def caption_images(
                 max_tokens=options.max_tokens or DEFAULT_MAX_TOKENS[options.style],
                 temperature=0.15 if options.temperature is None else options.temperature,
             ),
-            deadline=time.monotonic() + services.settings.request_timeout_s,
+            deadline=deadline,
             stream=False,
         )
         routed = await services.dispatcher.dispatch(request, route, stream=False)

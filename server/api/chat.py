@@ -16,6 +16,7 @@ from server.api import chat_service
 from server.api.aliases import resolve_route
 from server.api.deps import Services, get_services
 from server.api.fingerprint import azure_fingerprint, local_fingerprint
+from server.api.lifetime import guard, new_deadline
 from server.api.permissions import check_route_permission
 from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse
 from server.middleware.request_id import engine_request_id
@@ -87,17 +88,25 @@ async def _chat(
     chat_service.check_request(body, services)
     # The effective route's permission, before any work; an alias names its route through the model.
     check_route_permission(request, route, param="x-msserve-route" if route_header else "model")
-    generation = await chat_service.to_generation_request(body, services, engine_request_id(request))
-    routed = await services.dispatcher.dispatch(generation, route, stream=body.stream)
-    routed = observe_routed(request, routed, generation, stream=body.stream)  # telemetry: decision, token timings
-    headers = chat_service.routing_headers(routed.decision, request_id)
-    fingerprint = system_fingerprint(routed, services)
-    if body.stream:
-        headers["cache-control"] = "no-cache"
-        return StreamingResponse(
-            chat_service.stream(routed, body, fingerprint), media_type="text/event-stream", headers=headers
+    deadline = new_deadline(services.settings)
+
+    async def answer() -> JSONResponse | StreamingResponse:
+        generation = await chat_service.to_generation_request(
+            body, services, engine_request_id(request), deadline=deadline
         )
-    return JSONResponse(await chat_service.complete(routed, body, fingerprint), headers=headers)
+        routed = await services.dispatcher.dispatch(generation, route, stream=body.stream)
+        routed = observe_routed(request, routed, generation, stream=body.stream)  # telemetry: decision, timings
+        headers = chat_service.routing_headers(routed.decision, request_id)
+        fingerprint = system_fingerprint(routed, services)
+        if body.stream:  # from here the response hears a disconnect itself; the engine keeps the deadline
+            headers["cache-control"] = "no-cache"
+            return StreamingResponse(
+                chat_service.stream(routed, body, fingerprint), media_type="text/event-stream", headers=headers
+            )
+        return JSONResponse(await chat_service.complete(routed, body, fingerprint), headers=headers)
+
+    # Image fetches, the wait for the engine and a non-streamed answer stop when the client leaves or time is up.
+    return await guard(request, deadline, answer())
 
 
 def system_fingerprint(routed: Routed, services: Services) -> str:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from server.api.deps import Services
+from server.api.lifetime import new_deadline, until
 from server.api.protocol import ChatCompletionRequest, ChatMessage, ImageContentPart, completion_id
 from server.api.sse import DONE, ChunkEvents, error_event
 from server.api.vllm_extensions import engine_extras
@@ -50,11 +51,15 @@ def served_names(services: Services) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-async def to_generation_request(body: ChatCompletionRequest, services: Services, request_id: str) -> GenerationRequest:
+async def to_generation_request(
+    body: ChatCompletionRequest, services: Services, request_id: str, *, deadline: float | None = None
+) -> GenerationRequest:
     extra = engine_extras(body)  # refusals first: before any image is fetched
-    budget = services.intake.budget()
-    messages = [await _normalize(message, index, services, budget) for index, message in enumerate(body.messages)]
     settings = services.settings
+    deadline = deadline or new_deadline(settings)  # taken before image fetches: they count against it
+    budget = services.intake.budget()
+    async with until(deadline):
+        messages = [await _normalize(message, index, services, budget) for index, message in enumerate(body.messages)]
     max_tokens = body.max_completion_tokens or body.max_tokens or settings.default_max_tokens
     sampling = SamplingParams(
         max_tokens=max_tokens,
@@ -80,7 +85,7 @@ async def to_generation_request(body: ChatCompletionRequest, services: Services,
         response_format=body.response_format.model_dump(exclude_none=True)
         if body.response_format and body.response_format.type != "text"
         else None,
-        deadline=time.monotonic() + settings.request_timeout_s,
+        deadline=deadline,
         stream=bool(body.stream),
     )
 
@@ -202,7 +207,11 @@ async def complete(routed: Routed, body: ChatCompletionRequest, system_fingerpri
 
 
 async def stream(routed: Routed, body: ChatCompletionRequest, system_fingerprint: str) -> AsyncIterator[bytes]:
-    """OpenAI's chunk sequence: role first, content deltas, a finish chunk, the usage chunk if asked, [DONE]."""
+    """OpenAI's chunk sequence: role first, content deltas, a finish chunk, the usage chunk if asked, [DONE].
+
+    The engines keep the request's deadline while they stream (one timer per stream, not one per token) and
+    end it with ``DeadlineExceededError``, which goes out as the final error event.
+    """
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     base = {
         "id": completion_id(),

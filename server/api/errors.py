@@ -92,6 +92,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error_type, code = _HTTP_CODES.get(exc.status_code, ("invalid_request_error", f"http_{exc.status_code}"))
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            code = "invalid_json"  # FastAPI's word for JSON it could not read (e.g. a 5,000-digit integer)
         body = {"error": {"message": str(exc.detail), "type": error_type, "param": None, "code": code}}
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 

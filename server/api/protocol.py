@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from server.api.input_limits import INT64_MAX, INT64_MIN, check_chat_payload
 from server.api.vllm_extensions import VLLMExtensionFields
 
 IGNORED_FIELDS = frozenset(
@@ -120,7 +121,7 @@ class ChatCompletionRequest(VLLMExtensionFields):  # vLLM's extension fields: se
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     n: int | None = Field(default=None, ge=1, le=128)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)  # engines take a 64-bit seed
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -131,6 +132,12 @@ class ChatCompletionRequest(VLLMExtensionFields):  # vLLM's extension fields: se
     tools: list[ToolDefinition] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _input_caps(cls, data: Any) -> Any:
+        check_chat_payload(data)  # counts, sizes, schemas, lone surrogates: before pydantic walks the payload
+        return data
 
     def unknown_fields(self) -> list[str]:
         return sorted(set(self.model_extra or {}) - IGNORED_FIELDS)

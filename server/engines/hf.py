@@ -4,7 +4,8 @@ transformers has no continuous batching, so requests run one at a time behind a 
 wait queue: past ``max_queue`` waiting requests, new ones are refused with 429 instead of
 piling up. Generation runs in a worker thread; tokens cross to the event loop through a
 thread-safe queue. Closing the stream sets an abort flag that a StoppingCriteria checks
-after every token, so a client that leaves frees the model within one decoding step.
+after every token, so a client that leaves frees the model within one decoding step; the request's
+deadline is kept the same way while it generates, not only while it waits for the engine.
 
 torch and transformers are imported only inside this module.
 """
@@ -194,7 +195,7 @@ class HFEngine:
         generated = 0
         finish: str | None = None
         while finish is None:
-            item = await tokens.get()
+            item = await _next_token(tokens, request.deadline, abort)
             if item is _DONE:
                 finish = "length" if generated >= max_new else "stop"
                 break
@@ -250,7 +251,9 @@ class HFEngine:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
             kwargs = generate_kwargs(sampling, max_new, self._format.eos_id if self._format else None)
-            kwargs.update(streamer=_QueueStreamer(emit, recorder), stopping_criteria=[_AbortCriteria(abort)])
+            kwargs.update(
+                streamer=_QueueStreamer(emit, recorder), stopping_criteria=[_AbortCriteria(abort, request.deadline)]
+            )
             if recorder is not None:
                 kwargs["logits_processor"] = [recorder]
             with torch.inference_mode():
@@ -326,14 +329,37 @@ class _LogprobRecorder:
         return [(int(i), v if math.isfinite(v) else -9999.0) for i, v in pairs]
 
 
+async def _next_token(tokens: asyncio.Queue[Any], deadline: float | None, abort: threading.Event) -> Any:
+    """The worker's next item, or DeadlineExceededError once the request's deadline passes (generation aborted).
+
+    One timer per token is affordable here: this engine makes tens of tokens a second, one request at a time.
+    """
+    if deadline is None:
+        return await tokens.get()
+    try:
+        async with asyncio.timeout(deadline - time.monotonic()):
+            return await tokens.get()
+    except TimeoutError:
+        abort.set()
+        raise DeadlineExceededError("the request's deadline passed during generation",
+                                    code="deadline_exceeded") from None
+
+
 class _AbortCriteria:
-    def __init__(self, abort: threading.Event) -> None:
+    """Stop generating when the stream is closed (client gone, stop string) or the deadline has passed.
+
+    The deadline is checked here as well as on the event loop, so the worker stops even when nobody is reading.
+    """
+
+    def __init__(self, abort: threading.Event, deadline: float | None = None) -> None:
         self._abort = abort
+        self._deadline = deadline
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        return torch.full((input_ids.shape[0],), self._abort.is_set(), dtype=torch.bool, device=input_ids.device)
+        stop = self._abort.is_set() or (self._deadline is not None and time.monotonic() >= self._deadline)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 def _torch_dtype(name: str, cuda: bool) -> Any:

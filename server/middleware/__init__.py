@@ -8,13 +8,13 @@ Outermost first (a request passes them top to bottom, the response bottom to top
     HostAllowListMiddleware      Host not allowed (DNS rebinding): 400 host_not_allowed
     CrossSiteMiddleware          cross-site browser requests that change things: 403 cross_site_request
     AuthMiddleware               API keys (401), admin endpoints (403), key name for logs and per-key limits
-    BodySizeLimitMiddleware      413 request_too_large while the body streams in
-    ConcurrencyLimitMiddleware   slots, wait queue, per-key cap (429 + Retry-After), draining (503)
+    BodySizeLimitMiddleware      413 request_too_large / 408 request_body_timeout while the body streams in
+    ConcurrencyLimitMiddleware   reads the body, then slots, wait queue, per-key cap (429 + Retry-After), draining (503)
 
 Forwarded headers are applied first so that everything after sees the client's scheme and address (the
 server's own uvicorn proxy handling is off: it trusted 127.0.0.1 unasked). The id comes next so that every log
-line and error carries it; the access log sits outside auth and the
-limits so that refused requests are counted too; the size limit runs before a slot is taken.
+line and error carries it; the access log sits outside auth and the limits so that refused requests are counted
+too; the body limits run, and the body is in, before a slot is taken.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def install(app: FastAPI, settings: Settings, telemetry: Telemetry) -> None:
     app.state.limiter = limiter
     # add_middleware puts each new one outside the previous ones: add innermost first.
     app.add_middleware(ConcurrencyLimitMiddleware, limiter=limiter)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
+                       min_bytes_per_s=settings.body_min_bytes_per_s, grace_s=settings.body_min_rate_grace_s)
     app.add_middleware(AuthMiddleware, keys=keys)
     app.add_middleware(CrossSiteMiddleware)
     app.add_middleware(HostAllowListMiddleware, allowed=allowed_hosts(settings))

@@ -3,6 +3,13 @@
 Past the queue, the per-key cap or the queue timeout: 429 with ``Retry-After``. While draining for shutdown:
 503 with ``Retry-After``, for new requests and for those still waiting. A slot is held until the response
 is over, streams included, and freed however the request ends.
+
+The slot is taken once the whole body is in, not before: a client trickling its body holds its own
+connection, never a slot others need (the body's size and arrival rate are bounded by the body-limit
+middleware outside this one). The body read here is handed to the app unchanged. What that buffering may
+hold is bounded in bytes (``max_buffered_bytes``, all bodies not yet in a slot together; past it 429), not in
+count: a trickler holds a few bytes and its own connection, and the count of bodies arriving per API key falls
+under the per-key cap like running and waiting requests.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import asyncio
 import collections
 import contextlib
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.config import Settings
 from server.errors import EngineUnavailableError, MSServeError, RateLimitError
@@ -20,21 +27,26 @@ from server.middleware._respond import scope_state, send_error
 
 class Limiter:
     def __init__(self, max_running: int, max_waiting: int, per_key: int | None = None,
-                 queue_timeout_s: float = 30.0, retry_after_s: int = 1) -> None:
+                 queue_timeout_s: float = 30.0, retry_after_s: int = 1, max_buffered_bytes: int = 2**30) -> None:
         self.max_running = max(1, max_running)
         self.max_waiting = max(0, max_waiting)
         self.per_key = per_key
         self.queue_timeout_s = queue_timeout_s
         self.retry_after_s = retry_after_s
         self.running = 0
+        self.reading = 0  # model requests whose body is still arriving (they hold no slot yet)
+        self.buffered_bytes = 0  # bodies read but not yet in a slot
+        self.max_buffered_bytes = max_buffered_bytes
+        self._reading_by_key: collections.Counter[str] = collections.Counter()
         self.draining = False
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._by_key: collections.Counter[str] = collections.Counter()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limiter:
-        return cls(settings.max_concurrent_requests, settings.max_waiting_requests, settings.max_concurrent_per_key,
-                   settings.queue_timeout_s, settings.retry_after_s)
+        per_key = settings.max_concurrent_per_key or None  # 0 turns the per-key cap off
+        return cls(settings.max_concurrent_requests, settings.max_waiting_requests, per_key,
+                   settings.queue_timeout_s, settings.retry_after_s, settings.max_buffered_body_bytes)
 
     @property
     def waiting(self) -> int:
@@ -76,6 +88,37 @@ class Limiter:
             if isinstance(exc, TimeoutError):
                 raise self._busy(f"no slot freed within {self.queue_timeout_s:g}s", "queue_timeout") from None
             raise
+
+    def start_reading(self, key: str | None) -> None:
+        """Admit one more body to be read before its request asks for a slot (429 past the bounds)."""
+        if self.draining:
+            raise self._draining_error()
+        if key is not None and self.per_key is not None and self._by_key[key] + self._reading_by_key[key] >= \
+                self.per_key:
+            raise self._busy(f"API key {key!r} already has {self.per_key} requests in flight",
+                             "too_many_concurrent_requests")
+        self.reading += 1
+        if key is not None:
+            self._reading_by_key[key] += 1
+
+    def buffer(self, size: int) -> None:
+        """Count ``size`` more bytes held before a slot; 429 (connection closed) past ``max_buffered_bytes``."""
+        if self.buffered_bytes + size > self.max_buffered_bytes:
+            error = self._busy("server busy: request bodies waiting for a slot fill the memory set aside for them",
+                               "queue_full")
+            error.headers["connection"] = "close"  # the rest of this body is never read
+            raise error
+        self.buffered_bytes += size
+
+    def unbuffer(self, size: int) -> None:
+        self.buffered_bytes -= size
+
+    def stop_reading(self, key: str | None) -> None:
+        self.reading -= 1
+        if key is not None:
+            self._reading_by_key[key] -= 1
+            if self._reading_by_key[key] <= 0:
+                del self._reading_by_key[key]
 
     def release(self, key: str | None) -> None:
         self._count(key, -1)
@@ -121,11 +164,54 @@ class ConcurrencyLimitMiddleware:
         key = scope_state(scope).get("key_name")
         key_name = key if isinstance(key, str) else None
         try:
+            self.limiter.start_reading(key_name)
+        except MSServeError as error:
+            await send_error(send, error)
+            return
+        buffered = [0]  # bytes this request holds in the limiter's buffer budget, until it has a slot
+        try:
+            try:
+                body = await _read_body(receive, self.limiter, buffered)
+            finally:
+                self.limiter.stop_reading(key_name)
+            if body is None:
+                return  # the client left, or the body limits refused the body and answered already
             await self.limiter.acquire(key_name)
         except MSServeError as error:
             await send_error(send, error)
             return
+        finally:
+            self.limiter.unbuffer(buffered[0])
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, _replay(body, receive), send)
         finally:
             self.limiter.release(key_name)
+
+
+async def _read_body(receive: Receive, limiter: Limiter, buffered: list[int]) -> bytes | None:
+    """The whole request body, or None when a disconnect came first; counted into ``buffered[0]`` as it comes."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        limiter.buffer(len(chunk))
+        buffered[0] += len(chunk)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body in one message, then the real channel (so the app still hears a disconnect)."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
