@@ -13,7 +13,7 @@ from tests.conftest import LiveServer, start_server, stop_server
 from tests.fakes.fake_azure import FakeAzure
 
 AZURE_KEY = "azure-test-key"
-API_KEY = "sk-conformance"
+API_KEY = "sk-conformance-0123456789"
 DEPLOYMENT = "gpt-4o"  # the Azure deployment: an "auto" alias by default
 ALIASES = "gpt-4o-mini=local,my-azure-deployment=azure,careful=cascade"
 MODEL = "tiny-mistral3"
