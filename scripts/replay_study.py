@@ -23,7 +23,7 @@ from server.routing.router import Router  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the shared data folder (e.g. /work/shared/data)")
     parser.add_argument("--shuffles", type=int, default=10)
     args = parser.parse_args()
     sources = {

@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.api import chat_service
 from server.api.deps import Services, get_services
-from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse
+from server.api.feedback import learning_runtime
+from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, completion_id
 from server.telemetry import observe_routed
 
 router = APIRouter()
@@ -42,8 +43,13 @@ async def create_chat_completion(
     generation = await chat_service.to_generation_request(body, services, request_id)
     routed = await services.dispatcher.dispatch(generation, x_msserve_route, stream=body.stream)
     routed = observe_routed(request, routed, generation, stream=body.stream)  # telemetry: decision, token timings
+    response_id = completion_id()
+    learning = learning_runtime(services)
+    if learning is not None and learning.service is not None:  # stores the outcome once the answer has gone out
+        routed = learning.service.observe(routed, generation, response_id, getattr(request.state, "key_name", None))
     headers = chat_service.routing_headers(routed.decision, request_id)
     if body.stream:
         headers["cache-control"] = "no-cache"
-        return StreamingResponse(chat_service.stream(routed, body), media_type="text/event-stream", headers=headers)
-    return JSONResponse(await chat_service.complete(routed, body), headers=headers)
+        events = chat_service.stream(routed, body, response_id)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    return JSONResponse(await chat_service.complete(routed, body, response_id), headers=headers)

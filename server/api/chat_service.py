@@ -166,7 +166,7 @@ async def collect(routed: Routed) -> _Collected:
     return collected
 
 
-async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any]:
+async def complete(routed: Routed, body: ChatCompletionRequest, response_id: str | None = None) -> dict[str, Any]:
     collected = await collect(routed)
     tool_calls = [
         {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
@@ -181,7 +181,7 @@ async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any
         message["tool_calls"] = tool_calls
     usage = collected.usage
     return {
-        "id": completion_id(),
+        "id": response_id or completion_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": collected.model or routed.model,
@@ -202,11 +202,11 @@ async def complete(routed: Routed, body: ChatCompletionRequest) -> dict[str, Any
     }
 
 
-async def stream(routed: Routed, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+async def stream(routed: Routed, body: ChatCompletionRequest, response_id: str | None = None) -> AsyncIterator[bytes]:
     """OpenAI's chunk sequence: role first, content deltas, a finish chunk, the usage chunk if asked, [DONE]."""
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     base = {
-        "id": completion_id(),
+        "id": response_id or completion_id(),
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": routed.model,

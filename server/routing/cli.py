@@ -174,3 +174,12 @@ def calibrate(
     typer.echo(f"requests: {len(scores)}; target escalation rate {target_rate:.1%}")
     typer.echo(f"threshold {threshold} escalates {rate_above(scores, threshold):.1%} of them")
     typer.echo(f"MSSERVE_ROUTER_THRESHOLD={threshold}")
+
+
+def _register_learning() -> None:
+    from server.routing import learn_cli
+
+    learn_cli.register(app)
+
+
+_register_learning()
