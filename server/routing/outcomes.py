@@ -46,7 +46,7 @@ _MIGRATIONS = [
         embedding BLOB,                 -- float32 little-endian, when an embedder was installed
         prompt TEXT,                    -- only with MSSERVE_LOG_CONTENTS=true
         verdict TEXT,                   -- helped | same | hurt (the judge), NULL until judged
-        label REAL,                     -- in [0, 1]; NULL: unlabelled
+        label REAL,                     -- in [0, 1], NULL: unlabelled (no semicolons in here: migrations split on them)
         label_source TEXT,              -- judge | feedback
         labelled REAL                   -- unix time of the label
     );
