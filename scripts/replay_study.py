@@ -23,7 +23,12 @@ from server.routing.router import Router  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the shared data folder (e.g. /work/shared/data)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared" / "data",
+        help="the shared data folder (e.g. /work/shared/data)",
+    )
     parser.add_argument("--shuffles", type=int, default=10)
     args = parser.parse_args()
     sources = {
@@ -40,11 +45,14 @@ def main() -> None:
         examples = replay.load_file(path)
         n = len(examples)
         revealed = min(300, n // 2)
-        for use in ([None, embedder] if embedder is not None else [None]):
+        for use in [None, embedder] if embedder is not None else [None]:
             label = "words" if use is not None else "none"
             r = replay.replay(examples, revealed, prior, use)
-            print(f"| {name} | {n} | {revealed} | file | {label} | {r.apgr_prior:.3f} | {r.apgr_learned:.3f} | "
-                  f"{r.apgr_learned - r.apgr_prior:+.3f} |", flush=True)
+            print(
+                f"| {name} | {n} | {revealed} | file | {label} | {r.apgr_prior:.3f} | {r.apgr_learned:.3f} | "
+                f"{r.apgr_learned - r.apgr_prior:+.3f} |",
+                flush=True,
+            )
             gains, priors, learned = [], [], []
             for seed in range(args.shuffles):
                 shuffled = list(examples)
@@ -54,8 +62,11 @@ def main() -> None:
                 priors.append(r.apgr_prior)
                 learned.append(r.apgr_learned)
             k = args.shuffles
-            print(f"| {name} | {n} | {revealed} | {k} shuffles, mean (min gain) | {label} | {sum(priors) / k:.3f} | "
-                  f"{sum(learned) / k:.3f} | {sum(gains) / k:+.3f} ({min(gains):+.3f}) |", flush=True)
+            print(
+                f"| {name} | {n} | {revealed} | {k} shuffles, mean (min gain) | {label} | {sum(priors) / k:.3f} | "
+                f"{sum(learned) / k:.3f} | {sum(gains) / k:+.3f} ({min(gains):+.3f}) |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

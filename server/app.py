@@ -25,11 +25,11 @@ from server.engines.azure import AzureEngine
 from server.engines.base import Engine
 from server.media import ImageIntake
 from server.routing.dispatch import Dispatcher
+from server.routing.learning_metrics import LearningCollector
 from server.routing.policy import RoutingPolicy
 from server.routing.router import Router
 from server.routing.runtime import LearningRuntime
 from server.shutdown import begin_drain
-from server.routing.learning_metrics import LearningCollector
 from server.telemetry import Telemetry
 
 log = logging.getLogger(__name__)

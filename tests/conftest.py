@@ -71,7 +71,8 @@ def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None, *, 
     """A real `msserve serve` process with the given profile and MSSERVE_* overrides."""
     port = free_port()
     # Each server keeps its state (spend, router outcomes, learned weights) in its own folder, never the user's.
-    env = {**os.environ, "MSSERVE_LOG_LEVEL": "info", "MSSERVE_STATE_DIR": str(tmp_dir / "state"), **(env_overrides or {})}
+    state = str(tmp_dir / "state")
+    env = {**os.environ, "MSSERVE_LOG_LEVEL": "info", "MSSERVE_STATE_DIR": state, **(env_overrides or {})}
     command = [sys.executable, "-m", "server", "serve", "--profile", profile, "--host", LOOPBACK, "--port", str(port)]
     return launch(command, tmp_dir, env, port=port, ready_timeout=ready_timeout)
 

@@ -36,9 +36,7 @@ def learning_runtime(services: Services) -> LearningRuntime | None:
 
 
 @router.post("/v1/feedback", status_code=204, response_class=Response, responses=_ERRORS)
-async def feedback(
-    body: Feedback, request: Request, services: Annotated[Services, Depends(get_services)]
-) -> Response:
+async def feedback(body: Feedback, request: Request, services: Annotated[Services, Depends(get_services)]) -> Response:
     runtime = learning_runtime(services)
     key_name = getattr(request.state, "key_name", None)
     found = runtime is not None and await asyncio.to_thread(runtime.store.feedback, body.id, key_name, body.score)

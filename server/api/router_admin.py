@@ -50,8 +50,15 @@ def _curve(runtime: Any) -> list[dict[str, Any]]:
             card = load_learned(row["path"]).card
         except (OSError, ValueError):
             continue
-        points.append({"version": row["version"], "state": row["state"], "outcomes": card.get("outcomes_used"),
-                       "apgr_before": card.get("apgr_before"), "apgr_after": card.get("apgr_after")})
+        points.append(
+            {
+                "version": row["version"],
+                "state": row["state"],
+                "outcomes": card.get("outcomes_used"),
+                "apgr_before": card.get("apgr_before"),
+                "apgr_after": card.get("apgr_after"),
+            }
+        )
     return points
 
 

@@ -23,7 +23,7 @@ from server.routing.router import DEFAULT_WEIGHTS, ImagePolicy, Router
 app = typer.Typer(help="Score, evaluate and calibrate the Azure escalation router.", no_args_is_help=True)
 
 WeightsOption = Annotated[
-    Path, typer.Option("--weights", help="router weights JSON: the shipped prior (default), another, or learned-vN.json")
+    Path, typer.Option("--weights", help="router weights JSON: the shipped prior (default), other, or learned-vN.json")
 ]
 ThresholdOption = Annotated[float | None, typer.Option("--threshold", help="escalate when score > threshold")]
 RateOption = Annotated[
@@ -87,10 +87,10 @@ def eval_(
     keep_contaminated: Annotated[bool, typer.Option(help="also score prompts listed as contaminated")] = False,
     replay_file: Annotated[
         Path | None,
-        typer.Option("--replay", help="one deployment's labelled traffic: reveal --labelled lines, refit, score the rest"),
+        typer.Option("--replay", help="one deployment's labelled traffic: reveal --labelled lines, refit, score rest"),
     ] = None,
     revealed: Annotated[
-        int | None, typer.Option("--labelled", help="with --replay: lines revealed to the learner (first N, file order)")
+        int | None, typer.Option("--labelled", help="with --replay: lines revealed to the learner (first N in order)")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="with --replay: one JSON object on stdout")] = False,
 ) -> None:

@@ -127,8 +127,15 @@ def fit(
     embedding = len(samples[0].embedding or ()) if use_embedding and samples else 0
     columns = 1 + dense + embedding
     identity = Correction(
-        columns=columns, dense=dense, embedding=embedding, mean=[0.0] * columns, scale=[1.0] * columns,
-        coef=[0.0] * columns, bias=0.0, penalty=penalty, samples=0,
+        columns=columns,
+        dense=dense,
+        embedding=embedding,
+        mean=[0.0] * columns,
+        scale=[1.0] * columns,
+        coef=[0.0] * columns,
+        bias=0.0,
+        penalty=penalty,
+        samples=0,
     )
     x, y, offset = design(samples, use_embedding=use_embedding)
     if len(samples) < MIN_OUTCOMES or float(y.max() - y.min()) <= 0.0:

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # The name under which the correction appears among a decision's contributions (and so in its reason).
 LEARNED = "learned from this deployment's outcomes"
-FORMAT = "msserve-learned-router"
+FORMAT: Literal["msserve-learned-router"] = "msserve-learned-router"
 
 
 def feature_set_version() -> str:
@@ -227,4 +227,4 @@ def router_from_file(path: Path, *, prior: Path | None = None, **options: object
     why = compatible(learned, prior_path)
     if why is not None:
         raise InvalidRequestError(f"{path}: {why}", code="router_weights_incompatible")
-    return LearnedRouter(RouterModel.load(prior_path), learned, embedder=embed.default_embedder(), **options)
+    return LearnedRouter(RouterModel.load(prior_path), learned, embedder=embed.default_embedder(), **options)  # type: ignore[arg-type]

@@ -21,7 +21,8 @@ class LearningCollector(Collector):
     def collect(self) -> Iterator[Any]:
         c = self.service.counters
         shadow = CounterMetricFamily(
-            "msserve_router_shadow_calls", "Shadow calls to Azure for locally answered requests, by result",
+            "msserve_router_shadow_calls",
+            "Shadow calls to Azure for locally answered requests, by result",
             labels=["result"],
         )
         shadow.add_metric(["answered"], c.shadow_calls)
@@ -46,5 +47,7 @@ class LearningCollector(Collector):
         yield quality
         version = self.service.learned_version
         yield GaugeMetricFamily(
-            "msserve_router_learned_version", "Learned weights version in use (0: the shipped prior)", value=version or 0
+            "msserve_router_learned_version",
+            "Learned weights version in use (0: the shipped prior)",
+            value=version or 0,
         )

@@ -92,10 +92,24 @@ class OutcomeStore:
                 "prior_logit, feature_set, features, embedder, embedding, prompt, verdict, label, label_source, "
                 "labelled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    outcome.id, outcome.created, outcome.key_name, outcome.tier, outcome.route, outcome.score,
-                    outcome.threshold, outcome.router, outcome.prior_logit, outcome.feature_set,
-                    json.dumps(outcome.features), outcome.embedder, embedding, outcome.prompt, outcome.verdict,
-                    outcome.label, outcome.label_source, outcome.labelled,
+                    outcome.id,
+                    outcome.created,
+                    outcome.key_name,
+                    outcome.tier,
+                    outcome.route,
+                    outcome.score,
+                    outcome.threshold,
+                    outcome.router,
+                    outcome.prior_logit,
+                    outcome.feature_set,
+                    json.dumps(outcome.features),
+                    outcome.embedder,
+                    embedding,
+                    outcome.prompt,
+                    outcome.verdict,
+                    outcome.label,
+                    outcome.label_source,
+                    outcome.labelled,
                 ),
             )
 

@@ -31,8 +31,10 @@ class NotEnoughOutcomes(ValueError):
 
 
 def _use_embedding(outcomes: Sequence[Outcome], embedder: embed.WordEmbedder | None) -> bool:
-    return embedder is not None and bool(outcomes) and all(
-        o.embedding is not None and o.embedder == embedder.name for o in outcomes
+    return (
+        embedder is not None
+        and bool(outcomes)
+        and all(o.embedding is not None and o.embedder == embedder.name for o in outcomes)
     )
 
 

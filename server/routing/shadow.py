@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # Decisions the router made itself and kept local: the ones a shadow answer can teach it about.
 SHADOWED_CLASSES = frozenset({"score-low"})
 _JUDGE_COMPLETION_TOKENS = 4
+_PRUNE_EVERY = 1000
 
 
 @dataclass
@@ -186,6 +187,8 @@ class LearningService:
             self.counters.store_failed += 1
             raise
         self.counters.stored += 1
+        if self.counters.stored % _PRUNE_EVERY == 0:  # retention, applied as rows come in
+            self.store.prune()
         return True
 
     # -- shadow and judge -------------------------------------------------------------------------------------
@@ -248,8 +251,9 @@ class LearningService:
         engine = self.judge_engine
 
         async def ask(judge_request: GenerationRequest) -> str | None:
-            return await self._call(engine, judge_request, self._estimate(judge_request, _JUDGE_COMPLETION_TOKENS),
-                                    "judge")
+            return await self._call(
+                engine, judge_request, self._estimate(judge_request, _JUDGE_COMPLETION_TOKENS), "judge"
+            )
 
         verdict = await judge.judge(served.request, local, answer, ask)
         if verdict is None:  # a judge call was skipped or failed: the outcome stays unlabelled
@@ -278,8 +282,9 @@ class LearningService:
         from server.routing.refit import _current_scores  # one scoring rule for refit and this estimate
 
         scores = _current_scores(router, judged)
-        chosen = [o.label if s > router.threshold else 1 - o.label for o, s in zip(judged, scores, strict=True)]
-        self.counters.estimated_quality = sum(float(c or 0.0) for c in chosen) / len(chosen)
+        labels = [float(o.label or 0.0) for o in judged]
+        chosen = [y if s > router.threshold else 1 - y for y, s in zip(labels, scores, strict=True)]
+        self.counters.estimated_quality = sum(chosen) / len(chosen)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """At shutdown: let stores finish (shadow calls are cancelled after ``timeout_s``)."""

@@ -45,8 +45,9 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model: Path, fake_azure: FakeAzure, state_dir: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def server(
+    tiny_model: Path, fake_azure: FakeAzure, state_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
     env = {
         "MSSERVE_AZURE_ENDPOINT": f"{fake_azure.endpoint}/openai/v1/",
         "MSSERVE_AZURE_API_KEY": AZURE_KEY,
@@ -106,9 +107,11 @@ def test_shadowed_answer_is_judged_and_owner_feedback_is_taken(server: LiveServe
 
 def test_streamed_answers_are_stored_under_their_response_id(server: LiveServer, state_dir: Path) -> None:
     with openai.OpenAI(base_url=server.v1, api_key=ALICE, max_retries=0, timeout=120) as client:
-        chunks = list(client.chat.completions.create(
-            model="tiny-mistral3", messages=[{"role": "user", "content": "Say hi."}], max_tokens=3, stream=True
-        ))
+        chunks = list(
+            client.chat.completions.create(
+                model="tiny-mistral3", messages=[{"role": "user", "content": "Say hi."}], max_tokens=3, stream=True
+            )
+        )
     response_id = chunks[0].id
     assert all(chunk.id == response_id for chunk in chunks)
     store = OutcomeStore(StateDB(state_dir))
@@ -124,9 +127,21 @@ def _plant(state_dir: Path, n: int = 120) -> None:
     for i in range(n):
         hard = rng.random() < 0.3
         features, scored = prior.score(request_from_prompt(f"About {'quaternions' if hard else 'gardens'} {i}"))
-        store.add(Outcome(id=f"planted-{i}", created=float(i), key_name=None, tier="local", route="score-low",
-                          score=scored.score, threshold=1.0, router="prior", prior_logit=scored.logit,
-                          feature_set=feature_set_version(), features=features.vector()))
+        store.add(
+            Outcome(
+                id=f"planted-{i}",
+                created=float(i),
+                key_name=None,
+                tier="local",
+                route="score-low",
+                score=scored.score,
+                threshold=1.0,
+                router="prior",
+                prior_logit=scored.logit,
+                feature_set=feature_set_version(),
+                features=features.vector(),
+            )
+        )
         store.judge(f"planted-{i}", "helped" if hard else "same", now=float(i))
 
 

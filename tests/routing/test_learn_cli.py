@@ -34,12 +34,24 @@ def _fill(folder: Path, n: int = 300, seed: int = 1) -> list[float]:
         prompt = f"Tell me about the {'quaternion rotation' if hard else rng.choice(['garden', 'poem', 'email'])} {i}."
         features, scored = prior.score(request_from_prompt(prompt))
         vector = embedder.embed(features.words) if embedder else None
-        store.add(Outcome(
-            id=f"chatcmpl-{i}", created=float(i), key_name=None, tier="local", route="score-low",
-            score=scored.score, threshold=0.5, router="prior", prior_logit=scored.logit,
-            feature_set=feature_set_version(), features=features.vector(),
-            embedder=embedder.name if embedder else None, embedding=vector, prompt=None,
-        ))
+        store.add(
+            Outcome(
+                id=f"chatcmpl-{i}",
+                created=float(i),
+                key_name=None,
+                tier="local",
+                route="score-low",
+                score=scored.score,
+                threshold=0.5,
+                router="prior",
+                prior_logit=scored.logit,
+                feature_set=feature_set_version(),
+                features=features.vector(),
+                embedder=embedder.name if embedder else None,
+                embedding=vector,
+                prompt=None,
+            )
+        )
         if i % 3 == 0 or hard:  # not every outcome is judged
             store.judge(f"chatcmpl-{i}", "helped" if hard else rng.choice(["same", "hurt", "same"]), now=float(i))
         logits.append(scored.logit)
@@ -69,7 +81,7 @@ def test_learn_writes_versioned_weights_and_a_card_and_keeps_the_escalation_rate
     assert isinstance(router, LearnedRouter) and router.learned.version == 1
     # No target rate: the new threshold escalates the share the prior's threshold escalated on these outcomes.
     outcomes = OutcomeStore(StateDB(state)).all()
-    prior_scores = [1 / (1 + 2.718281828 ** -o.prior_logit) for o in outcomes]
+    prior_scores = [1 / (1 + 2.718281828**-o.prior_logit) for o in outcomes]
     previous_rate = rate_above(prior_scores, Router.from_settings(settings).threshold)
     assert data["escalation_rate"] == pytest.approx(previous_rate, abs=0.02)
     hard = router.decide(request_from_prompt("Tell me about the quaternion rotation 7."))

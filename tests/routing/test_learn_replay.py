@@ -36,8 +36,11 @@ def _planted(path: Path, n: int = 400, seed: int = 7, *, messages: bool = False)
             weak, strong = 1.0, 1.0  # some noise
         item: dict[str, object] = {"weak": weak, "strong": strong}
         if messages:
-            item["messages"] = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
-                                {"role": "user", "content": prompt}]
+            item["messages"] = [
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "hi"},
+                {"role": "user", "content": prompt},
+            ]
         else:
             item["prompt"] = prompt
         lines.append(json.dumps(item))
@@ -112,14 +115,21 @@ def test_correction_moves_with_evidence_and_stays_home_without_it() -> None:
 
 def test_compiled_correction_matches_the_fitted_formula() -> None:
     rng = random.Random(5)
-    data = [learn.Sample(rng.gauss(0, 1), [rng.gauss(0, 1) for _ in range(3)], rng.choice([0.0, 0.5, 1.0]))
-            for _ in range(200)]
+    data = [
+        learn.Sample(rng.gauss(0, 1), [rng.gauss(0, 1) for _ in range(3)], rng.choice([0.0, 0.5, 1.0]))
+        for _ in range(200)
+    ]
     correction = learn.fit(data, penalty=5.0)
     compiled = correction.compiled()
     s = data[0]
     row = [s.prior_logit, *s.dense]
-    by_hand = s.prior_logit + correction.bias + sum(
-        c * (v - m) / sc for c, v, m, sc in zip(correction.coef, row, correction.mean, correction.scale, strict=True)
+    by_hand = (
+        s.prior_logit
+        + correction.bias
+        + sum(
+            c * (v - m) / sc
+            for c, v, m, sc in zip(correction.coef, row, correction.mean, correction.scale, strict=True)
+        )
     )
     assert compiled.logit(s.prior_logit, s.dense, None) == pytest.approx(by_hand)
 

@@ -16,9 +16,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _outcome(i: int, *, tier: str = "local", key: str | None = "alice", created: float | None = None) -> Outcome:
     return Outcome(
-        id=f"chatcmpl-{i}", created=created if created is not None else 1000.0 + i, key_name=key, tier=tier,
-        route="score-low", score=0.2, threshold=0.5, router="prior", prior_logit=-1.0 + i / 100,
-        feature_set="fs", features=[float(i), 1.0], embedder=None, embedding=None,
+        id=f"chatcmpl-{i}",
+        created=created if created is not None else 1000.0 + i,
+        key_name=key,
+        tier=tier,
+        route="score-low",
+        score=0.2,
+        threshold=0.5,
+        router="prior",
+        prior_logit=-1.0 + i / 100,
+        feature_set="fs",
+        features=[float(i), 1.0],
+        embedder=None,
+        embedding=None,
     )
 
 

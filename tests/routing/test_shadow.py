@@ -61,8 +61,13 @@ async def learning(
     dispatcher = Dispatcher(ScriptedEngine(answer("local says 2 3 5")), azure, router=router, policy=policy)
     store = OutcomeStore(StateDB(tmp_path))
     service = LearningService(
-        store=store, router=lambda: router, policy=policy, gate=PolicyBudgetGate(policy, share), azure=azure,
-        shadow_rate=1.0, rng=lambda: 0.0,
+        store=store,
+        router=lambda: router,
+        policy=policy,
+        gate=PolicyBudgetGate(policy, share),
+        azure=azure,
+        shadow_rate=1.0,
+        rng=lambda: 0.0,
     )
     await azure.start()
     try:
@@ -107,15 +112,20 @@ async def test_client_answer_completes_while_the_shadow_call_is_held(tmp_path: P
     assert judged is not None and judged.verdict == "helped" and judged.label == 1.0
     assert service.counters.shadow_calls == 1
     bodies = [r.body for r in fake.requests]
-    assert bodies[0]["messages"][-1]["content"] in ("Name three primes.", [{"type": "text", "text": "Name three primes."}])
+    assert bodies[0]["messages"][-1]["content"] in (
+        "Name three primes.",
+        [{"type": "text", "text": "Name three primes."}],
+    )
     first, second = (str(b["messages"][-1]["content"]) for b in bodies[1:])
     # Asked in both orders: local first, then Azure first.
-    assert first.index("local says") < first.index("Azure says") and second.index("Azure says") < second.index("local says")
+    assert first.index("local says") < first.index("Azure says") and second.index("Azure says") < second.index(
+        "local says"
+    )
 
 
 async def test_position_bias_cancels_to_same(tmp_path: Path, fake: FakeAzure) -> None:
     fake.judge_rule = lambda a, b: "A"  # a judge that always prefers whatever comes first
-    async with learning(tmp_path, fake.endpoint) as (dispatcher, service, store):
+    async with learning(tmp_path, fake.endpoint) as (dispatcher, service, _store):
         await _answer(dispatcher, service)
         await _until(lambda: sum(service.counters.verdicts.values()) == 1, "verdict")
     assert service.counters.verdicts == {"helped": 0, "same": 1, "hurt": 0}
@@ -149,7 +159,7 @@ async def test_judge_failure_leaves_the_outcome_unlabelled(tmp_path: Path, fake:
 
 
 async def test_open_breaker_skips_shadow_calls(tmp_path: Path, fake: FakeAzure) -> None:
-    async with learning(tmp_path, fake.endpoint) as (dispatcher, service, store):
+    async with learning(tmp_path, fake.endpoint) as (dispatcher, service, _store):
         for _ in range(dispatcher.policy.breaker.failure_threshold):
             dispatcher.policy.breaker.record_failure()
         await _answer(dispatcher, service)
