@@ -53,7 +53,7 @@ def _request(text: str = "Name three primes.") -> GenerationRequest:
 
 @asynccontextmanager
 async def learning(
-    tmp_path: Path, endpoint: str, *, daily_usd: float | None = None, share: float = 0.1
+    tmp_path: Path, endpoint: str, *, daily_usd: float | None = None, share: float = 0.1, log_contents: bool = False
 ) -> AsyncIterator[tuple[Dispatcher, LearningService, OutcomeStore]]:
     azure = AzureEngine(endpoint=endpoint, deployment="gpt-4o", api_key=KEY, sleep=_no_sleep, max_attempts=1)
     policy = RoutingPolicy(spend_cap=SpendCap(daily_usd))
@@ -68,6 +68,7 @@ async def learning(
         azure=azure,
         shadow_rate=1.0,
         rng=lambda: 0.0,
+        log_contents=log_contents,
     )
     await azure.start()
     try:
@@ -183,3 +184,15 @@ def test_budget_gate_keeps_learning_within_its_share() -> None:
     assert gate.reserve(0.2, purpose="shadow") is None
     day[0] = date(2026, 1, 2)
     assert gate.reserve(0.9, purpose="shadow") is not None  # a new day
+
+
+@pytest.mark.parametrize("log_contents", [False, True])
+async def test_prompt_text_is_stored_only_when_contents_are_logged(
+    tmp_path: Path, fake: FakeAzure, log_contents: bool
+) -> None:
+    async with learning(tmp_path, fake.endpoint, log_contents=log_contents) as (dispatcher, service, store):
+        await _answer(dispatcher, service)
+        await _until(lambda: store.get("chatcmpl-1") is not None, "stored")
+    row = store.get("chatcmpl-1")
+    assert row is not None and len(row.features) > 0 and row.prior_logit is not None
+    assert (row.prompt == "user: Name three primes.") if log_contents else row.prompt is None
