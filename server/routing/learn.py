@@ -124,7 +124,8 @@ def fit(
     if use_embedding is None:
         use_embedding = bool(samples) and all(s.embedding is not None for s in samples)
     dense = len(samples[0].dense) if samples else 0
-    embedding = len(samples[0].embedding or ()) if use_embedding and samples else 0
+    first = samples[0].embedding if samples else None
+    embedding = len(first) if use_embedding and first is not None else 0
     columns = 1 + dense + embedding
     identity = Correction(
         columns=columns,

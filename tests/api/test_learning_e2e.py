@@ -162,3 +162,23 @@ def test_learn_then_reload_and_rollback_then_sighup(
     os.kill(server.process.pid, signal.SIGHUP)
     _until(lambda: "learned" not in _feed(server)["router"], "SIGHUP reloads the prior")
     assert server.process.poll() is None  # SIGHUP reloads, it does not stop the server
+
+
+def test_a_killed_server_loses_no_stored_outcome(server: LiveServer, state_dir: Path) -> None:
+    """Last in this module: it kills the server. Rows the server committed are all there after SIGKILL."""
+    store = OutcomeStore(StateDB(state_dir))
+    before = len(store.all())
+    ids = []
+    with openai.OpenAI(base_url=server.v1, api_key=BOB, max_retries=0, timeout=120) as client:
+        for i in range(3):
+            ids.append(
+                client.chat.completions.create(
+                    model="tiny-mistral3", messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=2
+                ).id
+            )
+    _until(lambda: all(store.get(i) is not None for i in ids), "the three outcomes are stored")
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+    reopened = OutcomeStore(StateDB(state_dir))
+    assert len(reopened.all()) == before + 3
+    assert all(reopened.get(i) is not None for i in ids)

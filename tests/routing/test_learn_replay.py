@@ -146,3 +146,20 @@ def test_embedding_is_used_when_installed(tmp_path: Path) -> None:
 
     result = replay(load_file(data), 200, Router.from_weights(), embedder)
     assert result.embedding and result.apgr_learned > result.apgr_prior + 0.15
+
+
+def test_jsonl_lines_may_hold_raw_line_separators(tmp_path: Path) -> None:
+    """U+2028 is valid raw inside a JSON string; the loader splits lines on newlines only."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "first\u2028part", "weak": 0, "strong": 1}, ensure_ascii=False)
+        + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "hi"}], "weak": 1, "strong": 1})
+        + "\n",
+        encoding="utf-8",
+    )
+    from server.routing.labelled import read_jsonl
+
+    examples = read_jsonl(data)
+    assert [e.prompt for e in examples] == ["first\u2028part", "hi"]
+    assert examples[1].request_json() == {"messages": [{"role": "user", "content": "hi"}]}
