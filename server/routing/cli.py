@@ -16,7 +16,7 @@ import typer
 from server.errors import MSServeError
 from server.routing import labelled, metrics, replay
 from server.routing.inputs import request_from_json, request_from_prompt
-from server.routing.learned import router_from_file
+from server.routing.learned import LearnedRouter, router_from_file
 from server.routing.model import RouterModel, quantiles_of, rate_above, threshold_for_rate
 from server.routing.router import DEFAULT_WEIGHTS, ImagePolicy, Router
 
@@ -139,7 +139,9 @@ def _replay(file: Path, revealed: int | None, weights: Path, as_json: bool) -> N
     try:
         if revealed is None:
             raise MSServeError("--replay needs --labelled N", code="invalid_labelled")
-        result = replay.replay(replay.load_file(file), revealed, Router.from_weights(weights), default_embedder())
+        prior = router_from_file(weights)
+        prior = Router(prior.model) if isinstance(prior, LearnedRouter) else prior  # replay always refits a prior
+        result = replay.replay(replay.load_file(file), revealed, prior, default_embedder())
     except MSServeError as exc:
         raise _fail(exc) from exc
     if as_json:

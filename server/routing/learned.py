@@ -222,7 +222,10 @@ def router_from_file(path: Path, *, prior: Path | None = None, **options: object
     text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else ""
     if f'"{FORMAT}"' not in text:
         return Router.from_weights(path, **options)
-    learned = LearnedWeights.model_validate_json(text)
+    try:
+        learned = LearnedWeights.model_validate_json(text)
+    except ValidationError as exc:
+        raise InvalidRequestError(f"{path}: not valid learned weights ({exc})", code="invalid_router_weights") from exc
     prior_path = prior or DEFAULT_WEIGHTS
     why = compatible(learned, prior_path)
     if why is not None:

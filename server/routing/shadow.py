@@ -34,12 +34,14 @@ log = logging.getLogger(__name__)
 SHADOWED_CLASSES = frozenset({"score-low"})
 _JUDGE_COMPLETION_TOKENS = 4
 _PRUNE_EVERY = 1000
+# Shadowed requests judged at once; beyond this a shadow is skipped (counted "busy"), never queued without bound.
+MAX_SHADOWS_IN_FLIGHT = 8
 
 
 @dataclass
 class LearningCounters:
     shadow_calls: int = 0  # shadow answers obtained from Azure
-    shadow_skipped: dict[str, int] = field(default_factory=lambda: {"budget": 0, "breaker": 0})
+    shadow_skipped: dict[str, int] = field(default_factory=lambda: {"budget": 0, "breaker": 0, "busy": 0})
     shadow_failed: int = 0
     judge_failed: int = 0
     verdicts: dict[str, int] = field(default_factory=lambda: {"helped": 0, "same": 0, "hurt": 0})
@@ -133,6 +135,7 @@ class LearningService:
         self.counters = LearningCounters()
         self._tasks: set[asyncio.Task[None]] = set()
         self._since_estimate = 0
+        self._shadows = 0
 
     # -- the serving path: wrap, never wait ---------------------------------------------------------------------
     def observe(self, routed: Routed, request: GenerationRequest, response_id: str, key_name: str | None) -> Routed:
@@ -151,7 +154,14 @@ class LearningService:
         try:
             stored = await asyncio.to_thread(self._store, served)
             if stored and self._wants_shadow(served):
-                await self._shadow(served)
+                if self._shadows >= MAX_SHADOWS_IN_FLIGHT:
+                    self.counters.shadow_skipped["busy"] += 1
+                    return
+                self._shadows += 1
+                try:
+                    await self._shadow(served)
+                finally:
+                    self._shadows -= 1
         except Exception:  # learning must never take the server down
             log.exception("router learning failed for %s", served.response_id)
 

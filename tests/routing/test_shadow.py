@@ -196,3 +196,13 @@ async def test_prompt_text_is_stored_only_when_contents_are_logged(
     row = store.get("chatcmpl-1")
     assert row is not None and len(row.features) > 0 and row.prior_logit is not None
     assert (row.prompt == "user: Name three primes.") if log_contents else row.prompt is None
+
+
+async def test_shadows_beyond_the_in_flight_limit_are_skipped(
+    tmp_path: Path, fake: FakeAzure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("server.routing.shadow.MAX_SHADOWS_IN_FLIGHT", 0)
+    async with learning(tmp_path, fake.endpoint) as (dispatcher, service, store):
+        await _answer(dispatcher, service)
+        await _until(lambda: service.counters.shadow_skipped["busy"] == 1, "skip")
+    assert fake.requests == [] and store.get("chatcmpl-1") is not None
