@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 from server.engines.base import GenerationRequest
 from server.errors import InvalidRequestError
 from server.routing import embed
+from server.routing import features as features_module
 from server.routing.features import FEATURE_NAMES, Features
 from server.routing.learn import Correction
 from server.routing.model import RouterModel, Scored, threshold_for_rate
@@ -39,8 +40,10 @@ FORMAT: Literal["msserve-learned-router"] = "msserve-learned-router"
 
 
 def feature_set_version() -> str:
-    """A fingerprint of the prior's dense feature list: outcomes and weights from another list are not comparable."""
-    return hashlib.sha256(",".join(FEATURE_NAMES).encode()).hexdigest()[:16]
+    """The prior's feature-set version (its own constant where features.py has one, else a hash of the names):
+    outcomes and weights from another feature list are not comparable."""
+    declared = getattr(features_module, "FEATURE_SET_VERSION", None)
+    return str(declared) if declared else hashlib.sha256(",".join(FEATURE_NAMES).encode()).hexdigest()[:16]
 
 
 def file_sha256(path: Path) -> str:
