@@ -25,8 +25,9 @@ import numpy as np
 from pydantic import BaseModel
 
 # L2 strength on the summed soft-label log-loss, in units of standardised inputs.
-PENALTY = 300.0
+PENALTY = 1000.0
 EMBEDDING_PENALTY = 4.0  # times PENALTY for each embedding column
+PRIOR_PENALTY = 1.0  # times PENALTY for the prior's own logit (how readily the fit turns the prior down)
 # Fewer outcomes than this, or labels that never vary: no correction (the learned router is the prior).
 MIN_OUTCOMES = 20
 
@@ -119,6 +120,7 @@ def fit(
     use_embedding: bool | None = None,
     penalty: float = PENALTY,
     embedding_penalty: float = EMBEDDING_PENALTY,
+    prior_penalty: float = PRIOR_PENALTY,
 ) -> Correction:
     """Fit the correction to judged samples. ``use_embedding``: None uses it when every sample has one."""
     if use_embedding is None:
@@ -144,7 +146,8 @@ def fit(
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale < 1e-9] = 1.0  # a constant column meets only the penalty: its coefficient stays 0
-    pulls = np.full(columns, penalty)
+    pulls = np.full(columns, float(penalty))
+    pulls[0] *= prior_penalty
     pulls[1 + dense :] *= embedding_penalty
     w, b = fit_penalised((x - mean) / scale, y, offset, pulls)
     return identity.model_copy(
