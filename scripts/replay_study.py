@@ -1,6 +1,6 @@
 """The learned router's replay table: each labelled source as its own deployment, first N lines revealed.
 
-    python scripts/replay_study.py [--shuffles 10] [--data ../shared/data]
+    python scripts/replay_study.py [--shuffles 10] [--data ../shared/data] [--prior WEIGHTS --only SOURCE]
 
 For each source: N = min(300, n / 2); APGR of the prior and of the learned router on the other n - N lines, in
 file order (what `msserve router eval --replay` does) and over shuffled orders (mean, min), with and without the
@@ -30,6 +30,8 @@ def main() -> None:
         help="the shared data folder (e.g. /work/shared/data)",
     )
     parser.add_argument("--shuffles", type=int, default=10)
+    parser.add_argument("--prior", type=Path, default=None, help="prior weights (default: the shipped ones)")
+    parser.add_argument("--only", default=None, help="one source's name, e.g. TheoremQA")
     args = parser.parse_args()
     sources = {
         "MMLU (RouteLLM)": args.data / "routellm-mmlu",
@@ -37,11 +39,13 @@ def main() -> None:
         "TheoremQA": args.data / "routing" / "theoremqa.jsonl",
         "arena-bench": args.data / "routing" / "arena-bench-v1.jsonl",
     }
-    prior = Router.from_weights()
+    prior = Router.from_weights(args.prior) if args.prior else Router.from_weights()
     embedder = embed.default_embedder()
     print("| source | n | N | order | embedding | APGR prior | APGR learned | gain |")
     print("|---|---:|---:|---|---|---:|---:|---:|")
     for name, path in sources.items():
+        if args.only and name != args.only:
+            continue
         examples = replay.load_file(path)
         n = len(examples)
         revealed = min(300, n // 2)
