@@ -158,6 +158,8 @@ def test_learn_then_reload_and_rollback_then_sighup(
     assert reloaded.status_code == 200 and reloaded.json()["router"].endswith("+learned-v1")
     assert _feed(server)["router"].endswith("+learned-v1")
     assert len(_feed(server)["curve"]) == 1
+    page = httpx.get(f"{server.base_url}/", headers={"authorization": f"Bearer {ALICE}"}).text
+    assert 'id="chart-judged"' in page and 'id="chart-curve"' in page  # the panel the feed draws into
     assert CliRunner().invoke(router_cli, ["rollback"]).exit_code == 0
     os.kill(server.process.pid, signal.SIGHUP)
     _until(lambda: "learned" not in _feed(server)["router"], "SIGHUP reloads the prior")
