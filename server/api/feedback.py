@@ -39,6 +39,8 @@ def learning_runtime(services: Services) -> LearningRuntime | None:
 async def feedback(body: Feedback, request: Request, services: Annotated[Services, Depends(get_services)]) -> Response:
     runtime = learning_runtime(services)
     key_name = getattr(request.state, "key_name", None)
+    if runtime is not None and runtime.service is not None:
+        await runtime.service.stored(body.id)  # the answer may have gone out a moment before its row is written
     found = runtime is not None and await asyncio.to_thread(runtime.store.feedback, body.id, key_name, body.score)
     if not found:
         raise NotFoundError(f"no response with id {body.id!r} for this API key", param="id", code="response_not_found")

@@ -136,6 +136,7 @@ class LearningService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._since_estimate = 0
         self._shadows = 0
+        self._storing: dict[str, asyncio.Future[None]] = {}
 
     # -- the serving path: wrap, never wait ---------------------------------------------------------------------
     def observe(self, routed: Routed, request: GenerationRequest, response_id: str, key_name: str | None) -> Routed:
@@ -149,10 +150,17 @@ class LearningService:
             return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # Scheduled before the response's last bytes go out: feedback that follows at once can wait for the row.
+        self._storing[served.response_id] = asyncio.get_running_loop().create_future()
 
     async def _after(self, served: _Served) -> None:
         try:
-            stored = await asyncio.to_thread(self._store, served)
+            try:
+                stored = await asyncio.to_thread(self._store, served)
+            finally:
+                waiter = self._storing.pop(served.response_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
             if stored and self._wants_shadow(served):
                 if self._shadows >= MAX_SHADOWS_IN_FLIGHT:
                     self.counters.shadow_skipped["busy"] += 1
@@ -270,6 +278,13 @@ class LearningService:
             self.counters.judge_failed += 1
             return
         await self.record_verdict(served.response_id, verdict)
+
+    async def stored(self, response_id: str, timeout_s: float = 5.0) -> None:
+        """Wait until the outcome row of a response just sent is written (no-op when none is pending)."""
+        waiter = self._storing.get(response_id)
+        if waiter is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
 
     async def record_verdict(self, response_id: str, verdict: Verdict) -> None:
         if await asyncio.to_thread(self.store.judge, response_id, verdict, now=self.clock()):
