@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -70,7 +71,45 @@ def sigmoid(logit: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, logit))))
 
 
-class LearnedRouter(Router):
+PriorView = tuple[Features, Scored, "list[float] | None"]  # the prior's features and score, and the embedding
+_REMEMBERED = 512  # about the most requests in flight (MSSERVE_MAX_CONCURRENT_REQUESTS is 256)
+
+
+class ServingRouter(Router):
+    """The router a learning server serves with: it remembers the prior's view of its latest decisions.
+
+    The outcome row of a request is written after its answer, and needs the prior's features and logit that the
+    decision already computed; ``recall`` hands them over instead of scoring the request a second time.
+    """
+
+    def __init__(self, model: RouterModel, **options: object) -> None:
+        super().__init__(model, **options)  # type: ignore[arg-type]
+        self._memo: dict[str, tuple[GenerationRequest, PriorView]] = {}
+        self._memo_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def _remember(self, request: GenerationRequest, view: PriorView) -> None:
+        with self._memo_lock:
+            self._memo[request.request_id] = (request, view)
+            if len(self._memo) > _REMEMBERED:  # never read (e.g. learning off for that request): oldest first
+                del self._memo[next(iter(self._memo))]
+
+    def recall(self, request: GenerationRequest) -> PriorView | None:
+        """The prior's view of this very request's decision, once (None: not decided by this router)."""
+        with self._memo_lock:
+            entry = self._memo.pop(request.request_id, None)
+        return entry[1] if entry is not None and entry[0] is request else None
+
+    def score(self, request: GenerationRequest) -> tuple[Features, Scored]:
+        features, scored = Router.score(self, request)
+        self._remember(request, (features, scored, None))
+        return features, scored
+
+
+class LearnedRouter(ServingRouter):
     """A Router whose score is the prior's logit plus the learned correction; decisions and reasons as usual."""
 
     def __init__(
@@ -102,8 +141,9 @@ class LearnedRouter(Router):
         return f"{self.model.name}+learned-v{self.learned.version}"
 
     def score(self, request: GenerationRequest) -> tuple[Features, Scored]:
-        features, scored = super().score(request)
+        features, scored = Router.score(self, request)
         vector = self.embedder.embed(features.words) if self.embedder is not None else None
+        self._remember(request, (features, scored, vector))
         logit = self.correction.logit(scored.logit, features.vector(), vector)
         contributions = {**scored.contributions, LEARNED: logit - scored.logit}
         return features, dataclasses.replace(scored, score=sigmoid(logit), logit=logit, contributions=contributions)
@@ -194,7 +234,7 @@ def compatible(learned: LearnedWeights, prior_path: Path) -> str | None:
 
 def router_for(settings: Settings, registry: WeightsRegistry | None) -> Router:
     """The current learned router when there is a usable one, else the prior from the settings."""
-    prior = Router.from_settings(settings)
+    prior = ServingRouter.from_settings(settings)
     current = registry.current() if registry is not None else None
     if current is None:
         return prior

@@ -23,7 +23,7 @@ from server.engines.base import Engine, GenerationChunk, GenerationRequest, Text
 from server.routing import embed, judge
 from server.routing.budget_gate import BudgetGate
 from server.routing.dispatch import Routed
-from server.routing.learned import LearnedRouter, feature_set_version
+from server.routing.learned import LearnedRouter, ServingRouter, feature_set_version
 from server.routing.outcomes import Outcome, OutcomeStore, Verdict
 from server.routing.policy import RoutingPolicy
 from server.routing.router import Router
@@ -179,10 +179,12 @@ class LearningService:
         decision = served.routed.decision
         if router is None or decision.tier not in ("local", "azure"):
             return False
-        # The prior's own view (Router.score of the base class), whatever router serves: outcomes stay valid
-        # when the learned weights change.
-        features, scored = Router.score(router, served.request)
-        vector = self.embedder.embed(features.words) if self.embedder is not None else None
+        # The prior's own view, whatever router serves (outcomes stay valid when the learned weights change): the
+        # one the decision computed when the serving router kept it, else scored again.
+        view = router.recall(served.request) if isinstance(router, ServingRouter) else None
+        features, scored, vector = view if view is not None else (*Router.score(router, served.request), None)
+        if vector is None and self.embedder is not None:
+            vector = self.embedder.embed(features.words)
         outcome = Outcome(
             id=served.response_id,
             created=self.clock(),

@@ -19,6 +19,7 @@ from server.engines.azure import AzureEngine
 from server.engines.base import GenerationRequest, Message, TextPart
 from server.routing.budget_gate import PolicyBudgetGate
 from server.routing.dispatch import Dispatcher
+from server.routing.learned import ServingRouter
 from server.routing.outcomes import OutcomeStore
 from server.routing.policy import RoutingPolicy, SpendCap
 from server.routing.router import Router
@@ -53,11 +54,17 @@ def _request(text: str = "Name three primes.") -> GenerationRequest:
 
 @asynccontextmanager
 async def learning(
-    tmp_path: Path, endpoint: str, *, daily_usd: float | None = None, share: float = 0.1, log_contents: bool = False
+    tmp_path: Path,
+    endpoint: str,
+    *,
+    daily_usd: float | None = None,
+    share: float = 0.1,
+    log_contents: bool = False,
+    router: Router | None = None,
 ) -> AsyncIterator[tuple[Dispatcher, LearningService, OutcomeStore]]:
     azure = AzureEngine(endpoint=endpoint, deployment="gpt-4o", api_key=KEY, sleep=_no_sleep, max_attempts=1)
     policy = RoutingPolicy(spend_cap=SpendCap(daily_usd))
-    router = Router.from_weights(threshold=1.0)  # the router keeps everything local (score-low)
+    router = router or Router.from_weights(threshold=1.0)  # the router keeps everything local (score-low)
     dispatcher = Dispatcher(ScriptedEngine(answer("local says 2 3 5")), azure, router=router, policy=policy)
     store = OutcomeStore(StateDB(tmp_path))
     service = LearningService(
@@ -79,9 +86,10 @@ async def learning(
 
 
 async def _answer(dispatcher: Dispatcher, service: LearningService, response_id: str = "chatcmpl-1") -> str:
-    routed = await dispatcher.dispatch(_request(), None, stream=True)
+    request = _request()
+    routed = await dispatcher.dispatch(request, None, stream=True)
     assert routed.decision.tier == "local" and routed.decision.reason_class == "score-low"
-    routed = service.observe(routed, _request(), response_id, "alice")
+    routed = service.observe(routed, request, response_id, "alice")
     texts = [routed.first.text]
     async for chunk in routed.rest:
         texts.append(chunk.text)
@@ -206,3 +214,28 @@ async def test_shadows_beyond_the_in_flight_limit_are_skipped(
         await _answer(dispatcher, service)
         await _until(lambda: service.counters.shadow_skipped["busy"] == 1, "skip")
     assert fake.requests == [] and store.get("chatcmpl-1") is not None
+
+
+async def test_the_outcome_row_reuses_the_decisions_prior_view(
+    tmp_path: Path, fake: FakeAzure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    router = ServingRouter.from_weights(threshold=1.0)
+    scored: list[float] = []
+    original = Router.score
+
+    def counting(self: Router, request: GenerationRequest):  # type: ignore[no-untyped-def]
+        result = original(self, request)
+        scored.append(result[1].logit)
+        return result
+
+    monkeypatch.setattr(Router, "score", counting)
+    async with learning(tmp_path, fake.endpoint, router=router) as (dispatcher, service, store):
+        await _answer(dispatcher, service)
+        await _until(lambda: store.get("chatcmpl-1") is not None, "stored")
+    row = store.get("chatcmpl-1")
+    assert len(scored) == 1  # scored once, for the decision; the row took that view
+    assert row is not None and row.prior_logit == pytest.approx(scored[0])
+    assert router._memo == {}  # handed over once, then forgotten
+    other = _request()
+    router.score(other)
+    assert router.recall(_request()) is None  # same id, another request: not this decision's view
