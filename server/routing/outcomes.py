@@ -85,32 +85,18 @@ class OutcomeStore:
         db.migrate(COMPONENT, _MIGRATIONS)
 
     def add(self, outcome: Outcome) -> None:
-        embedding = np.asarray(outcome.embedding, dtype="<f4").tobytes() if outcome.embedding is not None else None
+        self.add_many([outcome])
+
+    def add_many(self, outcomes: Sequence[Outcome]) -> None:
+        """All in one transaction (one commit, one fsync)."""
+        if not outcomes:
+            return
         with self.db.transaction() as conn:
-            conn.execute(
+            conn.executemany(
                 "INSERT OR REPLACE INTO router_outcomes (id, created, key_name, tier, route, score, threshold, router, "
                 "prior_logit, feature_set, features, embedder, embedding, prompt, verdict, label, label_source, "
                 "labelled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    outcome.id,
-                    outcome.created,
-                    outcome.key_name,
-                    outcome.tier,
-                    outcome.route,
-                    outcome.score,
-                    outcome.threshold,
-                    outcome.router,
-                    outcome.prior_logit,
-                    outcome.feature_set,
-                    json.dumps(outcome.features),
-                    outcome.embedder,
-                    embedding,
-                    outcome.prompt,
-                    outcome.verdict,
-                    outcome.label,
-                    outcome.label_source,
-                    outcome.labelled,
-                ),
+                [_params(outcome) for outcome in outcomes],
             )
 
     def judge(self, outcome_id: str, verdict: Verdict, *, now: float | None = None) -> bool:
@@ -189,3 +175,28 @@ def _outcome(row: sqlite3.Row) -> Outcome:
 
 def labels(outcomes: Sequence[Outcome]) -> list[float]:
     return [o.label for o in outcomes if o.label is not None]
+
+
+def _params(outcome: Outcome) -> tuple[object, ...]:
+    embedding = np.asarray(outcome.embedding, dtype="<f4").tobytes() if outcome.embedding is not None else None
+    o = outcome
+    return (
+        o.id,
+        o.created,
+        o.key_name,
+        o.tier,
+        o.route,
+        o.score,
+        o.threshold,
+        o.router,
+        o.prior_logit,
+        o.feature_set,
+        json.dumps(o.features),
+        o.embedder,
+        embedding,
+        o.prompt,
+        o.verdict,
+        o.label,
+        o.label_source,
+        o.labelled,
+    )

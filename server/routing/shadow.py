@@ -24,6 +24,7 @@ from server.routing import embed, judge
 from server.routing.budget_gate import BudgetGate
 from server.routing.dispatch import Routed
 from server.routing.learned import LearnedRouter, ServingRouter, feature_set_version
+from server.routing.outcome_writer import OutcomeWriter
 from server.routing.outcomes import Outcome, OutcomeStore, Verdict
 from server.routing.policy import RoutingPolicy
 from server.routing.router import Router
@@ -46,7 +47,6 @@ class LearningCounters:
     judge_failed: int = 0
     verdicts: dict[str, int] = field(default_factory=lambda: {"helped": 0, "same": 0, "hurt": 0})
     stored: int = 0
-    store_failed: int = 0
     estimated_quality: float | None = None  # at the current threshold, over judged outcomes
 
 
@@ -137,6 +137,7 @@ class LearningService:
         self._since_estimate = 0
         self._shadows = 0
         self._storing: dict[str, asyncio.Future[None]] = {}
+        self._writer: OutcomeWriter[_Served] = OutcomeWriter(store, self._row, prune_every=_PRUNE_EVERY)
 
     # -- the serving path: wrap, never wait ---------------------------------------------------------------------
     def observe(self, routed: Routed, request: GenerationRequest, response_id: str, key_name: str | None) -> Routed:
@@ -156,11 +157,13 @@ class LearningService:
     async def _after(self, served: _Served) -> None:
         try:
             try:
-                stored = await asyncio.to_thread(self._store, served)
+                stored = await self._writer.write(served)
             finally:
                 waiter = self._storing.pop(served.response_id, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
+            if stored:
+                self.counters.stored += 1
             if stored and self._wants_shadow(served):
                 if self._shadows >= MAX_SHADOWS_IN_FLIGHT:
                     self.counters.shadow_skipped["busy"] += 1
@@ -174,11 +177,12 @@ class LearningService:
             log.exception("router learning failed for %s", served.response_id)
 
     # -- storing ----------------------------------------------------------------------------------------------
-    def _store(self, served: _Served) -> bool:
+    def _row(self, served: _Served) -> Outcome | None:
+        """The outcome row of an answered request (built on the writer's thread)."""
         router = self.router()
         decision = served.routed.decision
         if router is None or decision.tier not in ("local", "azure"):
-            return False
+            return None
         # The prior's own view, whatever router serves (outcomes stay valid when the learned weights change): the
         # one the decision computed when the serving router kept it, else scored again.
         view = router.recall(served.request) if isinstance(router, ServingRouter) else None
@@ -201,15 +205,7 @@ class LearningService:
             embedding=vector,
             prompt=judge.transcript(served.request) if self.log_contents else None,
         )
-        try:
-            self.store.add(outcome)
-        except Exception:
-            self.counters.store_failed += 1
-            raise
-        self.counters.stored += 1
-        if self.counters.stored % _PRUNE_EVERY == 0:  # retention, applied as rows come in
-            self.store.prune()
-        return True
+        return outcome
 
     # -- shadow and judge -------------------------------------------------------------------------------------
     def _wants_shadow(self, served: _Served) -> bool:
@@ -314,15 +310,15 @@ class LearningService:
         self.counters.estimated_quality = sum(chosen) / len(chosen)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
-        """At shutdown: let stores finish (shadow calls are cancelled after ``timeout_s``)."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(BaseException):
-                await task
+        """At shutdown: let stores finish (shadow calls are cancelled after ``timeout_s``), stop the writer."""
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(BaseException):
+                    await task
+        await asyncio.to_thread(self._writer.close)
 
     @property
     def learned_version(self) -> int | None:

@@ -18,17 +18,17 @@ from tests.fakes.scripted_engine import ScriptedEngine
 
 def test_feedback_waits_for_the_row_of_the_answer_just_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
-    original_add, original_stored = OutcomeStore.add, LearningService.stored
+    original_add, original_stored = OutcomeStore.add_many, LearningService.stored
 
-    def slow_add(self: OutcomeStore, outcome: object) -> None:
+    def slow_add(self: OutcomeStore, outcomes: object) -> None:
         release.wait(10)  # the row is written only once feedback is already waiting for it
-        original_add(self, outcome)  # type: ignore[arg-type]
+        original_add(self, outcomes)  # type: ignore[arg-type]
 
     async def stored(self: LearningService, response_id: str, timeout_s: float = 5.0) -> None:
         release.set()
         await original_stored(self, response_id, timeout_s)
 
-    monkeypatch.setattr(OutcomeStore, "add", slow_add)
+    monkeypatch.setattr(OutcomeStore, "add_many", slow_add)
     monkeypatch.setattr(LearningService, "stored", stored)
     settings = Settings(state_dir=tmp_path, api_keys="alice:sk-a,bob:sk-b")
     with TestClient(create_app(settings, engine=ScriptedEngine())) as client:
