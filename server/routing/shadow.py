@@ -59,6 +59,7 @@ class _Served:
     texts: list[str] = field(default_factory=list)
     usage: Usage | None = None
     failed: bool = False
+    complete: bool = False  # read to its end (a client that left mid-answer leaves a partial one: not judged)
 
 
 class _Recorder:
@@ -77,6 +78,7 @@ class _Recorder:
         try:
             chunk = await anext(self._inner)
         except StopAsyncIteration:
+            self._served.complete = True
             self._finish()
             raise
         except BaseException:
@@ -212,6 +214,7 @@ class LearningService:
         decision = served.routed.decision
         return (
             self.azure is not None
+            and served.complete
             and not served.failed
             and decision.tier == "local"
             and decision.reason_class in SHADOWED_CLASSES

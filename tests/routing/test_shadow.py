@@ -239,3 +239,12 @@ async def test_the_outcome_row_reuses_the_decisions_prior_view(
     other = _request()
     router.score(other)
     assert router.recall(_request()) is None  # same id, another request: not this decision's view
+
+
+async def test_an_answer_the_client_left_is_stored_but_not_shadowed(tmp_path: Path, fake: FakeAzure) -> None:
+    async with learning(tmp_path, fake.endpoint) as (dispatcher, service, store):
+        request = _request()
+        routed = service.observe(await dispatcher.dispatch(request, None, stream=True), request, "chatcmpl-1", None)
+        await routed.rest.aclose()  # type: ignore[attr-defined]  # gone after the first chunk
+        await _until(lambda: store.get("chatcmpl-1") is not None, "stored")
+    assert fake.requests == [] and service.counters.shadow_calls == 0
