@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 
 from server import __version__, middleware
-from server.api import captions, chat, dashboard, health, metrics, models
+from server.api import captions, chat, dashboard, feedback, health, metrics, models, router_admin
 from server.api.deps import Services
 from server.api.errors import install_error_handlers
 from server.config import ModelProfile, Settings, load_profile
@@ -25,9 +25,11 @@ from server.engines.azure import AzureEngine
 from server.engines.base import Engine
 from server.media import ImageIntake
 from server.routing.dispatch import Dispatcher
+from server.routing.learning_metrics import LearningCollector
 from server.routing.ledger import open_spend_ledger
 from server.routing.policy import RoutingPolicy
 from server.routing.router import Router
+from server.routing.runtime import LearningRuntime
 from server.shutdown import begin_drain
 from server.telemetry import Telemetry
 
@@ -40,8 +42,9 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
     azure = AzureEngine.from_settings(settings)
     # Azure spend is reserved and settled in the state database, so a restart cannot reset the daily budget.
     ledger = open_spend_ledger(settings) if azure is not None else None
-    dispatcher = Dispatcher(engine, azure, router=Router.from_settings(settings),
-                            policy=RoutingPolicy.from_settings(settings, ledger=ledger))
+    learning = LearningRuntime.open(settings)  # outcome store and learned weights (None: learning off)
+    router = learning.router() if learning is not None else Router.from_settings(settings)
+    dispatcher = Dispatcher(engine, azure, router=router, policy=RoutingPolicy.from_settings(settings, ledger=ledger))
     services = Services(
         settings=settings,
         profile=profile,
@@ -50,6 +53,9 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
         intake=ImageIntake(settings),
     )
     telemetry = Telemetry(settings, services)  # metrics, request log, recent requests
+    if learning is not None:
+        services.extras["learning"] = learning
+        telemetry.registry.register(LearningCollector(learning.attach(dispatcher, azure)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,11 +68,15 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
         )
         if azure is not None:
             await azure.start()
+        if learning is not None:
+            await learning.start()
         try:
             yield
         finally:
             services.draining = True
             begin_drain(app)
+            if learning is not None:
+                await learning.stop()
             if not loading.done():
                 # Its thread cannot be interrupted; serve() exits without waiting for it (server.shutdown).
                 app.state.engine_load_abandoned = True
@@ -97,6 +107,8 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
+    app.include_router(feedback.router)
+    app.include_router(router_admin.router)
     return app
 
 

@@ -151,6 +151,14 @@ class Settings(BaseSettings):
     router_threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # escalate when score > this; wins over rate
     router_target_rate: float | None = Field(default=None, ge=0.0, le=1.0)  # share to escalate (weights' quantiles)
     router_image_policy: Literal["score", "local", "azure"] = "score"  # requests with images: score, or force a tier
+    # Learning this deployment's traffic (server.routing.shadow, outcomes, learned): store each routed request's
+    # outcome row; shadow this share of the requests the router kept local (also asked of Azure, in the
+    # background) and have the judge deployment (None: the escalation deployment) compare the two answers.
+    router_learning: bool = True
+    router_shadow_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    router_judge_deployment: str | None = None
+    router_outcomes_max_rows: int = Field(default=100_000, ge=1)  # retention: the newest rows are kept
+    router_outcomes_max_age_days: float | None = Field(default=90.0, gt=0)
 
     # --- Azure escalation and routing policy (server.engines.azure, server.routing.policy/dispatch) ---
     # Names promised to users: MSSERVE_AZURE_ENDPOINT, _API_KEY, _DEPLOYMENT, _API_VERSION.

@@ -70,7 +70,7 @@ def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None, *, 
                  ready_timeout: float = 240.0) -> LiveServer:
     """A real `msserve serve` process with the given profile and MSSERVE_* overrides."""
     port = free_port()
-    # Durable state (Azure spend, ...) goes under the test's folder, never into the user's home.
+    # Each server keeps its state (spend, router outcomes, learned weights) in its own folder, never the user's.
     state = str(tmp_dir / "state")
     env = {**os.environ, "MSSERVE_LOG_LEVEL": "info", "MSSERVE_STATE_DIR": state, **(env_overrides or {})}
     command = [sys.executable, "-m", "server", "serve", "--profile", profile, "--host", LOOPBACK, "--port", str(port)]

@@ -15,10 +15,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from server.api import chat_service
 from server.api.aliases import resolve_route
 from server.api.deps import Services, get_services
+from server.api.feedback import learning_runtime
 from server.api.fingerprint import azure_fingerprint, local_fingerprint
 from server.api.lifetime import guard, new_deadline
 from server.api.permissions import check_route_permission
-from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse
+from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, completion_id
 from server.middleware.request_id import engine_request_id
 from server.routing.dispatch import Routed
 from server.telemetry import observe_routed
@@ -96,14 +97,17 @@ async def _chat(
         )
         routed = await services.dispatcher.dispatch(generation, route, stream=body.stream)
         routed = observe_routed(request, routed, generation, stream=body.stream)  # telemetry: decision, timings
+        response_id = completion_id()  # made before answering: the stored outcome and feedback name it
+        learning = learning_runtime(services)
+        if learning is not None and learning.service is not None:  # stores the outcome once the answer has gone out
+            routed = learning.service.observe(routed, generation, response_id, getattr(request.state, "key_name", None))
         headers = chat_service.routing_headers(routed.decision, request_id)
         fingerprint = system_fingerprint(routed, services)
         if body.stream:  # from here the response hears a disconnect itself; the engine keeps the deadline
             headers["cache-control"] = "no-cache"
-            return StreamingResponse(
-                chat_service.stream(routed, body, fingerprint), media_type="text/event-stream", headers=headers
-            )
-        return JSONResponse(await chat_service.complete(routed, body, fingerprint), headers=headers)
+            events = chat_service.stream(routed, body, fingerprint, response_id)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        return JSONResponse(await chat_service.complete(routed, body, fingerprint, response_id), headers=headers)
 
     # Image fetches, the wait for the engine and a non-streamed answer stop when the client leaves or time is up.
     return await guard(request, deadline, answer())

@@ -170,7 +170,9 @@ async def collect(routed: Routed) -> _Collected:
     return collected
 
 
-async def complete(routed: Routed, body: ChatCompletionRequest, system_fingerprint: str) -> dict[str, Any]:
+async def complete(
+    routed: Routed, body: ChatCompletionRequest, system_fingerprint: str, response_id: str | None = None
+) -> dict[str, Any]:
     collected = await collect(routed)
     tool_calls = [
         {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
@@ -185,7 +187,7 @@ async def complete(routed: Routed, body: ChatCompletionRequest, system_fingerpri
         message["tool_calls"] = tool_calls
     usage = collected.usage
     return {
-        "id": completion_id(),
+        "id": response_id or completion_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": collected.model or routed.model,
@@ -206,7 +208,9 @@ async def complete(routed: Routed, body: ChatCompletionRequest, system_fingerpri
     }
 
 
-async def stream(routed: Routed, body: ChatCompletionRequest, system_fingerprint: str) -> AsyncIterator[bytes]:
+async def stream(
+    routed: Routed, body: ChatCompletionRequest, system_fingerprint: str, response_id: str | None = None
+) -> AsyncIterator[bytes]:
     """OpenAI's chunk sequence: role first, content deltas, a finish chunk, the usage chunk if asked, [DONE].
 
     The engines keep the request's deadline while they stream (one timer per stream, not one per token) and
@@ -214,7 +218,7 @@ async def stream(routed: Routed, body: ChatCompletionRequest, system_fingerprint
     """
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     base = {
-        "id": completion_id(),
+        "id": response_id or completion_id(),
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": routed.model,

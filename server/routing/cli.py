@@ -14,14 +14,17 @@ from typing import Annotated, TextIO
 import typer
 
 from server.errors import MSServeError
-from server.routing import labelled, metrics
+from server.routing import labelled, metrics, replay
 from server.routing.inputs import request_from_json, request_from_prompt
+from server.routing.learned import LearnedRouter, router_from_file
 from server.routing.model import RouterModel, quantiles_of, rate_above, threshold_for_rate
 from server.routing.router import DEFAULT_WEIGHTS, ImagePolicy, Router
 
 app = typer.Typer(help="Score, evaluate and calibrate the Azure escalation router.", no_args_is_help=True)
 
-WeightsOption = Annotated[Path, typer.Option("--weights", help="router weights JSON")]
+WeightsOption = Annotated[
+    Path, typer.Option("--weights", help="router weights JSON: the shipped prior (default), other, or learned-vN.json")
+]
 ThresholdOption = Annotated[float | None, typer.Option("--threshold", help="escalate when score > threshold")]
 RateOption = Annotated[
     float | None, typer.Option("--target-rate", help="escalate this share (threshold from the weights' quantiles)")
@@ -57,7 +60,7 @@ def score(
     """Write one JSON line per input: {"score", "tier", "reason"}."""
     try:
         policy: ImagePolicy = image_policy  # type: ignore[assignment]
-        router = Router.from_weights(weights, threshold=threshold, target_rate=target_rate, image_policy=policy)
+        router = router_from_file(weights, threshold=threshold, target_rate=target_rate, image_policy=policy)
         with _open(file) as handle:
             for number, item in _lines(handle):
                 try:
@@ -73,31 +76,45 @@ def score(
 @app.command("eval")
 def eval_(
     files: Annotated[
-        list[Path], typer.Argument(help="labelled CSV (RouteLLM format), JSONL (prompt, weak, strong), or a folder")
-    ],
+        list[Path] | None,
+        typer.Argument(help="labelled CSV (RouteLLM format), JSONL (prompt or messages, weak, strong), or a folder"),
+    ] = None,
     weights: WeightsOption = DEFAULT_WEIGHTS,
     threshold: ThresholdOption = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of quality vs share of strong calls")] = Path(
         "router-eval.png"
     ),
     keep_contaminated: Annotated[bool, typer.Option(help="also score prompts listed as contaminated")] = False,
+    replay_file: Annotated[
+        Path | None,
+        typer.Option("--replay", help="one deployment's labelled traffic: reveal --labelled lines, refit, score rest"),
+    ] = None,
+    revealed: Annotated[
+        int | None, typer.Option("--labelled", help="with --replay: lines revealed to the learner (first N in order)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="with --replay: one JSON object on stdout")] = False,
 ) -> None:
-    """Print APGR, CPT(50%) and CPT(80%), and draw the quality-vs-strong-calls curve."""
+    """Print APGR, CPT(50%) and CPT(80%), and draw the quality-vs-strong-calls curve; or --replay learning."""
+    if replay_file is not None:
+        _replay(replay_file, revealed, weights, as_json)
+        return
+    if not files:
+        raise _fail(MSServeError("give labelled files or folders, or --replay FILE --labelled N", code="invalid_args"))
     try:
-        router = Router.from_weights(weights, threshold=threshold)
+        router = router_from_file(weights, threshold=threshold)
         examples, contaminated = labelled.load(files)
         if not keep_contaminated:
             examples = [e for e in examples if e.prompt not in contaminated]
         if not examples:
             raise MSServeError("no labelled examples found", code="invalid_label_file")
-        scores = [router.score(request_from_prompt(e.prompt))[1].score for e in examples]
+        scores = [router.score(request_from_json(e.request_json()))[1].score for e in examples]
         weak = [e.weak for e in examples]
         strong = [e.strong for e in examples]
         result = metrics.evaluate(scores, weak, strong)
     except (MSServeError, ValueError) as exc:
         raise _fail(exc) from exc
     left_out = f" ({len(contaminated)} contaminated prompts left out)" if contaminated and not keep_contaminated else ""
-    typer.echo(f"weights: {router.model.name}; examples: {result.n}{left_out}")
+    typer.echo(f"weights: {getattr(router, 'name', router.model.name)}; examples: {result.n}{left_out}")
     typer.echo(f"weak accuracy   {result.weak_accuracy:.4f}")
     typer.echo(f"strong accuracy {result.strong_accuracy:.4f}")
     typer.echo(f"APGR            {result.apgr:.4f}   (random 0.5)")
@@ -114,6 +131,25 @@ def eval_(
             {router.model.name: curve}, plot, title=f"router {router.model.name}: APGR {result.apgr:.3f}"
         )
         typer.echo(f"curve: {plot}")
+
+
+def _replay(file: Path, revealed: int | None, weights: Path, as_json: bool) -> None:
+    from server.routing.embed import default_embedder
+
+    try:
+        if revealed is None:
+            raise MSServeError("--replay needs --labelled N", code="invalid_labelled")
+        prior = router_from_file(weights)
+        prior = Router(prior.model) if isinstance(prior, LearnedRouter) else prior  # replay always refits a prior
+        result = replay.replay(replay.load_file(file), revealed, prior, default_embedder())
+    except MSServeError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        typer.echo(result.model_dump_json())
+        return
+    typer.echo(f"replay {file}: n={result.n}, first {result.labelled} lines revealed {result.revealed}")
+    typer.echo(f"APGR on the other {result.n - result.labelled}: prior {result.apgr_prior:.4f}, "
+               f"learned {result.apgr_learned:.4f} ({result.apgr_learned - result.apgr_prior:+.4f})")
 
 
 @app.command()
@@ -140,3 +176,12 @@ def calibrate(
     typer.echo(f"requests: {len(scores)}; target escalation rate {target_rate:.1%}")
     typer.echo(f"threshold {threshold} escalates {rate_above(scores, threshold):.1%} of them")
     typer.echo(f"MSSERVE_ROUTER_THRESHOLD={threshold}")
+
+
+def _register_learning() -> None:
+    from server.routing import learn_cli
+
+    learn_cli.register(app)
+
+
+_register_learning()

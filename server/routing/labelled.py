@@ -1,7 +1,8 @@
 """Labelled routing data: a prompt and whether the weak and the strong model answered it correctly.
 
 Two formats: RouteLLM's per-subject CSV (``prompt,<weak model>,<strong model>`` with ``True``/``False``), and
-JSONL lines ``{"prompt": ..., "weak": bool|float, "strong": bool|float}``. A folder means all its ``*.csv``
+JSONL lines ``{"prompt": ..., "weak": bool|float, "strong": bool|float}`` (or ``"messages"``, an OpenAI chat
+list, instead of ``"prompt"``: multi-turn traffic). A folder means all its ``*.csv``
 files; a ``contaminated_prompts.jsonl`` beside them lists prompts to leave out of evaluation (``eval_prompt``).
 """
 
@@ -11,6 +12,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from server.errors import InvalidRequestError
 
@@ -23,6 +25,22 @@ class Example:
     weak: float  # 1.0 when the weak (local) model was right
     strong: float
     group: str  # subject or source file: the unit held out in grouped cross-validation
+    messages: tuple[dict[str, Any], ...] | None = None  # a chat (JSONL ``messages``); ``prompt`` is its last ask
+
+    def request_json(self) -> dict[str, Any]:
+        """The line as ``inputs.request_from_json`` reads it."""
+        return {"messages": list(self.messages)} if self.messages else {"prompt": self.prompt}
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    raise TypeError("messages has no user turn")
 
 
 def _truth(value: object) -> float:
@@ -50,16 +68,26 @@ def read_csv(path: Path) -> list[Example]:
 
 def read_jsonl(path: Path) -> list[Example]:
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # Split on "\n" only: str.splitlines also breaks at U+2028 and friends, which JSON strings may hold raw.
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
-            examples.append(
-                Example(item["prompt"], _truth(item["weak"]), _truth(item["strong"]), str(item.get("group", path.stem)))
-            )
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InvalidRequestError(f"{path}:{number}: need prompt, weak, strong", code="invalid_label_file") from exc
+            messages = item.get("messages")
+            if messages is not None:
+                if not isinstance(messages, list) or not messages:
+                    raise TypeError("messages must be a non-empty list")
+                prompt = _last_user_text(messages)
+            else:
+                prompt = item["prompt"]
+            group = str(item.get("group", path.stem))
+            weak, strong = _truth(item["weak"]), _truth(item["strong"])
+            examples.append(Example(prompt, weak, strong, group, tuple(messages) if messages is not None else None))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidRequestError(
+                f"{path}:{number}: need prompt (or messages), weak, strong", code="invalid_label_file"
+            ) from exc
     return examples
 
 

@@ -6,7 +6,10 @@ and Foundry's ``/models/chat/completions?api-version=...``. Auth: the ``api-key`
 ``prompt_filter_results``, content chunks with ``content_filter_results``, a finish chunk, a usage chunk.
 
 Behaviour is scripted per test through ``FakeAzure.script`` (consumed one entry per request; empty: a normal
-answer), and every request is recorded (path, headers, query, JSON body)::
+answer), and every request is recorded (path, headers, query, JSON body). It also plays the router's judge: a
+request whose last message holds ``[Answer A]`` and ``[Answer B]`` sections is answered with
+``judge_rule(answer_a, answer_b)`` ("A", "B" or "TIE"; scripted failures still apply). ``Reply.hold`` makes an
+answer wait until the test sets that event (ordering tests, no clocks)::
 
     with FakeAzure(api_key="k") as fake:
         fake.script += [RateLimited(retry_after_ms=1500)] * 2
@@ -18,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import uvicorn
@@ -67,6 +71,7 @@ class Reply:
     chunk_delay_s: float = 0.0  # before each content chunk (a stream that trickles)
     fail_after_chunks: int | None = None  # cut the stream after this many content chunks
     error_after_chunks: int | None = None  # send an `error` event (as OpenAI's servers do) after this many
+    hold: threading.Event | None = None  # answer only once the test sets it
 
 
 @dataclass
@@ -122,6 +127,17 @@ def _content_filter_error(category: str) -> JSONResponse:
     return JSONResponse(body, status_code=400)
 
 
+_JUDGED = re.compile(r"\[Answer A\]\n(.*)\n\n\[Answer B\]\n(.*)\n\nWhich answer is better", re.DOTALL)
+
+
+def _judged_pair(body: dict[str, Any]) -> tuple[str, str] | None:
+    messages = body.get("messages") or []
+    content = messages[-1].get("content") if messages else None
+    text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content or [])
+    match = _JUDGED.search(text)
+    return (match.group(1), match.group(2)) if match else None
+
+
 def _words(text: str) -> list[str]:
     words = text.split(" ")
     return [word if i == 0 else " " + word for i, word in enumerate(words)]
@@ -136,6 +152,8 @@ class FakeAzure:
         self.deployment = deployment
         self.script: list[Behaviour] = []
         self.requests: list[RecordedRequest] = []
+        # The judge: (answer A, answer B) -> "A" | "B" | "TIE".
+        self.judge_rule: Callable[[str, str], str] = lambda a, b: "TIE"
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -220,6 +238,11 @@ class FakeAzure:
             )
         if behaviour.delay_s:
             await asyncio.sleep(behaviour.delay_s)
+        if behaviour.hold is not None:
+            await asyncio.to_thread(behaviour.hold.wait, 30)
+        pair = _judged_pair(body)
+        if pair is not None:
+            behaviour = replace(behaviour, text=self.judge_rule(*pair))
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(self._sse(behaviour, body, include_usage), media_type="text/event-stream")

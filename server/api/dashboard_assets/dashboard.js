@@ -123,3 +123,70 @@
     }
   });
 })();
+
+// -- router learning: judged outcomes and the learning curve, drawn as SVG from /dashboard/api/learning --------
+(function () {
+  const section = document.getElementById("learning");
+  if (!section) return;
+  const NS = "http://www.w3.org/2000/svg";
+  const COLOURS = { helped: "#1e7a3c", same: "#8a93a3", hurt: "#b3261e", before: "#8a93a3", after: "#0b5cad" };
+  const W = 420, H = 180, PAD = 28;
+  function el(name, attrs, text) {
+    const node = document.createElementNS(NS, name);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    if (text != null) node.textContent = text;
+    return node;
+  }
+  function chart(svg, series, xMax, yMin, yMax, xLabel) {
+    svg.replaceChildren();
+    const x = (v) => PAD + (W - 2 * PAD) * (xMax ? v / xMax : 0);
+    const y = (v) => H - PAD - (H - 2 * PAD) * ((v - yMin) / ((yMax - yMin) || 1));
+    svg.appendChild(el("rect", { x: PAD, y: PAD, width: W - 2 * PAD, height: H - 2 * PAD, fill: "none", stroke: "#dde1e7" }));
+    svg.appendChild(el("text", { x: PAD, y: H - 8, "font-size": 10 }, xLabel + " (0 to " + xMax + ")"));
+    svg.appendChild(el("text", { x: 2, y: PAD - 6, "font-size": 10 }, String(+yMax.toFixed(3))));
+    svg.appendChild(el("text", { x: 2, y: H - PAD + 10, "font-size": 10 }, String(+yMin.toFixed(3))));
+    let legend = W - PAD - 60;
+    for (const [name, points] of Object.entries(series)) {
+      if (!points.length) continue;
+      const d = points.map(([px, py], i) => (i ? "L" : "M") + x(px).toFixed(1) + " " + y(py).toFixed(1)).join(" ");
+      svg.appendChild(el("path", { d: d, fill: "none", stroke: COLOURS[name], "stroke-width": 2 }));
+      for (const [px, py] of points.length < 30 ? points : []) {
+        svg.appendChild(el("circle", { cx: x(px), cy: y(py), r: 2.5, fill: COLOURS[name] }));
+      }
+      svg.appendChild(el("text", { x: legend, y: PAD + 12, "font-size": 10, fill: COLOURS[name] }, name));
+      legend -= 48;
+    }
+  }
+  async function refresh() {
+    const key = sessionStorage.getItem("msserve_key");
+    const response = await fetch("/dashboard/api/learning", {
+      headers: key ? { Authorization: "Bearer " + key } : {}, credentials: "same-origin" });
+    if (!response.ok) return;
+    const s = await response.json();
+    if (!s.enabled) return;
+    section.hidden = false;
+    const quality = s.estimated_quality == null ? "-" : (100 * s.estimated_quality).toFixed(1) + "%";
+    document.getElementById("learning-summary").textContent = s.router + " \u00b7 " + s.counts.total +
+      " outcomes, " + s.counts.labelled + " labelled \u00b7 " + s.shadow_calls + " shadow calls \u00b7 " +
+      "estimated quality at the threshold " + quality;
+    const totals = { helped: 0, same: 0, hurt: 0 };
+    const judged = { helped: [[0, 0]], same: [[0, 0]], hurt: [[0, 0]] };
+    s.judged.forEach(([, verdict], i) => {
+      totals[verdict] += 1;
+      for (const name of Object.keys(judged)) judged[name].push([i + 1, totals[name]]);
+    });
+    const most = Math.max(1, totals.helped, totals.same, totals.hurt);
+    chart(document.getElementById("chart-judged"), judged, s.judged.length, 0, most, "judged outcomes");
+    const curve = { before: [], after: [] };
+    for (const point of s.curve) {
+      if (point.apgr_before != null) curve.before.push([point.outcomes, point.apgr_before]);
+      if (point.apgr_after != null) curve.after.push([point.outcomes, point.apgr_after]);
+    }
+    const values = curve.before.concat(curve.after).map((p) => p[1]);
+    const xMax = Math.max(1, ...s.curve.map((p) => p.outcomes || 0));
+    chart(document.getElementById("chart-curve"), curve, xMax, Math.min(0.5, ...values), Math.max(1, ...values),
+          "outcomes used");
+  }
+  refresh();
+  setInterval(refresh, 10000);
+})();
