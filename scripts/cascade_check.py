@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server.config import Settings, load_profile  # noqa: E402
-from server.engines.base import GenerationRequest, Message, SamplingParams, TextPart  # noqa: E402
 from server.engines.hf import HFEngine  # noqa: E402
 from server.routing.policy import confidence  # noqa: E402
+from server.types import GenerationRequest, Message, SamplingParams, TextPart  # noqa: E402
 
 PROMPTS = (
     "hi",

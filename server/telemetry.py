@@ -28,9 +28,9 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 
 from server.config import Settings
-from server.engines.base import GenerationChunk, GenerationRequest, ImagePart, TextPart, Usage
 from server.errors import MSServeError
 from server.loop_lag import LOOP_LAG_BUCKETS, LoopLagMonitor
+from server.types import GenerationChunk, GenerationRequest, ImagePart, TextPart, Usage
 
 if TYPE_CHECKING:
     from server.api.deps import Services

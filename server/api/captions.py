@@ -18,10 +18,10 @@ from server.api.errors import validation_error
 from server.api.lifetime import guard, new_deadline
 from server.api.permissions import check_route_permission
 from server.api.protocol import ErrorResponse
-from server.engines.base import ImagePart, Usage
 from server.errors import ImageError, InvalidRequestError, MSServeError, NotFoundError
 from server.middleware.request_id import engine_request_id
 from server.telemetry import record_of
+from server.types import ImagePart, Usage
 
 router = APIRouter()
 

@@ -8,8 +8,8 @@ from server.api.captions_protocol import Caption, CaptionOptions, CaptionRespons
 from server.api.chat_service import collect
 from server.api.deps import Services
 from server.api.lifetime import new_deadline
-from server.engines.base import GenerationRequest, ImagePart, Message, SamplingParams, TextPart
 from server.errors import MSServeError
+from server.types import GenerationRequest, ImagePart, Message, SamplingParams, TextPart
 
 INSTRUCTIONS = {
     "short": "Write one short sentence that captions this image. Reply with the caption only.",

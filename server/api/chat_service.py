@@ -12,7 +12,11 @@ from server.api.lifetime import new_deadline, until
 from server.api.protocol import ChatCompletionRequest, ChatMessage, ImageContentPart, completion_id
 from server.api.sse import DONE, ChunkEvents, error_event
 from server.api.vllm_extensions import engine_extras
-from server.engines.base import (
+from server.errors import InvalidRequestError, MSServeError
+from server.media import ImageBudget
+from server.routing.decision import Decision
+from server.routing.dispatch import Routed
+from server.types import (
     ContentPart,
     GenerationChunk,
     GenerationRequest,
@@ -23,10 +27,6 @@ from server.engines.base import (
     ToolCall,
     Usage,
 )
-from server.errors import InvalidRequestError, MSServeError
-from server.media import ImageBudget
-from server.routing.decision import Decision
-from server.routing.dispatch import Routed
 
 
 def new_request_id() -> str:

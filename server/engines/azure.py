@@ -32,9 +32,10 @@ import openai
 from openai import AsyncAzureOpenAI, AsyncOpenAI, Omit
 
 from server.config import Settings
-from server.engines.base import (
-    EngineCapabilities,
-    EngineHealth,
+from server.engines.base import EngineCapabilities, EngineHealth
+from server.engines.extras import refuse_unsupported
+from server.errors import DeadlineExceededError, InvalidRequestError, MSServeError, RateLimitError, UpstreamError
+from server.types import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,
@@ -45,8 +46,6 @@ from server.engines.base import (
     ToolCallDelta,
     Usage,
 )
-from server.engines.extras import refuse_unsupported
-from server.errors import DeadlineExceededError, InvalidRequestError, MSServeError, RateLimitError, UpstreamError
 
 ApiStyle = Literal["v1", "deployments", "foundry"]
 TokenProvider = Callable[[], Awaitable[str]]

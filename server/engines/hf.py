@@ -22,16 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from server.config import ModelProfile
-from server.engines.base import (
-    EngineCapabilities,
-    EngineHealth,
-    GenerationChunk,
-    GenerationRequest,
-    TokenLogprob,
-    ToolCallDelta,
-    TopLogprob,
-    Usage,
-)
+from server.engines.base import EngineCapabilities, EngineHealth
 from server.engines.extras import refuse_unsupported
 from server.engines.hf_sampling import HF_EXTRAS, generate_kwargs
 from server.engines.loading import in_load_thread
@@ -40,6 +31,7 @@ from server.engines.mistral_tools import ToolCallParser
 from server.engines.stops import StopMatcher
 from server.errors import DeadlineExceededError, EngineUnavailableError, InvalidRequestError, RateLimitError
 from server.hub import resolve_model_dir
+from server.types import GenerationChunk, GenerationRequest, TokenLogprob, ToolCallDelta, TopLogprob, Usage
 
 log = logging.getLogger(__name__)
 

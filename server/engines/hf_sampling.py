@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.engines.base import SamplingParams
+from server.types import SamplingParams
 
 # vLLM's extension fields the transformers engine acts on (see generate_kwargs); cache_salt has nothing to isolate
 # there (no prefix cache is shared between requests). Any other one asked for is refused.

@@ -22,8 +22,8 @@ from mistral_common.protocol.instruct.tool_calls import ToolCall as MistralToolC
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from server.engines.base import ImagePart, Message, TextPart
 from server.errors import InvalidRequestError
+from server.types import ImagePart, Message, TextPart
 
 
 @dataclass

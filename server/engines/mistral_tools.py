@@ -27,8 +27,8 @@ import string
 from collections.abc import Callable
 from typing import Any
 
-from server.engines.base import ToolCallDelta
 from server.errors import InvalidRequestError
+from server.types import ToolCallDelta
 
 TOOL_CALLS = "[TOOL_CALLS]"
 ARGS = "[ARGS]"

@@ -34,20 +34,7 @@ from typing import Any
 from PIL import Image
 
 from server.config import ModelProfile, Settings
-from server.engines.base import (
-    EngineCapabilities,
-    EngineHealth,
-    FinishReason,
-    GenerationChunk,
-    GenerationRequest,
-    ImagePart,
-    Message,
-    TextPart,
-    TokenLogprob,
-    ToolCallDelta,
-    TopLogprob,
-    Usage,
-)
+from server.engines.base import EngineCapabilities, EngineHealth
 from server.engines.cpu_placement import keep_off_worker_cores
 from server.engines.extras import refuse_unsupported
 from server.engines.loading import in_load_thread
@@ -60,6 +47,18 @@ from server.errors import (
     RateLimitError,
 )
 from server.hub import resolve_model_dir
+from server.types import (
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    ImagePart,
+    Message,
+    TextPart,
+    TokenLogprob,
+    ToolCallDelta,
+    TopLogprob,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ import re
 from dataclasses import dataclass, field, replace
 
 from server.config import Settings
-from server.engines.base import ImagePart
 from server.errors import ImageError
 from server.media._decode import decode_image, unsupported
 from server.media._dns import PooledResolver
@@ -34,6 +33,7 @@ from server.media._fetch import SafeFetcher
 from server.media._grid import MISTRAL_SMALL_3_1, VisionGrid
 from server.media._pool import DecodePool
 from server.media._prescan import ScanLimits
+from server.types import ImagePart
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 # Declared types that may hold an image we can sniff; anything else (text/html, image/svg+xml, ...) is refused.

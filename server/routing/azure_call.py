@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from server.engines.base import GenerationChunk, Usage
 from server.errors import (
     DeadlineExceededError,
     EngineUnavailableError,
@@ -31,6 +30,7 @@ from server.errors import (
 )
 from server.routing.ledger import Reservation
 from server.routing.metering import StreamMeter
+from server.types import GenerationChunk, Usage
 
 if TYPE_CHECKING:
     from server.routing.policy import Permit, RoutingPolicy

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from server.engines.base import Engine, GenerationChunk, GenerationRequest, Usage
+from server.engines.base import Engine
 from server.errors import (
     DeadlineExceededError,
     EngineUnavailableError,
@@ -34,6 +34,7 @@ from server.errors import (
 from server.routing.azure_call import AzureBlocked, AzureCall
 from server.routing.decision import Decision, Tier, local_only
 from server.routing.policy import RoutingPolicy, confidence
+from server.types import GenerationChunk, GenerationRequest, Usage
 
 ROUTE_VALUES = ("auto", "local", "azure", "cascade")
 # Failures of one tier that another tier can make up for. Anything else (a 400, a content filter) is the answer.

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Set
 from dataclasses import dataclass, field
 
-from server.engines.base import GenerationRequest, ImagePart, TextPart
+from server.types import GenerationRequest, ImagePart, TextPart
 
 # The dense features, in the order the model's weights use. Keep names stable: they are keys in the weights JSON.
 FEATURE_NAMES: tuple[str, ...] = (

@@ -10,8 +10,8 @@ from typing import Any
 
 from PIL import Image
 
-from server.engines.base import ContentPart, GenerationRequest, ImagePart, Message, SamplingParams, TextPart
 from server.errors import InvalidRequestError
+from server.types import ContentPart, GenerationRequest, ImagePart, Message, SamplingParams, TextPart
 
 _PLACEHOLDER = Image.new("RGB", (1, 1))
 _ROLES = ("system", "user", "assistant", "tool")

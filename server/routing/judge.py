@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 
-from server.engines.base import GenerationRequest, Message, SamplingParams, TextPart
 from server.routing.outcomes import Verdict
+from server.types import GenerationRequest, Message, SamplingParams, TextPart
 
 INSTRUCTIONS = (
     "You are judging two answers to the same request. Decide which answer serves the user better: correct, "

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from server.engines.base import GenerationRequest
 from server.errors import InvalidRequestError
 from server.routing import embed
 from server.routing import features as features_module
@@ -29,6 +28,7 @@ from server.routing.learn import Correction
 from server.routing.model import RouterModel, Scored, threshold_for_rate
 from server.routing.router import Router
 from server.state.db import StateDB
+from server.types import GenerationRequest
 
 if TYPE_CHECKING:
     from server.config import Settings

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 
-from server.engines.base import GenerationChunk, GenerationRequest, ImagePart, Usage
+from server.types import GenerationChunk, GenerationRequest, ImagePart, Usage
 
 BYTES_PER_TOKEN = 3
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators around every message

@@ -22,11 +22,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from server.config import Settings
-from server.engines.base import GenerationRequest, TokenLogprob, Usage
 from server.routing.azure_call import AzureBlocked, AzureCall
 from server.routing.decision import Tier
 from server.routing.ledger import BudgetRefused, LedgerUnavailable, Purpose, SpendLedger
 from server.routing.metering import reserve_usage
+from server.types import GenerationRequest, TokenLogprob, Usage
 
 BreakerState = Literal["closed", "open", "half_open"]
 

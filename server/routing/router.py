@@ -11,12 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from server.engines.base import GenerationRequest
 from server.errors import InvalidRequestError
 from server.resources import ROUTER_WEIGHTS
 from server.routing.decision import Decision
 from server.routing.features import Features, extract
 from server.routing.model import RouterModel, Scored
+from server.types import GenerationRequest
 
 if TYPE_CHECKING:
     from server.config import Settings

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from server.engines.base import Engine, GenerationChunk, GenerationRequest, TextPart, Usage
+from server.engines.base import Engine
 from server.routing import embed, judge
 from server.routing.azure_call import AzureBlocked
 from server.routing.budget_gate import BudgetGate
@@ -29,6 +29,7 @@ from server.routing.outcome_writer import OutcomeWriter
 from server.routing.outcomes import Outcome, OutcomeStore, Verdict
 from server.routing.policy import RoutingPolicy
 from server.routing.router import Router
+from server.types import GenerationChunk, GenerationRequest, TextPart, Usage
 
 log = logging.getLogger(__name__)
 

@@ -8,15 +8,9 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 
-from server.engines.base import (
-    EngineCapabilities,
-    EngineHealth,
-    GenerationChunk,
-    GenerationRequest,
-    TokenLogprob,
-    Usage,
-)
+from server.engines.base import EngineCapabilities, EngineHealth
 from server.errors import MSServeError
+from server.types import GenerationChunk, GenerationRequest, TokenLogprob, Usage
 
 
 def answer(text: str, *, prob: float = 0.9, prompt_tokens: int = 10) -> list[GenerationChunk]:

@@ -19,9 +19,9 @@ from PIL import Image
 
 from server.app import create_app
 from server.config import Settings, load_profile
-from server.engines.base import GenerationRequest, Message, SamplingParams, TextPart
 from server.engines.hf import HFEngine
 from server.errors import DeadlineExceededError
+from server.types import GenerationRequest, Message, SamplingParams, TextPart
 from tests.conftest import LOOPBACK, LiveServer
 from tests.ops.conftest import CHAT, log_lines, make_client, paced_engine  # noqa: F401  (fixtures)
 

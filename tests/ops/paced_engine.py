@@ -9,8 +9,9 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from server.engines.base import EngineCapabilities, EngineHealth, GenerationChunk, GenerationRequest, Usage
+from server.engines.base import EngineCapabilities, EngineHealth
 from server.engines.loading import in_load_thread
+from server.types import GenerationChunk, GenerationRequest, Usage
 
 
 class PacedEngine:

@@ -18,8 +18,8 @@ from pydantic import SecretStr
 
 from server.config import Settings
 from server.engines.azure import AzureEngine, azure_configured, resolve_api_style, retry_after_seconds
-from server.engines.base import GenerationChunk, GenerationRequest, ImagePart, Message, SamplingParams, TextPart
 from server.errors import DeadlineExceededError, InvalidRequestError, RateLimitError, UpstreamError
+from server.types import GenerationChunk, GenerationRequest, ImagePart, Message, SamplingParams, TextPart
 from tests.fakes.fake_azure import ContentFiltered, FakeAzure, RateLimited, Reply, ServerError
 
 KEY = "test-key"

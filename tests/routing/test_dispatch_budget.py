@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from server.engines.azure import AzureEngine
-from server.engines.base import GenerationChunk, GenerationRequest, Message, SamplingParams, TextPart
 from server.errors import EngineUnavailableError, InvalidRequestError, RateLimitError, UpstreamError
 from server.routing.decision import Decision
 from server.routing.dispatch import Dispatcher, Routed
@@ -25,6 +24,7 @@ from server.routing.ledger import SQLiteSpendLedger
 from server.routing.metering import prompt_tokens
 from server.routing.policy import CircuitBreaker, Prices, RoutingPolicy
 from server.state import StateDB
+from server.types import GenerationChunk, GenerationRequest, Message, SamplingParams, TextPart
 from tests.fakes.fake_azure import Behaviour, ContentFiltered, FakeAzure, RateLimited, Reply, ServerError
 from tests.fakes.scripted_engine import ScriptedEngine, answer
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from server.engines.base import (
+from server.routing.metering import StreamMeter, image_tokens, prompt_tokens, reserve_usage, text_tokens
+from server.types import (
     GenerationChunk,
     GenerationRequest,
     ImagePart,
@@ -14,7 +15,6 @@ from server.engines.base import (
     TokenLogprob,
     ToolCallDelta,
 )
-from server.routing.metering import StreamMeter, image_tokens, prompt_tokens, reserve_usage, text_tokens
 
 
 def test_text_is_counted_high() -> None:

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from server.config import Settings
-from server.engines.base import GenerationRequest, Message, TextPart, TokenLogprob, Usage
 from server.errors import InvalidRequestError, UpstreamError
 from server.routing.azure_call import AzureBlocked
 from server.routing.ledger import SQLiteSpendLedger
 from server.routing.metering import prompt_tokens
 from server.routing.policy import CircuitBreaker, Permit, Prices, RoutingPolicy, confidence
 from server.state import StateDB
+from server.types import GenerationRequest, Message, TextPart, TokenLogprob, Usage
 
 
 class Clock:

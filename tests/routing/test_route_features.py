@@ -8,10 +8,10 @@ from re import _parser as sre_parse  # type: ignore[attr-defined]
 
 import pytest
 
-from server.engines.base import GenerationRequest, Message, SamplingParams, TextPart
 from server.routing import features as f
 from server.routing.features import FEATURE_NAMES, extract, question_of
 from server.routing.inputs import request_from_json, request_from_prompt
+from server.types import GenerationRequest, Message, SamplingParams, TextPart
 
 
 def features_of(prompt: str) -> f.Features:

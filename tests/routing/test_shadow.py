@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from server.engines.azure import AzureEngine
-from server.engines.base import GenerationRequest, Message, TextPart
 from server.routing.budget_gate import PolicyBudgetGate
 from server.routing.dispatch import Dispatcher
 from server.routing.learned import ServingRouter
@@ -25,6 +24,7 @@ from server.routing.policy import RoutingPolicy, SpendCap
 from server.routing.router import Router
 from server.routing.shadow import LearningService
 from server.state.db import StateDB
+from server.types import GenerationRequest, Message, TextPart
 from tests.conftest import free_port
 from tests.fakes.fake_azure import FakeAzure, Reply, ServerError
 from tests.fakes.scripted_engine import ScriptedEngine, answer

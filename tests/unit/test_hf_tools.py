@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from server.config import load_profile
-from server.engines.base import GenerationRequest, Message, TextPart
 from server.engines.hf import _DONE, HFEngine
 from server.engines.mistral_format import EncodedPrompt, MistralChatFormat
 from server.errors import InvalidRequestError
+from server.types import GenerationRequest, Message, TextPart
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 

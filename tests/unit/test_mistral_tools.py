@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from server.engines.base import ToolCallDelta
 from server.engines.mistral_tools import (
     ToolCallParser,
     forced_call_schema,
     new_tool_call_id,
 )
 from server.errors import InvalidRequestError
+from server.types import ToolCallDelta
 
 WEATHER = {
     "type": "function",

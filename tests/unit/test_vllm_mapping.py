@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from server.config import Settings, load_profile
-from server.engines.base import GenerationRequest, ImagePart, Message, SamplingParams, TextPart, ToolCall
 from server.engines.extras import EngineExtras, refuse_unsupported
 from server.engines.vllm import (
     INLINE_RENDER_MAX_CHARS,
@@ -30,6 +29,7 @@ from server.engines.vllm import (
     to_openai_message,
 )
 from server.errors import EngineUnavailableError, InvalidRequestError
+from server.types import GenerationRequest, ImagePart, Message, SamplingParams, TextPart, ToolCall
 
 
 def test_mistral_format_sets_all_three_mistral_flags(tmp_path) -> None:
