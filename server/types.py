@@ -13,8 +13,6 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.engines.extras import EngineExtras
-
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
@@ -63,6 +61,33 @@ class Message(BaseModel):
         return [part.image for part in self.content if isinstance(part, ImagePart)]
 
 
+class EngineExtras(BaseModel):
+    """Sampling and scheduling options beyond OpenAI's, as vLLM's server defines them (``top_k``, ``min_p``, ...).
+
+    Each field at its default means "not asked for"; the defaults are vLLM's own. Engines act on those they can
+    and refuse the rest (server.engines.extras.refuse_unsupported).
+    """
+
+    top_k: int = 0  # 0: no top-k cut (vLLM also takes -1 and null for that; the API layer maps them to 0)
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    stop_token_ids: list[int] = Field(default_factory=list)
+    bad_words: list[str] = Field(default_factory=list)
+    allowed_token_ids: list[int] | None = None
+    priority: int = 0  # vLLM's priority scheduling: lower runs earlier
+    cache_salt: str | None = None  # isolates a tenant's prefix-cache entries (engines without one: no effect)
+
+    def asked(self) -> dict[str, Any]:
+        """The fields set to something other than their default, by name."""
+        defaults = EngineExtras()
+        return {name: value for name, value in self if value != getattr(defaults, name)}
+
+
 class SamplingParams(BaseModel):
     max_tokens: int | None = None  # None: up to the context window
     temperature: float = 0.15  # Mistral's recommendation for Small 3.1
@@ -73,7 +98,7 @@ class SamplingParams(BaseModel):
     presence_penalty: float = 0.0
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token, most likely first (with logprobs)
-    extra: EngineExtras = Field(default_factory=EngineExtras)  # vLLM's extension fields (server.engines.extras)
+    extra: EngineExtras = Field(default_factory=EngineExtras)  # vLLM's extension fields (see EngineExtras)
 
 
 class GenerationRequest(BaseModel):

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from server.engines.extras import EngineExtras
 from server.errors import InvalidRequestError
+from server.types import EngineExtras
 
 _INT64 = 2**63
 

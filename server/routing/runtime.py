@@ -13,7 +13,6 @@ from server.config import Settings
 from server.engines.azure import AzureEngine
 from server.engines.base import Engine
 from server.routing import embed
-from server.routing.budget_gate import DEFAULT_SHARE, BudgetGate, PolicyBudgetGate
 from server.routing.dispatch import Dispatcher
 from server.routing.learned import WeightsRegistry, router_for
 from server.routing.outcomes import OutcomeStore
@@ -52,18 +51,16 @@ class LearningRuntime:
     def router(self) -> Router:
         return router_for(self.settings, self.registry)
 
-    def attach(self, dispatcher: Dispatcher, azure: Engine | None, gate: BudgetGate | None = None) -> LearningService:
+    def attach(self, dispatcher: Dispatcher, azure: Engine | None) -> LearningService:
         settings = self.settings
         self.dispatcher = dispatcher
         judge = azure
         if azure is not None and settings.router_judge_deployment not in (None, settings.azure_deployment):
             judge = self._judge = AzureEngine.from_settings(settings, deployment=settings.router_judge_deployment)
-        share = float(getattr(settings, "router_shadow_budget_share", DEFAULT_SHARE))
         self.service = LearningService(
             store=self.store,
             router=lambda: dispatcher.router,  # type: ignore[arg-type,return-value]
             policy=dispatcher.policy,
-            gate=gate or PolicyBudgetGate(dispatcher.policy, share),
             azure=azure,
             judge_engine=judge,
             shadow_rate=settings.router_shadow_rate,

@@ -4,9 +4,11 @@ After a response has gone to the client (its stream ended or was closed), ``Lear
 row (features, score, tier, key name; in a thread, off the event loop) and, for a ``MSSERVE_ROUTER_SHADOW_RATE``
 share of the requests the router kept local, asks Azure the same request in the background and has the judge
 compare the two answers (server.routing.judge). Nothing here runs before or during the client's response, and
-nothing here can fail it: the client's answer is never delayed or changed. Shadow and judge calls reserve their
-estimated cost through a ``BudgetGate`` first and are skipped when it says no or when the circuit breaker is not
-closed; Azure failing is counted (and fed to the breaker) and the outcome simply stays unlabelled.
+nothing here can fail it: the client's answer is never delayed or changed. Shadow and judge calls are admitted by
+the routing policy like escalations (``RoutingPolicy.admit``): the one spend ledger reserves and settles them, and
+together they may use at most ``MSSERVE_ROUTER_SHADOW_BUDGET_SHARE`` of the day's budget. They are skipped when
+it says no or when the circuit breaker is not closed; Azure failing is counted (and fed to the breaker) and the
+outcome simply stays unlabelled.
 """
 
 from __future__ import annotations
@@ -22,20 +24,18 @@ from dataclasses import dataclass, field
 from server.engines.base import Engine
 from server.routing import embed, judge
 from server.routing.azure_call import AzureBlocked
-from server.routing.budget_gate import BudgetGate
 from server.routing.dispatch import Routed
 from server.routing.learned import LearnedRouter, ServingRouter, feature_set_version
 from server.routing.outcome_writer import OutcomeWriter
 from server.routing.outcomes import Outcome, OutcomeStore, Verdict
 from server.routing.policy import RoutingPolicy
 from server.routing.router import Router
-from server.types import GenerationChunk, GenerationRequest, TextPart, Usage
+from server.types import GenerationChunk, GenerationRequest, Usage
 
 log = logging.getLogger(__name__)
 
 # Decisions the router made itself and kept local: the ones a shadow answer can teach it about.
 SHADOWED_CLASSES = frozenset({"score-low"})
-_JUDGE_COMPLETION_TOKENS = 4
 _PRUNE_EVERY = 1000
 # Shadowed requests judged at once; beyond this a shadow is skipped (counted "busy"), never queued without bound.
 MAX_SHADOWS_IN_FLIGHT = 8
@@ -116,7 +116,6 @@ class LearningService:
         store: OutcomeStore,
         router: Callable[[], Router | None],
         policy: RoutingPolicy,
-        gate: BudgetGate,
         azure: Engine | None = None,
         judge_engine: Engine | None = None,
         shadow_rate: float = 0.0,
@@ -128,7 +127,6 @@ class LearningService:
         self.store = store
         self.router = router
         self.policy = policy
-        self.gate = gate
         self.azure = azure
         self.judge_engine = judge_engine or azure
         self.shadow_rate = shadow_rate
@@ -224,45 +222,11 @@ class LearningService:
             and self.rng() < self.shadow_rate
         )
 
-    def _estimate(self, request: GenerationRequest, completion_tokens: int) -> float:
-        chars = sum(len(part.text) for m in request.messages for part in m.content if isinstance(part, TextPart))
-        usage = Usage(prompt_tokens=chars // 3 + 16, completion_tokens=completion_tokens)
-        return self.policy.prices.cost("azure", usage)
-
-    async def _call(self, engine: Engine, request: GenerationRequest, usd: float, purpose: str) -> str | None:
-        """One gated Azure call: its text, or None when skipped or failed (counted).
-
-        With a spend ledger (Azure configured), the call goes through ``policy.admit`` like an escalation: one
-        ledger reserves and settles every Azure dollar, and shadow and judge calls together stay within their
-        share of the day's budget. ``gate`` is the fallback for a policy without a ledger.
-        """
+    async def _call(self, engine: Engine, request: GenerationRequest, purpose: str) -> str | None:
+        """One admitted Azure call: its text, or None when skipped or failed (counted)."""
         if self.policy.breaker.state != "closed":
             self.counters.shadow_skipped["breaker"] += 1
             return None
-        if self.policy.ledger is not None:
-            return await self._admitted_call(engine, request, purpose)
-        reservation = self.gate.reserve(usd, purpose=purpose)  # type: ignore[arg-type]
-        if reservation is None:
-            self.counters.shadow_skipped["budget"] += 1
-            return None
-        chunks: list[GenerationChunk] = []
-        try:
-            async for chunk in engine.generate(request):
-                chunks.append(chunk)
-        except asyncio.CancelledError:
-            self.gate.release(reservation)
-            raise
-        except Exception as exc:
-            self.gate.release(reservation)
-            self.policy.record_azure_failure()
-            self._failed(purpose, exc)
-            return None
-        self.policy.record_azure_success()
-        usage = next((c.usage for c in reversed(chunks) if c.usage is not None), None)
-        self.gate.settle(reservation, self.policy.prices.cost("azure", usage) if usage else usd)
-        return _text(chunks)
-
-    async def _admitted_call(self, engine: Engine, request: GenerationRequest, purpose: str) -> str | None:
         try:
             call = await self.policy.admit(request, purpose=purpose, use_breaker=False)  # type: ignore[arg-type]
         except AzureBlocked:
@@ -296,11 +260,20 @@ class LearningService:
     async def _shadow(self, served: _Served) -> None:
         assert self.azure is not None
         local = "".join(served.texts)
-        request = served.request.model_copy(
-            update={"request_id": f"{served.request.request_id}-shadow", "stream": False, "deadline": None}
-        )
+        # A comparable answer needs about the local answer's length; the cap keeps the reservation (and the bill)
+        # near that instead of the 4096 tokens reserved for a request that set no max_tokens.
         completion = served.usage.completion_tokens if served.usage else 256
-        answer = await self._call(self.azure, request, self._estimate(request, max(completion, 64)), "shadow")
+        asked = served.request.sampling.max_tokens
+        limit = max(256, 2 * completion) if asked is None else min(asked, max(256, 2 * completion))
+        request = served.request.model_copy(
+            update={
+                "request_id": f"{served.request.request_id}-shadow",
+                "stream": False,
+                "deadline": None,
+                "sampling": served.request.sampling.model_copy(update={"max_tokens": limit}),
+            }
+        )
+        answer = await self._call(self.azure, request, "shadow")
         if answer is None:
             return
         self.counters.shadow_calls += 1
@@ -309,7 +282,7 @@ class LearningService:
 
         async def ask(judge_request: GenerationRequest) -> str | None:
             return await self._call(
-                engine, judge_request, self._estimate(judge_request, _JUDGE_COMPLETION_TOKENS), "judge"
+                engine, judge_request, "judge"
             )
 
         verdict = await judge.judge(served.request, local, answer, ask)

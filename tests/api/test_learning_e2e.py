@@ -29,7 +29,7 @@ from tests.conftest import LiveServer, start_server, stop_server
 from tests.fakes.fake_azure import FakeAzure
 
 AZURE_KEY = "azure-test-key"
-ALICE, BOB = "sk-alice", "sk-bob"
+ALICE, BOB = "sk-alice-0123456789", "sk-bob-0123456789ab"
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,7 @@ def server(
         "MSSERVE_ROUTER_THRESHOLD": "1.0",  # the router keeps everything local
         "MSSERVE_ROUTER_SHADOW_RATE": "1.0",  # and every local answer is shadowed and judged
         "MSSERVE_API_KEYS": f"alice:{ALICE},bob:{BOB}",
+        "MSSERVE_ADMIN_KEYS": "alice",  # reloading weights is an operator's act
         "MSSERVE_STATE_DIR": str(state_dir),
     }
     live = start_server(tmp_path_factory.mktemp("learning"), env)
@@ -150,6 +151,7 @@ def test_learn_then_reload_and_rollback_then_sighup(
 ) -> None:
     url = f"{server.base_url}/admin/router/reload"
     assert httpx.post(url).status_code == 401  # keys are configured: a key is required
+    assert httpx.post(url, headers={"authorization": f"Bearer {BOB}"}).status_code == 403  # and an admin one
     _plant(state_dir)
     monkeypatch.setenv("MSSERVE_STATE_DIR", str(state_dir))
     result = CliRunner().invoke(router_cli, ["learn"])

@@ -12,12 +12,11 @@ from contextlib import asynccontextmanager
 import pytest
 
 from server.engines.azure import AzureEngine
-from server.engines.extras import EngineExtras
 from server.errors import InvalidRequestError
 from server.routing.decision import Decision
 from server.routing.dispatch import Dispatcher
 from server.routing.policy import CircuitBreaker, RoutingPolicy
-from server.types import GenerationRequest, Message, TextPart
+from server.types import EngineExtras, GenerationRequest, Message, TextPart
 from tests.fakes.fake_azure import FakeAzure
 from tests.fakes.scripted_engine import ScriptedEngine, answer
 

@@ -12,10 +12,10 @@ from server.api.fingerprint import azure_fingerprint, local_fingerprint, weights
 from server.api.protocol import ChatCompletionRequest
 from server.api.vllm_extensions import engine_extras
 from server.config import load_profile
-from server.engines.extras import EngineExtras, refuse_unsupported
+from server.engines.extras import refuse_unsupported
 from server.engines.hf_sampling import HF_EXTRAS, generate_kwargs
 from server.errors import InvalidRequestError
-from server.types import SamplingParams
+from server.types import EngineExtras, SamplingParams
 
 
 def request(**fields: object) -> ChatCompletionRequest:

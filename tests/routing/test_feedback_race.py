@@ -30,9 +30,9 @@ def test_feedback_waits_for_the_row_of_the_answer_just_sent(tmp_path: Path, monk
 
     monkeypatch.setattr(OutcomeStore, "add_many", slow_add)
     monkeypatch.setattr(LearningService, "stored", stored)
-    settings = Settings(state_dir=tmp_path, api_keys="alice:sk-a,bob:sk-b")
-    with TestClient(create_app(settings, engine=ScriptedEngine())) as client:
-        alice, bob = {"authorization": "Bearer sk-a"}, {"authorization": "Bearer sk-b"}
+    settings = Settings(state_dir=tmp_path, api_keys="alice:sk-alice-0123456789,bob:sk-bob-0123456789ab")
+    with TestClient(create_app(settings, engine=ScriptedEngine()), base_url="http://127.0.0.1") as client:
+        alice, bob = {"authorization": "Bearer sk-alice-0123456789"}, {"authorization": "Bearer sk-bob-0123456789ab"}
         answer = client.post(
             "/v1/chat/completions", headers=alice, json={"messages": [{"role": "user", "content": "hi"}]}
         ).json()

@@ -31,7 +31,11 @@ def _fill(folder: Path, n: int = 300, seed: int = 1) -> list[float]:
     logits = []
     for i in range(n):
         hard = rng.random() < 0.3
-        prompt = f"Tell me about the {'quaternion rotation' if hard else rng.choice(['garden', 'poem', 'email'])} {i}."
+        # Every topic has the same length: the prior's features cannot tell them apart, only the words can.
+        topic = "quaternion rotation" if hard else rng.choice(["vegetable gardening", "weekend hiking trip"])
+        # A filler word unrelated to difficulty spreads the scores out (few ties for the target-rate check).
+        filler = rng.choice(["today", "please", "quickly", "again", "now", "briefly", "simply", "kindly", "later"])
+        prompt = f"Tell me about the {topic} {filler} {i}."
         features, scored = prior.score(request_from_prompt(prompt))
         vector = embedder.embed(features.words) if embedder else None
         store.add(

@@ -10,17 +10,16 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import date
 from pathlib import Path
 
 import pytest
 
 from server.engines.azure import AzureEngine
-from server.routing.budget_gate import PolicyBudgetGate
 from server.routing.dispatch import Dispatcher
 from server.routing.learned import ServingRouter
+from server.routing.ledger import SQLiteSpendLedger
 from server.routing.outcomes import OutcomeStore
-from server.routing.policy import RoutingPolicy, SpendCap
+from server.routing.policy import RoutingPolicy
 from server.routing.router import Router
 from server.routing.shadow import LearningService
 from server.state.db import StateDB
@@ -63,7 +62,8 @@ async def learning(
     router: Router | None = None,
 ) -> AsyncIterator[tuple[Dispatcher, LearningService, OutcomeStore]]:
     azure = AzureEngine(endpoint=endpoint, deployment="gpt-4o", api_key=KEY, sleep=_no_sleep, max_attempts=1)
-    policy = RoutingPolicy(spend_cap=SpendCap(daily_usd))
+    ledger = SQLiteSpendLedger(StateDB(tmp_path / "spend"), daily_usd=daily_usd, shadow_share=share)
+    policy = RoutingPolicy(ledger=ledger)
     router = router or Router.from_weights(threshold=1.0)  # the router keeps everything local (score-low)
     dispatcher = Dispatcher(ScriptedEngine(answer("local says 2 3 5")), azure, router=router, policy=policy)
     store = OutcomeStore(StateDB(tmp_path))
@@ -71,7 +71,6 @@ async def learning(
         store=store,
         router=lambda: router,
         policy=policy,
-        gate=PolicyBudgetGate(policy, share),
         azure=azure,
         shadow_rate=1.0,
         rng=lambda: 0.0,
@@ -83,6 +82,7 @@ async def learning(
     finally:
         await service.drain()
         await azure.stop()
+        ledger.close()
 
 
 async def _answer(dispatcher: Dispatcher, service: LearningService, response_id: str = "chatcmpl-1") -> str:
@@ -176,22 +176,20 @@ async def test_open_breaker_skips_shadow_calls(tmp_path: Path, fake: FakeAzure) 
     assert fake.requests == []
 
 
-def test_budget_gate_keeps_learning_within_its_share() -> None:
-    day = [date(2026, 1, 1)]
-    policy = RoutingPolicy(spend_cap=SpendCap(10.0, today=lambda: day[0]))
-    gate = PolicyBudgetGate(policy, share=0.1, today=lambda: day[0])
-    first = gate.reserve(0.6, purpose="shadow")
-    assert first is not None
-    assert gate.reserve(0.6, purpose="judge") is None  # 1.2 pending would pass the 1.0 share
-    gate.settle(first, 0.5)
-    assert policy.spend_cap.spent_today == 0.5  # learning spend is spend
-    second = gate.reserve(0.5, purpose="judge")
-    assert second is not None
-    gate.release(second)
-    policy.spend_cap.add(9.4)  # real escalations used the rest of the day's budget
-    assert gate.reserve(0.2, purpose="shadow") is None
-    day[0] = date(2026, 1, 2)
-    assert gate.reserve(0.9, purpose="shadow") is not None  # a new day
+async def test_learning_calls_are_charged_to_the_ledger_within_their_share(tmp_path: Path, fake: FakeAzure) -> None:
+    # $1 a day, learning may use 10 %: the shadow call's reservation (prompt + 256 tokens at $10/Mtok output) fits,
+    # and what it cost is in the same ledger as escalations.
+    fake.script += [Reply(text="Azure answer"), Reply(text="A"), Reply(text="B")]
+    async with learning(tmp_path, fake.endpoint, daily_usd=1.0, share=0.1) as (dispatcher, service, _store):
+        await _answer(dispatcher, service)
+        await _until(lambda: service.counters.shadow_calls == 1, "shadow call")
+        await _until(lambda: sum(service.counters.verdicts.values()) == 1, "verdict")
+        ledger = dispatcher.policy.ledger
+        assert ledger is not None
+        spent = await ledger.spent_today()  # refreshes the snapshot from the database
+        snapshot = ledger.snapshot()
+    assert spent > 0.0 and snapshot.reserved_usd == 0.0  # every learning call was settled
+    assert snapshot.by_purpose.get("shadow", 0.0) > 0.0 and snapshot.by_purpose.get("judge", 0.0) > 0.0
 
 
 @pytest.mark.parametrize("log_contents", [False, True])

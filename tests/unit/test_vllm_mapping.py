@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from server.config import Settings, load_profile
-from server.engines.extras import EngineExtras, refuse_unsupported
+from server.engines.extras import refuse_unsupported
 from server.engines.vllm import (
     INLINE_RENDER_MAX_CHARS,
     VLLMEngine,
@@ -29,7 +29,7 @@ from server.engines.vllm import (
     to_openai_message,
 )
 from server.errors import EngineUnavailableError, InvalidRequestError
-from server.types import GenerationRequest, ImagePart, Message, SamplingParams, TextPart, ToolCall
+from server.types import EngineExtras, GenerationRequest, ImagePart, Message, SamplingParams, TextPart, ToolCall
 
 
 def test_mistral_format_sets_all_three_mistral_flags(tmp_path) -> None:
