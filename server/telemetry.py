@@ -30,6 +30,7 @@ from starlette.requests import Request
 from server.config import Settings
 from server.engines.base import GenerationChunk, GenerationRequest, ImagePart, TextPart, Usage
 from server.errors import MSServeError
+from server.gateway_metrics import VLLMCompatCollector
 
 if TYPE_CHECKING:
     from server.api.deps import Services
@@ -230,6 +231,7 @@ class Telemetry:
         self.router_decisions = Counter("msserve_router_decisions", "Routing decisions by tier and reason class",
                                         ["tier", "reason_class"], registry=r)
         r.register(_StateCollector(self))
+        r.register(VLLMCompatCollector(services))  # vLLM's names, for the gateways that read them
 
     def start(self) -> None:
         """Send access-log lines to stderr as bare JSON, unless the operator configured that logger already."""
