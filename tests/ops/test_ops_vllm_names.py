@@ -29,15 +29,23 @@ def scrape(server: LiveServer) -> str:
 
 
 def counts(text: str) -> tuple[float | None, float | None]:
-    return (metric(text, "vllm:num_requests_running", model_name=MODEL),
-            metric(text, "vllm:num_requests_waiting", model_name=MODEL))
+    return (
+        metric(text, "vllm:num_requests_running", model_name=MODEL),
+        metric(text, "vllm:num_requests_waiting", model_name=MODEL),
+    )
 
 
 @contextmanager
 def holding_stream(server: LiveServer) -> Iterator[None]:
     """A streamed request far longer than the test; the engine is busy with it while the body runs."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "go on forever"}], "max_tokens": 4000,
-            "stream": True, "temperature": 1.0, "seed": 3}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "go on forever"}],
+        "max_tokens": 4000,
+        "stream": True,
+        "temperature": 1.0,
+        "seed": 3,
+    }
     with httpx.stream("POST", f"{server.v1}/chat/completions", json=body, timeout=120) as response:
         assert response.status_code == 200
         lines = response.iter_lines()
