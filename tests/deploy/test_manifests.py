@@ -204,3 +204,23 @@ def test_component_files_must_be_well_formed(tmp_path: Path) -> None:
     (tmp_path / "other.yaml").write_text("apiVersion: example.com/v1\nkind: Thing\n")
     errors = deploy_check.check_component_files(tmp_path)
     assert len(errors) == 2 and "not well-formed YAML" in errors[0] and "Thing" in errors[1]
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAY_PROFILES))
+def test_every_reference_resolves_within_the_build(report: Any, overlay: str) -> None:
+    objects = report.rendered[f"overlays/{overlay}"]
+    names = {(obj["kind"], obj["metadata"]["name"]) for obj in objects}
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    for volume in pod["volumes"]:
+        if "persistentVolumeClaim" in volume:
+            assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in names
+    for source in container(objects)["envFrom"]:
+        ref = source.get("configMapRef") or source.get("secretRef")
+        kind = "ConfigMap" if "configMapRef" in source else "Secret"
+        assert ref.get("optional") or (kind, ref["name"]) in names, ref  # the generator's hash name is followed
+
+
+def test_tensor_parallel_overlay_gives_the_workers_shared_memory(report: Any) -> None:
+    pod = one(report.rendered["overlays/multi-gpu"], "Deployment")["spec"]["template"]["spec"]
+    (shm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
+    assert shm["emptyDir"]["medium"] == "Memory" and shm["emptyDir"]["sizeLimit"] == "16Gi"
