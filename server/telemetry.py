@@ -29,6 +29,7 @@ from starlette.requests import Request
 
 from server.config import Settings
 from server.errors import MSServeError
+from server.gateway_metrics import VLLMCompatCollector
 from server.loop_lag import LOOP_LAG_BUCKETS, LoopLagMonitor
 from server.types import GenerationChunk, GenerationRequest, ImagePart, TextPart, Usage
 
@@ -235,6 +236,7 @@ class Telemetry:
                                   buckets=LOOP_LAG_BUCKETS, registry=r)
         self.lag_monitor = LoopLagMonitor(self.loop_lag, warn_s=settings.event_loop_lag_warn_s)
         r.register(_StateCollector(self))
+        r.register(VLLMCompatCollector(services))  # vLLM's names, for the gateways that read them
 
     def start(self) -> None:
         """Start the loop-lag monitor; send access-log lines to stderr as bare JSON, unless the operator

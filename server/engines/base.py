@@ -30,6 +30,9 @@ class EngineHealth(BaseModel):
     detail: str = ""
     running: int = 0  # requests generating now
     waiting: int = 0  # requests queued for the engine
+    # Share of the KV cache in use (0..1), only where the engine measures it (vLLM with scheduler stats); None
+    # otherwise: the gateways that read it must never see an invented figure.
+    kv_cache_usage: float | None = None
 
 
 @runtime_checkable

@@ -168,8 +168,11 @@ class VLLMEngine:
     def health(self) -> EngineHealth:
         running, waiting = self._counts()
         detail = self._detail or (f"vllm in flight: {self._in_flight}" if self._llm is not None else "")
+        # vLLM only measures its KV cache in the scheduler stats: without them there is no figure to report.
+        kv = self._stats.kv_cache_usage if self.settings.vllm_scheduler_stats and self._llm is not None else None
         return EngineHealth(
-            ready=self._state == "ready", state=self._state, detail=detail, running=running, waiting=waiting  # type: ignore[arg-type]
+            ready=self._state == "ready", state=self._state, detail=detail, running=running, waiting=waiting,  # type: ignore[arg-type]
+            kv_cache_usage=kv,
         )
 
     def _counts(self) -> tuple[int, int]:
@@ -552,11 +555,12 @@ class _DeadlineWatch:
 
 
 class _SchedulerCounts:
-    """Keeps the scheduler's last running / waiting counts, fed by a vLLM stat logger."""
+    """Keeps the scheduler's last running / waiting counts and KV-cache use, fed by a vLLM stat logger."""
 
     def __init__(self) -> None:
         self.running = 0
         self.waiting = 0
+        self.kv_cache_usage = 0.0  # before the first step nothing is cached, as vLLM's own gauge starts
 
     def factory(self) -> Any:
         from vllm.v1.metrics.loggers import StatLoggerBase
@@ -572,6 +576,12 @@ class _SchedulerCounts:
                 if scheduler_stats is not None:
                     counts.running = int(scheduler_stats.num_running_reqs)
                     counts.waiting = int(scheduler_stats.num_waiting_reqs)
+                    # A fraction (0..1) of the KV-cache blocks in use; vLLM renamed the field from gpu_cache_usage.
+                    usage = getattr(scheduler_stats, "kv_cache_usage", None)
+                    if usage is None:
+                        usage = getattr(scheduler_stats, "gpu_cache_usage", None)
+                    if usage is not None:
+                        counts.kv_cache_usage = float(usage)
 
             def log_engine_initialized(self) -> None:
                 return None

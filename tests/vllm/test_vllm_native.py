@@ -12,10 +12,12 @@ import json
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from tests.conftest import REPO, LiveServer, start_server, stop_server
 from tests.images import png_url
+from tests.ops.conftest import metric
 from tests.prompt_tokens import expected_prompt_tokens
 from tests.vllm.conftest import READY_TIMEOUT_S
 from tests.vllm.test_vllm_engine import engine_block, long_stream, wait_idle
@@ -146,6 +148,17 @@ def test_scheduler_stats_count_a_running_request(native_server: LiveServer) -> N
     with long_stream(native_server, MODEL, seed=2):
         assert engine_block(native_server)["running"] == 1  # the scheduler has stepped: its stats say so
     assert wait_idle(native_server)["running"] == 0
+
+
+def test_kv_cache_gauges_come_from_the_scheduler_stats(native_server: LiveServer) -> None:
+    kv_names = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+    with long_stream(native_server, MODEL, seed=5):
+        text = httpx.get(f"{native_server.base_url}/metrics", timeout=10).text
+        busy = [metric(text, name, model_name=MODEL) for name in kv_names]
+        assert metric(text, "vllm:num_requests_running", model_name=MODEL) == 1
+    # A request holding KV blocks: vLLM's own figure, above zero and at most the whole cache, under both names.
+    assert busy[0] is not None and 0 < busy[0] <= 1 and busy[1] == busy[0]
+    assert wait_idle(native_server)["kv_cache_usage"] is not None
 
 
 # Last in this module: it stops the module's server.
