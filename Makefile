@@ -20,14 +20,14 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) "$(TORCH)"
-	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) -e ".[hf]"
+	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) -e ".[hf,learn]"
 	touch $@
 
 $(TEST_VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/pip install -q --upgrade pip
 	$(TEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) "$(TORCH)"
-	$(TEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -e ".[hf,azure,dev,train]"
+	$(TEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -e ".[hf,azure,dev,train,learn]"
 	touch $@
 
 ## serve: run the server (Mistral Small 3.1 on a CUDA GPU, else the tiny CPU demo model)
