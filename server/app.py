@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 
 from server import __version__, middleware
-from server.api import captions, chat, dashboard, health, metrics, models
+from server.api import batches, captions, chat, dashboard, files, health, metrics, models
 from server.api.deps import Services
 from server.api.errors import install_error_handlers
+from server.batch.lifecycle import close_batches, open_batches
 from server.config import ModelProfile, Settings, load_profile
 from server.engines import build_engine
 from server.engines.azure import AzureEngine
@@ -56,6 +57,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
         services.started_at = time.time()
         app.state.services = services
         telemetry.start()
+        open_batches(services, live_waiting=lambda: app.state.limiter.waiting)  # resumes unfinished batches
         middleware.warn_if_exposed(settings, app.state.api_keys, log)
         loading = asyncio.create_task(
             _start_engine(engine, settings, getattr(app.state, "request_exit", None)), name="engine-start"
@@ -73,6 +75,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
                 loading.cancel()
             with contextlib.suppress(BaseException):
                 await loading
+            await close_batches(services)  # lines still running are redone after the restart
             await engine.stop()
             if azure is not None:
                 await azure.stop()
@@ -92,6 +95,8 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(captions.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

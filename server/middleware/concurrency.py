@@ -105,7 +105,10 @@ class Limiter:
 
 
 def is_limited(scope: Scope) -> bool:
-    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/")
+    path: str = scope.get("path", "")
+    if path.startswith(("/v1/files", "/v1/batches")):
+        return False  # file and batch bookkeeping never holds a model slot (batch lines have their own cap)
+    return scope["type"] == "http" and scope["method"] == "POST" and path.startswith("/v1/")
 
 
 class ConcurrencyLimitMiddleware:
