@@ -1,0 +1,231 @@
+"""The Batch API through the unchanged openai SDK, over real HTTP, against the tiny model (both endpoints)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.conftest import LiveServer, start_server, stop_server
+from tests.images import jpeg_url
+
+KEYS = {"alice": "sk-alice-test", "bob": "sk-bob-test"}
+MAX_FILE = 64 * 1024
+MAX_DISK = 512 * 1024
+MAX_LINES = 40
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    live = start_server(tmp_path_factory.mktemp("batch"), {
+        "MSSERVE_API_KEYS": ",".join(f"{name}:{key}" for name, key in KEYS.items()),
+        "MSSERVE_BATCH_MAX_FILE_BYTES": str(MAX_FILE),
+        "MSSERVE_BATCH_MAX_DISK_BYTES": str(MAX_DISK),
+        "MSSERVE_BATCH_MAX_LINES": str(MAX_LINES),
+        "MSSERVE_BATCH_CONCURRENCY": "2",
+    })
+    yield live
+    stop_server(live)
+
+
+def client(server: LiveServer, name: str = "alice") -> OpenAI:
+    return OpenAI(base_url=server.v1, api_key=KEYS[name], max_retries=0, timeout=60)
+
+
+def chat_line(custom_id: str, text: str = "hello", **body: Any) -> dict[str, Any]:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": text}], "max_tokens": 4, **body}}
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+def submit(api: OpenAI, lines: list[dict[str, Any]], endpoint: str = "/v1/chat/completions") -> Any:
+    uploaded = api.files.create(file=("input.jsonl", jsonl(lines)), purpose="batch")
+    return api.batches.create(input_file_id=uploaded.id, endpoint=endpoint,  # type: ignore[arg-type]
+                              completion_window="24h", metadata={"job": "test"})
+
+
+def follow(api: OpenAI, batch_id: str, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = api.batches.retrieve(batch_id)
+        if batch.status in ("completed", "failed", "cancelled", "expired"):
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} not finished: {batch}")
+
+
+def lines_of(api: OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in api.files.content(file_id).text.splitlines()]
+
+
+def test_chat_batch_round_trip_with_a_failing_line(server: LiveServer) -> None:
+    api = client(server)
+    bad_body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "frobnicate": 1}
+    lines = [chat_line("a"), chat_line("b", "what is 2+2?"),
+             {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": bad_body}]
+    batch = follow(api, submit(api, lines).id)
+    assert batch.status == "completed"
+    assert batch.metadata == {"job": "test"}
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (3, 2, 1)
+    assert batch.in_progress_at is not None and batch.finalizing_at is not None and batch.completed_at is not None
+
+    output = lines_of(api, batch.output_file_id)
+    assert [line["custom_id"] for line in output] == ["a", "b"]
+    for line in output:
+        response = line["response"]
+        assert response["status_code"] == 200 and line["error"] is None
+        assert response["body"]["object"] == "chat.completion"
+        assert response["body"]["usage"]["completion_tokens"] <= 4
+        assert response["msserve"]["tier"] == "local" and response["msserve"]["reason"]
+
+    errors = lines_of(api, batch.error_file_id)
+    assert [line["custom_id"] for line in errors] == ["bad"]
+    live = httpx.post(f"{server.v1}/chat/completions", json=bad_body,
+                      headers={"authorization": f"Bearer {KEYS['alice']}"})
+    assert errors[0]["response"]["status_code"] == live.status_code == 400
+    assert errors[0]["response"]["body"] == live.json()  # exactly what the live endpoint says
+
+
+def test_caption_batch_and_the_same_ssrf_guard(server: LiveServer) -> None:
+    api = client(server)
+    blocked = {"image_urls": ["https://127.0.0.1:9/cat.jpg"], "max_tokens": 4}
+    lines = [
+        {"custom_id": "img", "method": "POST", "url": "/v1/captions",
+         "body": {"image_urls": [jpeg_url((64, 48))], "style": "short", "max_tokens": 4}},
+        {"custom_id": "ssrf", "method": "POST", "url": "/v1/captions", "body": blocked},
+    ]
+    batch = follow(api, submit(api, lines, "/v1/captions").id)
+    assert batch.status == "completed" and batch.request_counts.completed == 1
+    (caption,) = lines_of(api, batch.output_file_id)
+    assert caption["custom_id"] == "img"
+    body = caption["response"]["body"]
+    assert body["object"] == "list" and body["data"][0]["usage"]["completion_tokens"] <= 4
+    assert caption["response"]["msserve"]["tier"] == body["data"][0]["tier"]
+    (refused,) = lines_of(api, batch.error_file_id)
+    live = httpx.post(f"{server.v1}/captions", json=blocked, headers={"authorization": f"Bearer {KEYS['alice']}"})
+    assert refused["response"]["status_code"] == live.status_code
+    assert refused["response"]["body"] == live.json()
+
+
+def test_cancel(server: LiveServer) -> None:
+    api = client(server)
+    lines = [chat_line(f"c{i}", max_tokens=32) for i in range(MAX_LINES)]
+    batch = submit(api, lines)
+    deadline = time.monotonic() + 60
+    while api.batches.retrieve(batch.id).request_counts.completed < 1:  # cancel mid-run
+        assert time.monotonic() < deadline, "no line answered"
+        time.sleep(0.05)
+    cancelling = api.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at is not None
+    done = follow(api, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at is not None
+    assert 1 <= done.request_counts.completed < MAX_LINES == done.request_counts.total
+    output = lines_of(api, done.output_file_id)
+    assert len(output) == done.request_counts.completed
+    assert len({line["custom_id"] for line in output}) == len(output)
+    assert api.batches.cancel(batch.id).status == "cancelled"  # cancelling again changes nothing
+
+    finished = follow(api, submit(api, [chat_line("z")]).id)
+    with pytest.raises(openai.ConflictError):
+        api.batches.cancel(finished.id)
+
+
+def test_list_and_delete(server: LiveServer) -> None:
+    api = client(server)
+    first = submit(api, [chat_line("x")])
+    second = submit(api, [chat_line("y")])
+    page = api.batches.list(limit=1)
+    assert [b.id for b in page.data] == [second.id] and page.has_more
+    assert api.batches.list(limit=1, after=second.id).data[0].id == first.id
+    file_ids = [f.id for f in api.files.list(purpose="batch")]
+    assert second.input_file_id in file_ids
+    deleted = api.files.delete(second.input_file_id)
+    assert deleted.deleted and deleted.id == second.input_file_id
+    with pytest.raises(openai.NotFoundError):
+        api.files.retrieve(second.input_file_id)
+    follow(api, first.id)
+    follow(api, second.id)
+
+
+def test_another_key_gets_404(server: LiveServer) -> None:
+    alice, bob = client(server, "alice"), client(server, "bob")
+    batch = follow(alice, submit(alice, [chat_line("mine")]).id)
+    for call in (lambda: bob.files.retrieve(batch.input_file_id), lambda: bob.files.content(batch.output_file_id),
+                 lambda: bob.files.delete(batch.input_file_id), lambda: bob.batches.retrieve(batch.id),
+                 lambda: bob.batches.cancel(batch.id),
+                 lambda: bob.batches.create(input_file_id=batch.input_file_id, endpoint="/v1/chat/completions",
+                                            completion_window="24h")):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert batch.id not in [b.id for b in bob.batches.list()]
+    assert batch.input_file_id not in [f.id for f in bob.files.list()]
+    assert alice.files.retrieve(batch.input_file_id).id == batch.input_file_id  # still there for its owner
+
+
+@pytest.mark.parametrize(("lines", "code"), [
+    ([chat_line("a"), {**chat_line("b"), "url": "/v1/captions"}], "mismatched_endpoint"),
+    ([chat_line("a"), chat_line("a")], "duplicate_custom_id"),
+    ([chat_line(f"n{i}") for i in range(MAX_LINES + 1)], "too_many_requests"),
+])
+def test_bad_input_files_fail_the_batch(server: LiveServer, lines: list[dict[str, Any]], code: str) -> None:
+    api = client(server)
+    batch = follow(api, submit(api, lines).id)
+    assert batch.status == "failed" and batch.failed_at is not None
+    assert batch.errors is not None and batch.errors.data and batch.errors.data[0].code == code
+    assert batch.output_file_id is None
+
+
+def test_malformed_jsonl_fails_the_batch(server: LiveServer) -> None:
+    api = client(server)
+    uploaded = api.files.create(file=("bad.jsonl", jsonl([chat_line("a")]) + b"{not json\n"), purpose="batch")
+    batch = follow(api, api.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                           completion_window="24h").id)
+    assert batch.status == "failed" and batch.errors is not None
+    assert (batch.errors.data[0].code, batch.errors.data[0].line) == ("invalid_json_line", 2)
+
+
+def test_create_refusals(server: LiveServer) -> None:
+    api = client(server)
+    uploaded = api.files.create(file=("in.jsonl", jsonl([chat_line("a")])), purpose="batch")
+    with pytest.raises(openai.BadRequestError):
+        api.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                           completion_window="1h")  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError):
+        api.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        api.batches.create(input_file_id="file-" + "0" * 32, endpoint="/v1/chat/completions",
+                           completion_window="24h")
+    with pytest.raises(openai.BadRequestError) as refused:
+        api.files.create(file=("in.jsonl", b"{}\n"), purpose="fine-tune")
+    assert refused.value.code == "invalid_value"
+
+
+def test_file_cap_and_disk_cap(server: LiveServer) -> None:
+    api = client(server, "bob")
+    with pytest.raises(openai.APIStatusError) as too_big:
+        api.files.create(file=("big.jsonl", b"x" * (MAX_FILE + 1)), purpose="batch")
+    assert too_big.value.status_code == 413 and too_big.value.code == "file_too_large"
+    kept: list[str] = []
+    refused: openai.APIStatusError | None = None
+    for _ in range(MAX_DISK // (MAX_FILE // 2) + 2):
+        try:
+            kept.append(api.files.create(file=("f.jsonl", b"y" * (MAX_FILE // 2)), purpose="batch").id)
+        except openai.APIStatusError as exc:
+            refused = exc
+            break
+    assert refused is not None and refused.status_code == 413 and refused.code == "storage_full"
+    for file_id in kept:
+        api.files.delete(file_id)
+    assert api.files.create(file=("f.jsonl", b"y" * (MAX_FILE // 2)), purpose="batch").bytes == MAX_FILE // 2
