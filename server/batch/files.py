@@ -35,6 +35,18 @@ class Upload:
     size: int = 0
 
 
+@dataclass
+class _Part:
+    """The multipart part being parsed."""
+
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    header_name: bytes = b""
+    header_value: bytes = b""
+    name: str = ""
+    is_file: bool = False
+    buffer: bytes = b""
+
+
 class FileStorage:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -84,57 +96,49 @@ class FileStorage:
             raise InvalidRequestError("send multipart/form-data with a `file` field and `purpose`",
                                       code="unsupported_media_type", status_code=415)
         upload = Upload()
-        state: dict[str, object] = {}
+        part = _Part()
         out: list[IO[bytes]] = []
         limit = min(max_bytes, disk_left)
 
         def on_part_begin() -> None:
-            state.clear()
-            state["headers"] = {}
+            nonlocal part
+            part = _Part()
 
         def on_header_field(data: bytes, start: int, end: int) -> None:
-            state["field"] = state.get("field", b"") + data[start:end]  # type: ignore[operator]
+            part.header_name += data[start:end]
 
         def on_header_value(data: bytes, start: int, end: int) -> None:
-            state["value"] = state.get("value", b"") + data[start:end]  # type: ignore[operator]
+            part.header_value += data[start:end]
 
         def on_header_end() -> None:
-            headers = state["headers"]
-            assert isinstance(headers, dict)
-            headers[bytes(state.pop("field", b"")).lower()] = bytes(state.pop("value", b""))  # type: ignore[arg-type]
+            part.headers[part.header_name.lower()] = part.header_value
+            part.header_name, part.header_value = b"", b""
 
         def on_headers_finished() -> None:
-            headers = state["headers"]
-            assert isinstance(headers, dict)
-            _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
-            name = disposition.get(b"name", b"").decode("utf-8", "replace")
-            state["name"] = name
-            if name == "file" and b"filename" in disposition:
+            _, disposition = parse_options_header(part.headers.get(b"content-disposition", b""))
+            part.name = disposition.get(b"name", b"").decode("utf-8", "replace")
+            if part.name == "file" and b"filename" in disposition:
                 if upload.temp is not None:
                     raise InvalidRequestError("send one `file` per upload", param="file", code="too_many_files")
                 upload.filename = disposition[b"filename"].decode("utf-8", "replace")
                 upload.temp = self.directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
                 out.append(upload.temp.open("wb"))
-                state["file"] = True
-            else:
-                state["buffer"] = b""
+                part.is_file = True
 
         def on_part_data(data: bytes, start: int, end: int) -> None:
-            if state.get("file"):
+            if part.is_file:
                 upload.size += end - start
                 if upload.size > limit:
                     raise _too_large(max_bytes, disk=upload.size <= max_bytes)
                 out[0].write(data[start:end])
-            else:
-                buffer = bytes(state["buffer"]) + data[start:end]  # type: ignore[arg-type]
-                if len(buffer) > _MAX_FIELD_BYTES:
-                    raise InvalidRequestError(f"field {state['name']} is too long", code="invalid_value",
-                                              param=str(state["name"]))
-                state["buffer"] = buffer
+                return
+            part.buffer += data[start:end]
+            if len(part.buffer) > _MAX_FIELD_BYTES:
+                raise InvalidRequestError(f"field {part.name} is too long", code="invalid_value", param=part.name)
 
         def on_part_end() -> None:
-            if not state.get("file") and "buffer" in state:
-                upload.fields[str(state["name"])] = bytes(state["buffer"]).decode("utf-8", "replace")  # type: ignore[arg-type]
+            if not part.is_file:
+                upload.fields[part.name] = part.buffer.decode("utf-8", "replace")
 
         parser = MultipartParser(boundary, {  # type: ignore[arg-type]
             "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,

@@ -30,6 +30,7 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "MSSERVE_BATCH_MAX_DISK_BYTES": str(MAX_DISK),
         "MSSERVE_BATCH_MAX_LINES": str(MAX_LINES),
         "MSSERVE_BATCH_CONCURRENCY": "2",
+        "MSSERVE_MAX_REQUEST_BYTES": str(16 * 1024),  # uploads are not held to it: their own cap applies
     })
     yield live
     stop_server(live)
@@ -214,6 +215,12 @@ def test_create_refusals(server: LiveServer) -> None:
 
 def test_file_cap_and_disk_cap(server: LiveServer) -> None:
     api = client(server, "bob")
+    over_body_limit = jsonl([chat_line(f"long-{i}", "word " * 200) for i in range(30)])
+    assert 16 * 1024 < len(over_body_limit) < MAX_FILE
+    stored = api.files.create(file=("long.jsonl", over_body_limit), purpose="batch")
+    assert stored.bytes == len(over_body_limit)
+    assert api.files.content(stored.id).content == over_body_limit
+    api.files.delete(stored.id)
     with pytest.raises(openai.APIStatusError) as too_big:
         api.files.create(file=("big.jsonl", b"x" * (MAX_FILE + 1)), purpose="batch")
     assert too_big.value.status_code == 413 and too_big.value.code == "file_too_large"

@@ -95,7 +95,7 @@ def test_read_input_reports_what_is_wrong(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     good = {"custom_id": "a", "method": "POST", "url": "/v1/captions", "body": {"image_urls": ["data:,"]}}
     path.write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "method": "GET", "custom_id": "b"}) + "\n")
-    lines, errors = read_input(path, "/v1/captions", 10)
+    _, errors = read_input(path, "/v1/captions", 10)
     assert [(e.code, e.line) for e in errors] == [("invalid_json_line", 3)]
     path.write_text("")
     assert read_input(path, "/v1/captions", 10)[1][0].code == "empty_file"
