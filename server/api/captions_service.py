@@ -34,7 +34,7 @@ def instruction(options: CaptionOptions) -> str:
 
 async def caption_images(
     images: list[tuple[str | None, ImagePart]], options: CaptionOptions, services: Services, request_id: str,
-    route: str | None,
+    route: str | None, *, priority: int = 0,
 ) -> CaptionResponse:
     async def one(index: int, filename: str | None, image: ImagePart) -> Caption:
         request = GenerationRequest(
@@ -46,6 +46,7 @@ async def caption_images(
             ),
             deadline=time.monotonic() + services.settings.request_timeout_s,
             stream=False,
+            priority=priority,
         )
         routed = await services.dispatcher.dispatch(request, route, stream=False)
         result = await collect(routed)

@@ -23,6 +23,10 @@ from server.errors import InvalidRequestError, MSServeError, NotFoundError
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
+# Behind every live request (priority 0) where the engine schedules by priority (vLLM: lower runs first).
+BATCH_PRIORITY = 10
+
+
 class LineResult(BaseModel):
     status_code: int
     body: dict[str, Any]
@@ -45,6 +49,7 @@ async def _chat(payload: dict[str, Any], services: Services, request_id: str) ->
         raise InvalidRequestError("stream is not supported in a batch", param="stream", code="unsupported_stream")
     chat_service.check_request(body, services)
     generation = await chat_service.to_generation_request(body, services, request_id)
+    generation = generation.model_copy(update={"priority": BATCH_PRIORITY})
     routed = await services.dispatcher.dispatch(generation, None, stream=False)
     answer = await chat_service.complete(routed, body)
     decision = routed.decision
@@ -65,7 +70,7 @@ async def _caption(payload: dict[str, Any], services: Services, request_id: str)
         except MSServeError as exc:
             exc.param = exc.param if exc.param and exc.param != "image_url" else f"image_urls[{index}]"
             raise
-    result = await caption_images(images, options, services, request_id, None)
+    result = await caption_images(images, options, services, request_id, None, priority=BATCH_PRIORITY)
     first = result.data[0]
     tier = ",".join(dict.fromkeys(c.tier for c in result.data))  # as the live x-msserve-tier header
     return LineResult(status_code=200, body=result.model_dump(),

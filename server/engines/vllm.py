@@ -198,7 +198,9 @@ class VLLMEngine:
         self._in_flight += 1
         finished = False
         completion_tokens = 0
-        stream = llm.generate(engine_input, params, request.request_id)
+        # vLLM refuses a non-zero priority unless the profile turned priority scheduling on.
+        priority = request.priority if self.profile.engine_options.get("scheduling_policy") == "priority" else 0
+        stream = llm.generate(engine_input, params, request.request_id, priority=priority)
         try:
             async for output in _until(stream, request.deadline):
                 completion = output.outputs[0]
