@@ -20,6 +20,7 @@ from server.api import batches, captions, chat, dashboard, files, health, metric
 from server.api.deps import Services
 from server.api.errors import install_error_handlers
 from server.batch.lifecycle import close_batches, open_batches
+from server.batch.metrics import BatchCollector
 from server.config import ModelProfile, Settings, load_profile
 from server.engines import build_engine
 from server.engines.azure import AzureEngine
@@ -51,6 +52,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
         intake=ImageIntake(settings),
     )
     telemetry = Telemetry(settings, services)  # metrics, request log, recent requests
+    telemetry.registry.register(BatchCollector(services))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

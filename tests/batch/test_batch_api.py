@@ -99,6 +99,16 @@ def test_chat_batch_round_trip_with_a_failing_line(server: LiveServer) -> None:
     assert errors[0]["response"]["body"] == live.json()  # exactly what the live endpoint says
 
 
+def test_metrics_count_batch_lines(server: LiveServer) -> None:
+    api = client(server)
+    follow(api, submit(api, [chat_line("m1"), chat_line("m2", max_tokens=0)]).id)  # max_tokens 0: a 400
+    text = httpx.get(f"{server.base_url}/metrics", headers={"authorization": f"Bearer {KEYS['alice']}"}).text
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line.startswith("msserve_batch_lines")}
+    assert values["msserve_batch_lines_done_total"] >= 1 and values["msserve_batch_lines_failed_total"] >= 1
+    assert values["msserve_batch_lines_queued"] >= 0 and "msserve_batch_lines_running" in values
+
+
 def test_caption_batch_and_the_same_ssrf_guard(server: LiveServer) -> None:
     api = client(server)
     blocked = {"image_urls": ["https://127.0.0.1:9/cat.jpg"], "max_tokens": 4}
