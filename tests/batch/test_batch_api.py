@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +15,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import LiveServer, start_server, stop_server
-from tests.images import jpeg_url
+from tests.conftest import REPO, LiveServer, start_server, stop_server
+from tests.images import image_bytes, jpeg_url
 
 KEYS = {"alice": "sk-alice-test", "bob": "sk-bob-test"}
 MAX_FILE = 64 * 1024
@@ -246,3 +248,28 @@ def test_file_cap_and_disk_cap(server: LiveServer) -> None:
     for file_id in kept:
         api.files.delete(file_id)
     assert api.files.create(file=("f.jsonl", b"y" * (MAX_FILE // 2)), purpose="batch").bytes == MAX_FILE // 2
+
+
+def test_caption_cli_batch_mode_with_resume(server: LiveServer, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(image_bytes("PNG", (100, 80)))
+    (folder / "b.jpg").write_bytes(image_bytes("JPEG", (90, 120)))
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "captions.jsonl"
+    command = [sys.executable, "-m", "server", "caption", str(folder), "--batch", "--server", server.base_url,
+               "--out", str(out), "--max-tokens", "3", "--api-key", KEYS["alice"]]
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 1, first.stderr  # one image failed
+    records = {Path(r["source"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(records) == {"a.png", "b.jpg", "broken.jpg"}
+    assert records["a.png"]["tier"] == "local" and isinstance(records["b.jpg"]["caption"], str)
+    assert records["broken.jpg"]["status"] == 415  # as the live endpoint answers a file that is no image
+    assert records["broken.jpg"]["error"]["code"] == "image_unsupported_format"
+    assert not (tmp_path / "captions.jsonl.batches.json").exists()
+    batches_before = len(client(server).batches.list(limit=100).data)
+    (folder / "broken.jpg").unlink()
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "captioned 0, failed 0" in second.stdout + second.stderr  # nothing left to caption: no batch submitted
+    assert len(client(server).batches.list(limit=100).data) == batches_before
