@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,12 @@ MIGRATIONS: list[str] = [
         batch_id TEXT NOT NULL, line INTEGER NOT NULL, custom_id TEXT NOT NULL, body TEXT,
         done INTEGER NOT NULL DEFAULT 0, status_code INTEGER, result TEXT,
         PRIMARY KEY (batch_id, line)
+    )
+    """,
+    # One worker per state database: several processes on one state volume must not run the same lines.
+    """
+    CREATE TABLE batch_worker_lease (
+        id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, expires_at REAL NOT NULL
     )
     """,
 ]
@@ -246,6 +252,23 @@ class BatchStore:
                 conn.execute(f"UPDATE batches SET {kind}_file_id = ? WHERE id = ?", (file_id, batch_id))
             conn.execute(f"UPDATE batches SET status = ?, {_STATUS_TIME[status]} = ? WHERE id = ?",
                          (status, now, batch_id))
+
+    # -- the worker lease -----------------------------------------------------------------------------
+
+    def claim(self, holder: str, now: float, ttl_s: float, alive: Callable[[str], bool]) -> bool:
+        """Take or renew the worker lease: free, ours, expired, or held by a process known to be gone."""
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT holder, expires_at FROM batch_worker_lease WHERE id = 1").fetchone()
+            if row is not None and row["holder"] != holder and row["expires_at"] > now and alive(row["holder"]):
+                return False
+            conn.execute("INSERT INTO batch_worker_lease (id, holder, expires_at) VALUES (1, ?, ?) "
+                         "ON CONFLICT(id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+                         (holder, now + ttl_s))
+            return True
+
+    def release(self, holder: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM batch_worker_lease WHERE id = 1 AND holder = ?", (holder,))
 
     # -- retention ------------------------------------------------------------------------------------
 

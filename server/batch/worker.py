@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from server.batch.store import BatchStore, QueuedLine, new_file_id
 
 log = logging.getLogger(__name__)
 
+LEASE_TTL_S = 30.0  # a worker on another machine that stops renewing is replaced after this
 POLL_S = 1.0  # a pass at least this often: expiry and engine readiness are not events
 PURGE_EVERY_S = 3600.0
 _MAX_REPORTED_ERRORS = 100  # of a malformed input file's problems, how many the batch's errors list
@@ -50,6 +53,7 @@ class BatchWorker:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._next_purge = 0.0
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
     # -- life -----------------------------------------------------------------------------------------
 
@@ -75,6 +79,8 @@ class BatchWorker:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.store.release, self.holder)
 
     async def _loop(self) -> None:
         known = await asyncio.to_thread(self.store.file_ids)
@@ -96,6 +102,8 @@ class BatchWorker:
 
     async def step(self) -> None:
         now = self.clock()
+        if not await asyncio.to_thread(self.store.claim, self.holder, now, LEASE_TTL_S, holder_alive):
+            return  # another process on this state volume runs the batches
         if now >= self._next_purge:
             self._next_purge = now + PURGE_EVERY_S
             for file_id in await asyncio.to_thread(self.store.purge, int(now)):
@@ -207,6 +215,25 @@ class BatchWorker:
         await asyncio.to_thread(self.store.finish, batch_id, status, int(self.clock()), files, owner)
         log.info("batch %s %s: %d done, %d failed", batch_id, status, batch.request_counts.completed,
                  batch.request_counts.failed)
+
+
+def holder_alive(holder: str) -> bool:
+    """Whether a lease holder ("host:pid:token") may still run. Only this host's processes can be checked;
+    this process's own pid under another token is an earlier life of it (a container restarted with pid 1)."""
+    host, _, rest = holder.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_input(path: Path | None, endpoint: str, max_lines: int) -> tuple[list[tuple[str, dict[str, Any]]],

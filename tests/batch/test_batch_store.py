@@ -135,3 +135,33 @@ def test_sweep_removes_orphans_and_partial_uploads(tmp_path: Path) -> None:
     (tmp_path / ".upload-123").write_bytes(b"partial")
     assert storage.sweep({kept}) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [kept]
+
+
+def test_one_worker_per_state_database(tmp_path: Path) -> None:
+    first, second = make_store(tmp_path), make_store(tmp_path)
+    alive = {"host:1:a": True}
+    assert first.claim("host:1:a", 100.0, 30.0, lambda holder: alive[holder])
+    assert not second.claim("host:2:b", 110.0, 30.0, lambda holder: alive[holder])  # held and alive
+    assert first.claim("host:1:a", 120.0, 30.0, lambda holder: alive[holder])  # renewed
+    assert not second.claim("host:2:b", 149.0, 30.0, lambda holder: alive[holder])
+    assert second.claim("host:2:b", 150.0, 30.0, lambda holder: alive[holder])  # expired: taken over
+    alive["host:2:b"] = False
+    assert first.claim("host:1:a", 151.0, 30.0, lambda holder: alive[holder])  # its holder is gone: taken over
+    first.release("host:1:a")
+    assert second.claim("host:2:b", 152.0, 30.0, lambda holder: True)  # released: free
+
+
+def test_a_dead_holder_on_this_host_is_recognised() -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from server.batch.worker import holder_alive
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    assert not holder_alive(f"{host}:{gone.stdout.strip()}:x")
+    assert not holder_alive(f"{host}:{os.getpid()}:an-earlier-life")
+    assert holder_alive(f"{host}:1:x")  # pid 1 runs (init)
+    assert holder_alive("another-host:123:x")  # cannot be checked from here: the lease expiry decides
