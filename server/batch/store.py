@@ -50,7 +50,8 @@ MIGRATIONS: list[str] = [
         batch_id TEXT NOT NULL, line INTEGER NOT NULL, custom_id TEXT NOT NULL, body TEXT,
         done INTEGER NOT NULL DEFAULT 0, status_code INTEGER, result TEXT,
         PRIMARY KEY (batch_id, line)
-    )
+    );
+    CREATE INDEX batch_lines_queued ON batch_lines (batch_id, done, line)
     """,
     # One worker per state database: several processes on one state volume must not run the same lines.
     """

@@ -16,6 +16,7 @@ from server.batch.protocol import COMPLETION_WINDOW_S, CreateBatchRequest
 from server.batch.store import COMPONENT, MIGRATIONS, BatchStore, new_file_id
 from server.batch.worker import BatchWorker, read_input
 from server.config import Settings
+from server.engines.base import EngineHealth
 from server.state import StateDB
 
 DAY = 86400
@@ -165,3 +166,30 @@ def test_a_dead_holder_on_this_host_is_recognised() -> None:
     assert not holder_alive(f"{host}:{os.getpid()}:an-earlier-life")
     assert holder_alive(f"{host}:1:x")  # pid 1 runs (init)
     assert holder_alive("another-host:123:x")  # cannot be checked from here: the lease expiry decides
+
+
+class _ReadyEngine:
+    def health(self) -> EngineHealth:
+        return EngineHealth(ready=True, state="ready")
+
+
+def test_lines_wait_while_live_requests_wait_and_stopped_lines_stay_queued(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    batch_id = started_batch(store, lines=3)
+    services = cast(Services, SimpleNamespace(settings=Settings(batch_concurrency=2), draining=False,
+                                              engine=_ReadyEngine()))
+    waiting = [1]
+
+    async def scenario() -> tuple[int, int]:
+        worker = BatchWorker(store, FileStorage(tmp_path / "files"), services, clock=lambda: 2000.0,
+                             live_waiting=lambda: waiting[0])
+        await worker.step()
+        held = worker.running  # a live request waits for a slot: no batch line starts
+        waiting[0] = 0
+        await worker.step()
+        started = worker.running
+        await worker.stop()  # shutdown: the running lines are cancelled before they answer
+        return held, started
+
+    assert asyncio.run(scenario()) == (0, 2)  # at most batch_concurrency at once
+    assert len(store.queued_lines(batch_id, skip=set(), limit=10)) == 3  # nothing recorded: all run again later
