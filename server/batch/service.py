@@ -73,7 +73,10 @@ class BatchService:
 
     async def file_path(self, file_id: str, owner: str) -> Path:
         await self.file(file_id, owner)  # ownership first: an id never reaches the disk unchecked
-        return self.storage.path(file_id)
+        path = self.storage.path(file_id)
+        if not path.is_file():  # removed behind the server's back: say so, not a 500
+            raise NotFoundError(f"the content of file {file_id!r} is gone", param="file_id", code="file_not_found")
+        return path
 
     async def delete_file(self, file_id: str, owner: str) -> FileDeleted:
         if not await asyncio.to_thread(self.store.delete_file, file_id, owner):

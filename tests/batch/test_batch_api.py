@@ -273,3 +273,13 @@ def test_caption_cli_batch_mode_with_resume(server: LiveServer, tmp_path: Path) 
     assert second.returncode == 0, second.stderr
     assert "captioned 0, failed 0" in second.stdout + second.stderr  # nothing left to caption: no batch submitted
     assert len(client(server).batches.list(limit=100).data) == batches_before
+
+
+def test_content_removed_from_disk_is_a_404_not_a_500(server: LiveServer) -> None:
+    api = client(server)
+    uploaded = api.files.create(file=("in.jsonl", jsonl([chat_line("a")])), purpose="batch")
+    stored = server.log_path.parent / "state" / "batch_files" / uploaded.id  # start_server's MSSERVE_STATE_DIR
+    assert stored.read_bytes() == jsonl([chat_line("a")])
+    stored.unlink()
+    with pytest.raises(openai.NotFoundError):
+        api.files.content(uploaded.id)
