@@ -60,6 +60,7 @@ MIGRATIONS: list[str] = [
     )
     """,
 ]
+_INSERT_CHUNK = 1000
 _TIMES = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at")
 _STATUS_TIME = {"in_progress": "in_progress_at", "finalizing": "finalizing_at", "completed": "completed_at",
                 "failed": "failed_at", "expired": "expired_at", "cancelling": "cancelling_at",
@@ -171,12 +172,20 @@ class BatchStore:
         return self.get_batch(batch_id, owner)
 
     def start(self, batch_id: str, lines: Sequence[tuple[str, dict[str, Any]]], now: int) -> None:
-        """Store the validated lines and move validating -> in_progress (a batch cancelled meanwhile stays so)."""
+        """Store the validated lines and move validating -> in_progress (a batch cancelled meanwhile stays so).
+
+        The lines go in in chunks, so a 50,000-line file never holds the database's write lock for long (the
+        spend ledger writes there too); the status moves last, so a crash midway leaves the batch validating,
+        and validating again starts from no lines."""
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM batch_lines WHERE batch_id = ?", (batch_id,))  # a restart mid-validation
-            conn.executemany(
-                "INSERT INTO batch_lines (batch_id, line, custom_id, body) VALUES (?, ?, ?, ?)",
-                ((batch_id, index, custom_id, json.dumps(body)) for index, (custom_id, body) in enumerate(lines)))
+        for first in range(0, len(lines), _INSERT_CHUNK):
+            with self.db.transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO batch_lines (batch_id, line, custom_id, body) VALUES (?, ?, ?, ?)",
+                    ((batch_id, first + offset, custom_id, json.dumps(body))
+                     for offset, (custom_id, body) in enumerate(lines[first:first + _INSERT_CHUNK])))
+        with self.db.transaction() as conn:
             conn.execute("UPDATE batches SET total = ? WHERE id = ?", (len(lines), batch_id))
             conn.execute("UPDATE batches SET status = 'in_progress', in_progress_at = ? "
                          "WHERE id = ? AND status = 'validating'", (now, batch_id))

@@ -193,3 +193,12 @@ def test_lines_wait_while_live_requests_wait_and_stopped_lines_stay_queued(tmp_p
 
     assert asyncio.run(scenario()) == (0, 2)  # at most batch_concurrency at once
     assert len(store.queued_lines(batch_id, skip=set(), limit=10)) == 3  # nothing recorded: all run again later
+
+
+def test_many_lines_go_in_in_order_and_a_second_start_replaces_them(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    batch_id = started_batch(store, lines=2500)  # more than one insert chunk
+    assert [line.custom_id for line in store.queued_lines(batch_id, skip=set(), limit=3000)] == [
+        f"c{i}" for i in range(2500)]
+    store.start(batch_id, [("x", {})], 2000)  # validation run again after a crash: no line twice
+    assert [line.custom_id for line in store.queued_lines(batch_id, skip=set(), limit=3000)] == ["x"]
