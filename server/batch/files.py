@@ -140,15 +140,20 @@ class FileStorage:
             if not part.is_file:
                 upload.fields[part.name] = part.buffer.decode("utf-8", "replace")
 
+        ended: list[bool] = []
+
         parser = MultipartParser(boundary, {  # type: ignore[arg-type]
             "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
             "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data, "on_part_end": on_part_end,
+            "on_part_data": on_part_data, "on_part_end": on_part_end, "on_end": lambda: ended.append(True),
         })
         try:
             async for chunk in request.stream():
                 parser.write(chunk)
             parser.finalize()
+            if not ended:  # no closing boundary: the client stopped sending midway
+                raise InvalidRequestError("malformed multipart body: it ends before its closing boundary",
+                                          code="invalid_multipart")
             if out:
                 out[0].flush()
                 os.fsync(out[0].fileno())

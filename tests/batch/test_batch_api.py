@@ -283,3 +283,21 @@ def test_content_removed_from_disk_is_a_404_not_a_500(server: LiveServer) -> Non
     stored.unlink()
     with pytest.raises(openai.NotFoundError):
         api.files.content(uploaded.id)
+
+
+def test_upload_refusals_are_clear_400s(server: LiveServer) -> None:
+    auth = {"authorization": f"Bearer {KEYS['alice']}"}
+    no_purpose = httpx.post(f"{server.v1}/files", files={"file": ("a.jsonl", b"{}\n")}, headers=auth)
+    assert (no_purpose.status_code, no_purpose.json()["error"]["param"]) == (400, "purpose")
+    no_file = httpx.post(f"{server.v1}/files", data={"purpose": "batch"}, files={"other": ("a", b"x")}, headers=auth)
+    assert (no_file.status_code, no_file.json()["error"]["code"]) == (400, "missing_required_parameter")
+    not_multipart = httpx.post(f"{server.v1}/files", json={"purpose": "batch"}, headers=auth)
+    assert not_multipart.status_code == 415
+    partial = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\npartial'
+    cut = httpx.post(f"{server.v1}/files", content=partial,
+                     headers={**auth, "content-type": "multipart/form-data; boundary=xyz"})
+    assert (cut.status_code, cut.json()["error"]["code"]) == (400, "invalid_multipart")
+    no_key = httpx.post(f"{server.v1}/files", data={"purpose": "batch"}, files={"file": ("a.jsonl", b"{}\n")})
+    assert no_key.status_code == 401
+    stored = server.log_path.parent / "state" / "batch_files"
+    assert not [p.name for p in stored.iterdir() if p.name.startswith(".upload-")]  # refused uploads leave nothing
