@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse
 from server.api.deps import Services, get_services
 from server.api.protocol import ErrorResponse
 from server.batch.protocol import FileDeleted, FileObject, Page
+from server.batch.lifecycle import KEY
 from server.batch.service import BatchService
 from server.errors import EngineUnavailableError
 
@@ -31,7 +32,7 @@ _UPLOAD_BODY: dict[str, Any] = {
 
 
 def batch_service(services: Annotated[Services, Depends(get_services)]) -> BatchService:
-    service = services.extras.get("batches")
+    service = services.extras.get(KEY)
     if not isinstance(service, BatchService):
         raise EngineUnavailableError("the batch API is not available on this server", code="batches_unavailable")
     return service
