@@ -14,7 +14,7 @@ from server.api.deps import Services
 from server.batch.files import FileStorage
 from server.batch.protocol import COMPLETION_WINDOW_S, CreateBatchRequest
 from server.batch.store import COMPONENT, MIGRATIONS, BatchStore, new_file_id
-from server.batch.worker import BatchWorker, read_input
+from server.batch.worker import PURGE_EVERY_S, BatchWorker, read_input
 from server.config import Settings
 from server.engines.base import EngineHealth
 from server.state import StateDB
@@ -202,3 +202,19 @@ def test_many_lines_go_in_in_order_and_a_second_start_replaces_them(tmp_path: Pa
         f"c{i}" for i in range(2500)]
     store.start(batch_id, [("x", {})], 2000)  # validation run again after a crash: no line twice
     assert [line.custom_id for line in store.queued_lines(batch_id, skip=set(), limit=3000)] == ["x"]
+
+
+def test_the_worker_deletes_expired_files_from_disk(tmp_path: Path) -> None:
+    store = make_store(tmp_path, retention_s=DAY)
+    storage = FileStorage(tmp_path / "files")
+    file_id = new_file_id()
+    storage.write_lines(file_id, ["{}"])
+    store.add_file(file_id, "alice", "in.jsonl", "batch", 3, 1000)
+    services = cast(Services, SimpleNamespace(settings=Settings(), draining=False))
+    now = [1000.0 + DAY - 1]
+    worker = BatchWorker(store, storage, services, clock=lambda: now[0])
+    asyncio.run(worker.step())
+    assert storage.path(file_id).exists() and store.get_file(file_id, "alice") is not None
+    now[0] = 1000.0 + DAY + PURGE_EVERY_S  # expired, and the hourly purge is due again
+    asyncio.run(worker.step())
+    assert not storage.path(file_id).exists() and store.get_file(file_id, "alice") is None
