@@ -85,8 +85,8 @@ class GenerationRequest(BaseModel):
     # False: the caller needs only the whole answer, so an engine may produce it in one piece (Azure then asks
     # for a non-streamed completion: one JSON body instead of an event per token).
     stream: bool = True
-    # Scheduling priority, lower first (vLLM's convention): live requests 0, batch lines BATCH_PRIORITY. Honoured
-    # by engines that schedule by priority (vLLM with scheduling_policy: priority); the rest keep arrival order.
+    # Scheduling priority, lower first (vLLM's convention): live requests 0, batch lines higher. Honoured by vLLM
+    # when the profile sets scheduling_policy: priority, and by the transformers engine's wait queue.
     priority: int = 0
 
     @property
