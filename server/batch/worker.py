@@ -31,7 +31,12 @@ from server.batch.store import BatchStore, QueuedLine, new_file_id
 log = logging.getLogger(__name__)
 
 LEASE_TTL_S = 30.0  # a worker on another machine that stops renewing is replaced after this
-POLL_S = 1.0  # a pass at least this often: expiry and engine readiness are not events
+POLL_S = 1.0
+# Busy (429) or briefly unavailable (503) is the server's state, not the line's answer: the line waits and runs
+# again, RETRY_DELAY_S longer each time; after MAX_ATTEMPTS its last answer goes to the error file.
+RETRY_STATUSES = frozenset({429, 503})
+MAX_ATTEMPTS = 5
+RETRY_DELAY_S = 5.0  # a pass at least this often: expiry and engine readiness are not events
 PURGE_EVERY_S = 3600.0
 _MAX_REPORTED_ERRORS = 100  # of a malformed input file's problems, how many the batch's errors list
 
@@ -49,6 +54,8 @@ class BatchWorker:
         self.lines_done = 0
         self.lines_failed = 0
         self._inflight: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._attempts: dict[tuple[str, int], int] = {}
+        self._not_before: dict[tuple[str, int], float] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -125,10 +132,12 @@ class BatchWorker:
                 await self._fill(batch)
 
     async def _fill(self, batch: Batch) -> None:
+        now = self.clock()
         mine = {line for (batch_id, line) in self._inflight if batch_id == batch.id}
+        later = {line for (batch_id, line), at in self._not_before.items() if batch_id == batch.id and at > now}
         free = self.concurrency - len(self._inflight)
-        queued = await asyncio.to_thread(self.store.queued_lines, batch.id, skip=mine, limit=max(free, 1))
-        if not queued and not mine:
+        queued = await asyncio.to_thread(self.store.queued_lines, batch.id, skip=mine | later, limit=max(free, 1))
+        if not queued and not mine and not later:
             if await asyncio.to_thread(self.store.set_status, batch.id, "finalizing", int(self.clock()),
                                        only_from=("in_progress",)):
                 await self._finalize(batch.id, "completed")
@@ -150,6 +159,13 @@ class BatchWorker:
                     "message": "internal error", "type": "server_error", "param": None, "code": "internal_error"}})
             if self._stopping or (self.services.draining and result.status_code == 503):
                 return  # the server going away is not the line's answer: it runs again after the restart
+            key = (batch.id, line.line)
+            if result.status_code in RETRY_STATUSES and self._attempts.get(key, 1) < MAX_ATTEMPTS:
+                self._attempts[key] = self._attempts.get(key, 1) + 1
+                self._not_before[key] = self.clock() + RETRY_DELAY_S * (self._attempts[key] - 1)
+                return
+            self._attempts.pop(key, None)
+            self._not_before.pop(key, None)
             output = {
                 "id": request_id,
                 "custom_id": line.custom_id,
