@@ -6,6 +6,7 @@ live requests; a batch is its creator's: another API key gets 404.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -27,7 +28,7 @@ async def create_batch(body: CreateBatchRequest, request: Request, service: Batc
 async def list_batches(
     request: Request, service: Batches, after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Page:
-    batches, more = service.store.list_batches(owner_of(request), after=after, limit=limit)
+    batches, more = await asyncio.to_thread(service.store.list_batches, owner_of(request), after=after, limit=limit)
     return Page(data=batches, first_id=batches[0].id if batches else None,
                 last_id=batches[-1].id if batches else None, has_more=more)
 

@@ -7,6 +7,7 @@ another API key gets 404.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,8 +15,8 @@ from fastapi.responses import FileResponse
 
 from server.api.deps import Services, get_services
 from server.api.protocol import ErrorResponse
-from server.batch.protocol import FileDeleted, FileObject, Page
 from server.batch.lifecycle import KEY
+from server.batch.protocol import FileDeleted, FileObject, Page
 from server.batch.service import BatchService
 from server.errors import EngineUnavailableError
 
@@ -61,8 +62,8 @@ async def list_files(
     limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
     order: Literal["asc", "desc"] = "desc",
 ) -> Page:
-    files, more = service.store.list_files(owner_of(request), purpose=purpose, after=after, limit=limit,
-                                           ascending=order == "asc")
+    files, more = await asyncio.to_thread(service.store.list_files, owner_of(request), purpose=purpose, after=after,
+                                          limit=limit, ascending=order == "asc")
     return Page(data=files, first_id=files[0].id if files else None, last_id=files[-1].id if files else None,
                 has_more=more)
 

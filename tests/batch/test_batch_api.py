@@ -35,11 +35,21 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "MSSERVE_MAX_REQUEST_BYTES": str(16 * 1024),  # uploads are not held to it: their own cap applies
     })
     yield live
+    for api in _CLIENTS.values():
+        api.close()
+    _CLIENTS.clear()
     stop_server(live)
 
 
+_CLIENTS: dict[tuple[str, str], OpenAI] = {}
+
+
 def client(server: LiveServer, name: str = "alice") -> OpenAI:
-    return OpenAI(base_url=server.v1, api_key=KEYS[name], max_retries=0, timeout=60)
+    """One SDK client per key for the module's server, closed with it."""
+    key = (server.base_url, name)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = OpenAI(base_url=server.v1, api_key=KEYS[name], max_retries=0, timeout=60)
+    return _CLIENTS[key]
 
 
 def chat_line(custom_id: str, text: str = "hello", **body: Any) -> dict[str, Any]:
