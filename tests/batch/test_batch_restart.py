@@ -45,9 +45,9 @@ def api_for(server: LiveServer) -> OpenAI:
 def test_resumes_after_a_stop_mid_batch(how: str, tiny_model: Path, tmp_path: Path) -> None:
     server = start_server(tmp_path, ENV)
     try:
-        api = api_for(server)
-        batch_id = submit(api)
-        before = wait_for(api, batch_id, 3)
+        with api_for(server) as api:
+            batch_id = submit(api)
+            before = wait_for(api, batch_id, 3)
         assert before.status == "in_progress" and before.request_counts.completed < LINES, "too fast to interrupt"
         if how == "kill":
             server.process.send_signal(signal.SIGKILL)
@@ -59,8 +59,8 @@ def test_resumes_after_a_stop_mid_batch(how: str, tiny_model: Path, tmp_path: Pa
         stop_server(server)
 
     restarted = start_server(tmp_path, ENV)  # the same MSSERVE_STATE_DIR
+    api = api_for(restarted)
     try:
-        api = api_for(restarted)
         resumed = api.batches.retrieve(batch_id)
         assert resumed.request_counts.completed >= before.request_counts.completed  # nothing done was forgotten
         done = wait_for(api, batch_id, LINES)
@@ -75,4 +75,5 @@ def test_resumes_after_a_stop_mid_batch(how: str, tiny_model: Path, tmp_path: Pa
         assert ids == [f"line-{i}" for i in range(LINES)]  # every line, once, in input order
         assert len({line["response"]["request_id"] for line in output}) == LINES
     finally:
+        api.close()
         stop_server(restarted)
