@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 BatchStatus = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
@@ -83,6 +83,14 @@ class CreateBatchRequest(BaseModel):
     # OpenAI: up to 16 pairs, keys up to 64 characters, values up to 512.
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     output_expires_after: dict[str, Any] | None = None  # accepted as the SDK may send it; retention applies
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_sizes(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, text in (value or {}).items():
+            if len(key) > 64 or len(text) > 512:
+                raise ValueError("metadata keys are at most 64 characters and values at most 512")
+        return value
 
 
 class InputLine(BaseModel):

@@ -230,6 +230,10 @@ def test_create_refusals(server: LiveServer) -> None:
     with pytest.raises(openai.NotFoundError):
         api.batches.create(input_file_id="file-" + "0" * 32, endpoint="/v1/chat/completions",
                            completion_window="24h")
+    with pytest.raises(openai.BadRequestError) as too_long:
+        api.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+                           metadata={"k": "v" * 513})
+    assert too_long.value.param == "metadata"
     with pytest.raises(openai.BadRequestError) as refused:
         api.files.create(file=("in.jsonl", b"{}\n"), purpose="fine-tune")
     assert refused.value.code == "invalid_value"
