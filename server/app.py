@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 
 from server import __version__, middleware
-from server.api import captions, chat, dashboard, feedback, health, metrics, models, router_admin
+from server.api import batches, captions, chat, dashboard, feedback, files, health, metrics, models, router_admin
 from server.api.deps import Services
 from server.api.errors import install_error_handlers
+from server.batch.lifecycle import close_batches, open_batches
+from server.batch.metrics import BatchCollector
 from server.config import ModelProfile, Settings, load_profile
 from server.engines import build_engine
 from server.engines.azure import AzureEngine
@@ -56,12 +58,14 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
     if learning is not None:
         services.extras["learning"] = learning
         telemetry.registry.register(LearningCollector(learning.attach(dispatcher, azure)))
+    telemetry.registry.register(BatchCollector(services))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.started_at = time.time()
         app.state.services = services
         telemetry.start()
+        open_batches(services, live_waiting=lambda: app.state.limiter.waiting)  # resumes unfinished batches
         middleware.warn_if_exposed(settings, app.state.api_keys, log)
         loading = asyncio.create_task(
             _start_engine(engine, settings, getattr(app.state, "request_exit", None)), name="engine-start"
@@ -83,6 +87,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
                 loading.cancel()
             with contextlib.suppress(BaseException):
                 await loading
+            await close_batches(services)  # lines still running are redone after the restart
             await engine.stop()
             if azure is not None:
                 await azure.stop()
@@ -103,6 +108,8 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(captions.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

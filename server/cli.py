@@ -166,6 +166,7 @@ def caption(
     max_tokens: Annotated[int | None, typer.Option(help="cap per caption")] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="requests in flight")] = 4,
     api_key: Annotated[str | None, typer.Option(envvar="MSSERVE_API_KEY", help="API key for the server")] = None,
+    batch: Annotated[bool, typer.Option("--batch", help="submit through the Batch API and follow it")] = False,
 ) -> None:
     """Caption images through a running server, with a progress bar and resume."""
     import asyncio
@@ -182,9 +183,20 @@ def caption(
         console.print("[red]error:[/red] give image files, folders or --url")
         raise typer.Exit(2)
     options = {"style": style, "prompt": prompt, "language": language, "max_tokens": max_tokens}
-    ok, failed = asyncio.run(
-        caption_all(sources, server=server, out=out, options=options, concurrency=concurrency, api_key=api_key)
-    )
+    if batch:
+        import httpx
+
+        from server.caption_batch import caption_with_batches
+
+        try:
+            ok, failed = caption_with_batches(sources, server=server, out=out, options=options, api_key=api_key)
+        except (RuntimeError, httpx.HTTPError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+    else:
+        ok, failed = asyncio.run(
+            caption_all(sources, server=server, out=out, options=options, concurrency=concurrency, api_key=api_key)
+        )
     console.print(f"captioned {ok}, failed {failed}, results in {out}")
     if failed:
         raise typer.Exit(1)

@@ -213,6 +213,12 @@ class Settings(BaseSettings):
     gil_switch_interval_ms: float = Field(default=1.0, gt=0.0, le=100.0)
     # Durable state (Azure spend, router outcomes, batches): SQLite under this folder; None: ~/.local/state/msserve
     state_dir: Path | None = None
+    # --- Batch API (server.batch): /v1/files and /v1/batches, state in the state database, files beside it ---
+    batch_concurrency: int = Field(default=2, ge=1)  # batch lines running at once, all batches together
+    batch_max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)  # one uploaded file (OpenAI's 200 MB)
+    batch_max_lines: int = Field(default=50_000, ge=1)  # requests in one batch input file (OpenAI's 50,000)
+    batch_max_disk_bytes: int = Field(default=10 * 1024**3, ge=1)  # all stored batch files of all keys together
+    batch_retention_s: float = Field(default=30 * 86400, gt=0)  # files and finished batches are deleted after this
     log_contents: bool = False  # put prompt text (and image sizes/hashes, never pixels) in the request log
     recent_requests: int = 200  # size of the recent-requests ring buffer the dashboard shows
 

@@ -112,6 +112,9 @@ class GenerationRequest(BaseModel):
     # False: the caller needs only the whole answer, so an engine may produce it in one piece (Azure then asks
     # for a non-streamed completion: one JSON body instead of an event per token).
     stream: bool = True
+    # Scheduling priority, lower first (vLLM's convention): live requests 0, batch lines higher. Honoured by vLLM
+    # under its priority scheduler, and by the transformers engine's wait queue.
+    priority: int = 0
 
     @property
     def image_count(self) -> int:

@@ -34,7 +34,7 @@ def instruction(options: CaptionOptions) -> str:
 
 async def caption_images(
     images: list[tuple[str | None, ImagePart]], options: CaptionOptions, services: Services, request_id: str,
-    route: str | None, *, deadline: float | None = None,
+    route: str | None, *, deadline: float | None = None, priority: int = 0,
 ) -> CaptionResponse:
     deadline = deadline or new_deadline(services.settings)
 
@@ -48,6 +48,7 @@ async def caption_images(
             ),
             deadline=deadline,
             stream=False,
+            priority=priority,
         )
         routed = await services.dispatcher.dispatch(request, route, stream=False)
         result = await collect(routed)

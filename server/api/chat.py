@@ -16,12 +16,11 @@ from server.api import chat_service
 from server.api.aliases import resolve_route
 from server.api.deps import Services, get_services
 from server.api.feedback import learning_runtime
-from server.api.fingerprint import azure_fingerprint, local_fingerprint
+from server.api.fingerprint import system_fingerprint
 from server.api.lifetime import guard, new_deadline
 from server.api.permissions import check_route_permission
 from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, completion_id
 from server.middleware.request_id import engine_request_id
-from server.routing.dispatch import Routed
 from server.telemetry import observe_routed
 
 router = APIRouter()
@@ -111,13 +110,3 @@ async def _chat(
 
     # Image fetches, the wait for the engine and a non-streamed answer stop when the client leaves or time is up.
     return await guard(request, deadline, answer())
-
-
-def system_fingerprint(routed: Routed, services: Services) -> str:
-    """Azure's own fingerprint when it sent one, else that of the configuration that answered."""
-    if routed.first.system_fingerprint:
-        return routed.first.system_fingerprint
-    if routed.decision.tier == "azure":
-        settings = services.settings
-        return azure_fingerprint(settings.azure_endpoint, settings.azure_deployment, settings.azure_api_version)
-    return local_fingerprint(services.profile, getattr(services.engine, "model_dir", None))

@@ -13,7 +13,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from server.api.deps import Services
 from server.config import ModelProfile
+from server.routing.dispatch import Routed
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "config.json", "params.json", "tekken.json")
 
@@ -53,3 +55,13 @@ def local_fingerprint(profile: ModelProfile, model_dir: Path | None) -> str:
 def azure_fingerprint(endpoint: str | None, deployment: str | None, api_version: str | None) -> str:
     """For an Azure answer that carried no fingerprint of its own: the escalation target's configuration."""
     return fingerprint("azure", endpoint or "", deployment or "", api_version or "")
+
+
+def system_fingerprint(routed: Routed, services: Services) -> str:
+    """Azure's own fingerprint when it sent one, else that of the configuration that answered."""
+    if routed.first.system_fingerprint:
+        return routed.first.system_fingerprint
+    if routed.decision.tier == "azure":
+        settings = services.settings
+        return azure_fingerprint(settings.azure_endpoint, settings.azure_deployment, settings.azure_api_version)
+    return local_fingerprint(services.profile, getattr(services.engine, "model_dir", None))

@@ -28,6 +28,7 @@ from server.engines.hf_sampling import HF_EXTRAS, generate_kwargs
 from server.engines.loading import in_load_thread
 from server.engines.mistral_format import EncodedPrompt, MistralChatFormat
 from server.engines.mistral_tools import ToolCallParser
+from server.engines.priority_gate import PriorityGate
 from server.engines.stops import StopMatcher
 from server.errors import DeadlineExceededError, EngineUnavailableError, InvalidRequestError, RateLimitError
 from server.hub import resolve_model_dir
@@ -54,7 +55,7 @@ class HFEngine:
         self._model: Any = None
         self._format: MistralChatFormat | None = None
         self._device = "cpu"
-        self._slot = asyncio.Semaphore(1)
+        self._slot = PriorityGate()  # live requests before waiting batch lines
         self._waiting = 0
         self._running = 0
 
@@ -143,7 +144,7 @@ class HFEngine:
         self._waiting += 1
         try:
             timeout = None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
-            await asyncio.wait_for(self._slot.acquire(), timeout)
+            await asyncio.wait_for(self._slot.acquire(request.priority), timeout)
         except TimeoutError as exc:
             raise DeadlineExceededError("request timed out waiting for the engine", code="queue_timeout") from exc
         finally:

@@ -219,7 +219,11 @@ class VLLMEngine:
         self._in_flight += 1
         finished = False
         completion_tokens = 0
-        stream = llm.generate(engine_input, params, request.request_id, priority=extra.priority)
+        # A client's own priority (vLLM's field) wins; else batch lines (request.priority) wait behind live ones.
+        # vLLM refuses a non-zero priority without its priority scheduler (the default here; a profile may say fcfs).
+        policy = self.profile.engine_options.get("scheduling_policy", DEFAULT_SCHEDULING_POLICY)
+        priority = (extra.priority or request.priority) if policy == "priority" else 0
+        stream = llm.generate(engine_input, params, request.request_id, priority=priority)
         try:
             async for output in _until(stream, request.deadline):
                 completion = output.outputs[0]

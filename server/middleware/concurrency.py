@@ -148,8 +148,11 @@ class Limiter:
 
 
 def is_limited(scope: Scope) -> bool:
+    path: str = scope.get("path", "")
+    if path.startswith(("/v1/files", "/v1/batches")):
+        return False  # file and batch bookkeeping never holds a model slot (batch lines have their own cap)
     # /openai/...: Azure's path forms of the same endpoints
-    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(("/v1/", "/openai/"))
+    return scope["type"] == "http" and scope["method"] == "POST" and path.startswith(("/v1/", "/openai/"))
 
 
 class ConcurrencyLimitMiddleware:

@@ -116,7 +116,8 @@ async def test_hf_engine_keeps_the_deadline_while_generating(hf_engine: HFEngine
 
 async def test_past_its_deadline_a_chat_request_is_504_and_frees_the_engine(hf_engine: HFEngine) -> None:
     app = create_app(Settings(host=LOOPBACK, port=0, request_timeout_s=1.0), engine=hf_engine)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", timeout=120) as client:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=120) as client:
         body = {"messages": [{"role": "user", "content": "go on forever"}], **LONG}
         response = await client.post("/v1/chat/completions", json=body)
         assert response.status_code == 504

@@ -28,6 +28,7 @@ def start_scripted_server(tmp_dir: Path, env_overrides: dict[str, str] | None = 
                           ready_timeout: float = 60.0, ready_path: str = "/ready") -> LiveServer:
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MSSERVE_", "OPS_"))}
+    # Durable state (batches, spend) under the test's folder, never in the user's home.
     env = {**clean, "MSSERVE_LOG_LEVEL": "info", "MSSERVE_STATE_DIR": str(tmp_dir / "state"), **(env_overrides or {})}
     return launch([sys.executable, str(SCRIPT), str(port)], tmp_dir, env, port=port, ready_timeout=ready_timeout,
                   ready_path=ready_path)

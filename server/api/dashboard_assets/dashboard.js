@@ -90,7 +90,36 @@
     $("c-breaker").textContent = s.azure_configured ? s.breaker : "not configured";
     renderRows(s.recent, highlight);
   }
+  // The signed-in key's batches (the Batch API lists only the caller's own), newest first, with their progress.
+  async function refreshBatches() {
+    const response = await fetch("/v1/batches?limit=20", { headers: authHeaders(), credentials: "same-origin" });
+    if (!response.ok) return;
+    const page = await response.json();
+    const body = $("batches");
+    body.replaceChildren();
+    for (const b of page.data) {
+      const counts = b.request_counts || { total: 0, completed: 0, failed: 0 };
+      const tr = document.createElement("tr");
+      tr.dataset.batchId = b.id;
+      cell(tr, new Date(b.created_at * 1000).toLocaleString());
+      cell(tr, b.id);
+      cell(tr, b.endpoint);
+      cell(tr, b.status);
+      const td = document.createElement("td");
+      const bar = document.createElement("progress");
+      bar.max = Math.max(counts.total, 1);
+      bar.value = counts.completed + counts.failed;
+      td.appendChild(bar);
+      tr.appendChild(td);
+      cell(tr, counts.completed);
+      cell(tr, counts.failed);
+      cell(tr, counts.total);
+      body.appendChild(tr);
+    }
+  }
   setInterval(refresh, 3000);
+  setInterval(refreshBatches, 3000);
+  refreshBatches();
 
   // -- upload ------------------------------------------------------------------------------------------------
   $("upload").addEventListener("submit", async (event) => {

@@ -1,0 +1,84 @@
+"""The Files API for batches: POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET /v1/files/{id}/content.
+
+Uploads stream to disk (server.batch.files) outside the per-request body limit and the model slots; they are
+capped by MSSERVE_BATCH_MAX_FILE_BYTES and MSSERVE_BATCH_MAX_DISK_BYTES instead. A file is its uploader's:
+another API key gets 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse
+
+from server.api.deps import Services, get_services
+from server.api.protocol import ErrorResponse
+from server.batch.lifecycle import KEY
+from server.batch.protocol import FileDeleted, FileObject, Page
+from server.batch.service import BatchService
+from server.errors import EngineUnavailableError
+
+router = APIRouter()
+_ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415)}
+_UPLOAD_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file", "purpose"],
+        "properties": {"file": {"type": "string", "format": "binary"},
+                       "purpose": {"type": "string", "enum": ["batch"]}},
+    }}},
+}
+
+
+def batch_service(services: Annotated[Services, Depends(get_services)]) -> BatchService:
+    service = services.extras.get(KEY)
+    if not isinstance(service, BatchService):
+        raise EngineUnavailableError("the batch API is not available on this server", code="batches_unavailable")
+    return service
+
+
+def owner_of(request: Request) -> str:
+    """The API key's name; with no keys configured every caller is the same, unnamed owner."""
+    name = getattr(request.state, "key_name", None)
+    return name if isinstance(name, str) else ""
+
+
+Batches = Annotated[BatchService, Depends(batch_service)]
+
+
+@router.post("/v1/files", response_model=FileObject, responses=_ERRORS, openapi_extra={"requestBody": _UPLOAD_BODY})
+async def upload_file(request: Request, service: Batches) -> FileObject:
+    return await service.upload(request, owner_of(request))
+
+
+@router.get("/v1/files", response_model=Page, responses=_ERRORS)
+async def list_files(
+    request: Request,
+    service: Batches,
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+    order: Literal["asc", "desc"] = "desc",
+) -> Page:
+    files, more = await asyncio.to_thread(service.store.list_files, owner_of(request), purpose=purpose, after=after,
+                                          limit=limit, ascending=order == "asc")
+    return Page(data=files, first_id=files[0].id if files else None, last_id=files[-1].id if files else None,
+                has_more=more)
+
+
+@router.get("/v1/files/{file_id}", response_model=FileObject, responses=_ERRORS)
+async def get_file(file_id: str, request: Request, service: Batches) -> FileObject:
+    return await service.file(file_id, owner_of(request))
+
+
+@router.get("/v1/files/{file_id}/content", responses={200: {"content": {"application/octet-stream": {}}}, **_ERRORS})
+async def file_content(file_id: str, request: Request, service: Batches) -> FileResponse:
+    path = await service.file_path(file_id, owner_of(request))
+    return FileResponse(path, media_type="application/octet-stream")
+
+
+@router.delete("/v1/files/{file_id}", response_model=FileDeleted, responses=_ERRORS)
+async def delete_file(file_id: str, request: Request, service: Batches) -> FileDeleted:
+    return await service.delete_file(file_id, owner_of(request))
