@@ -133,16 +133,6 @@ class Settings(BaseSettings):
     image_fetch_dns_timeout_s: float = Field(default=5.0, gt=0)  # one lookup of an image URL's host
     image_fetch_dns_workers: int = Field(default=4, ge=1)  # lookups at once (their own threads)
 
-    @field_validator("image_fetch_allowlist", mode="before")
-    @classmethod
-    def _split_allowlist(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [item.strip() for item in text.split(",") if item.strip()]
-        return value
-
     # Hugging Face hub
     hf_token: SecretStr | None = None  # falls back to HF_TOKEN
 
@@ -235,9 +225,12 @@ class Settings(BaseSettings):
     # Proxies (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto are believed. Empty: none.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("admin_keys", "azure_keys", "allowed_hosts", "trusted_proxies", mode="before")
+    @field_validator(
+        "image_fetch_allowlist", "admin_keys", "azure_keys", "allowed_hosts", "trusted_proxies", mode="before"
+    )
     @classmethod
-    def _split_names(cls, value: Any) -> Any:
+    def _split_lists(cls, value: Any) -> Any:
+        """A JSON list, or comma-separated (what an environment variable can hold)."""
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):

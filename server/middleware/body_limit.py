@@ -48,7 +48,7 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "POST" and scope["path"] == "/v1/files":
+        if scope.get("method") == "POST" and scope.get("path") == "/v1/files":
             await self.app(scope, receive, send)  # batch uploads stream to disk under their own caps
             return
         declared = _content_length(scope)

@@ -18,7 +18,7 @@ from openai import OpenAI
 from tests.conftest import REPO, LiveServer, start_server, stop_server
 from tests.images import image_bytes, jpeg_url
 
-KEYS = {"alice": "sk-alice-test", "bob": "sk-bob-test"}
+KEYS = {"alice": "sk-alice-test-0123456789", "bob": "sk-bob-test-0123456789"}
 MAX_FILE = 64 * 1024
 MAX_DISK = 512 * 1024
 MAX_LINES = 40

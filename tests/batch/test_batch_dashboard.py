@@ -14,7 +14,7 @@ from tests.conftest import stop_server
 from tests.ops.conftest import start_scripted_server
 from tests.ops.test_ops_dashboard import CHROMIUM_ARGS
 
-KEYS = {"dash": "sk-dash-batch", "other": "sk-other-batch"}
+KEYS = {"dash": "sk-dash-batch-0123456789", "other": "sk-other-batch-0123456789"}
 
 
 def test_dashboard_lists_own_batches_with_progress(tmp_path: Path) -> None:
