@@ -4,7 +4,7 @@
 
 Any OpenAI server on this engine (ours, `vllm serve`) renders each chat with vLLM's renderer, hands it to
 ``AsyncLLM.generate`` and streams what comes back; this process does only the first two, with the same engine
-arguments (server.engines.vllm.engine_args), the same request bodies and the same schedule (bench_common's
+arguments (server.engines.vllm_mapping.engine_args), the same request bodies and the same schedule (bench_common's
 drive_load), and no client, HTTP, validation or SSE in the way. Its requests/s over `vllm serve`'s is the most that
 any API layer could gain over vLLM's own with the same engine settings on this machine.
 
@@ -164,7 +164,7 @@ def start_engine(profile_name: str) -> tuple[Any, Any]:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     from server.config import load_profile
-    from server.engines.vllm import engine_args
+    from server.engines.vllm_mapping import engine_args
 
     profile = load_profile(profile_name)
     model_dir = profile.local_path()

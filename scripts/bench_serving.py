@@ -4,7 +4,7 @@
                                                    [--rate R] [--direct] [--thin] [--baseline-env KEY=VALUE]
 
 Starts, from the interpreter running this script (a venv with vllm and this project's dependencies):
-  A  `vllm serve <model>` with the flags derived from the profile (server.engines.vllm.engine_args, so the
+  A  `vllm serve <model>` with the flags derived from the profile (server.engines.vllm_mapping.engine_args, so the
      engine settings are the very ones our engine passes to AsyncEngineArgs), and
   B  `python -m server serve --profile tiny-mistral3-vllm`,
 both on 127.0.0.1, in parallel. Then it drives them with the same requests (N concurrent streaming chat
@@ -91,7 +91,7 @@ from bench_common import (
 from bench_engine_direct import DirectEngine
 
 from server.config import load_profile
-from server.engines.vllm import engine_args
+from server.engines.vllm_mapping import engine_args
 
 Contender = Service | DirectEngine
 

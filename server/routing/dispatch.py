@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -31,6 +31,7 @@ from server.errors import (
     RateLimitError,
     UpstreamError,
 )
+from server.routing import streams
 from server.routing.azure_call import AzureBlocked, AzureCall
 from server.routing.decision import Decision, Tier, local_only
 from server.routing.policy import RoutingPolicy, confidence
@@ -54,100 +55,6 @@ class Routed(BaseModel):
     model: str  # the model that answers
     first: GenerationChunk
     rest: AsyncIterator[GenerationChunk]
-
-
-async def _aclose(stream: AsyncIterator[GenerationChunk]) -> None:
-    close = getattr(stream, "aclose", None)
-    if close is not None:
-        await close()
-
-
-async def _start(engine: Engine, request: GenerationRequest) -> tuple[GenerationChunk, AsyncIterator[GenerationChunk]]:
-    chunks = engine.generate(request)
-    try:
-        return await anext(chunks), chunks
-    except StopAsyncIteration:
-        return GenerationChunk(finish_reason="stop"), chunks
-    except BaseException:
-        await _aclose(chunks)
-        raise
-
-
-async def _collect(engine: Engine, request: GenerationRequest) -> list[GenerationChunk]:
-    chunks = engine.generate(request)
-    try:
-        return [chunk async for chunk in chunks] or [GenerationChunk(finish_reason="stop")]
-    finally:
-        await _aclose(chunks)
-
-
-async def _replay(chunks: Sequence[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
-    for chunk in chunks:
-        yield chunk
-
-
-class _Tracked:
-    """Pass a stream through and report its usage once when it ends, however it ends.
-
-    A class, not an async generator: a generator closed before its first ``__anext__`` never runs its
-    ``finally``, and the API layer may close ``rest`` without reading it (client gone after the first chunk).
-    """
-
-    def __init__(
-        self,
-        inner: AsyncIterator[GenerationChunk],
-        usage: Usage | None,
-        on_done: Callable[[Usage | None, BaseException | None], None],
-        on_chunk: Callable[[GenerationChunk], None] | None = None,
-    ) -> None:
-        self._inner = inner
-        self._usage = usage
-        self._on_done = on_done
-        self._on_chunk = on_chunk
-        self._done = False
-
-    def __del__(self) -> None:
-        # Dropped without being read to its end or closed: still report, so an Azure reservation is settled.
-        if not getattr(self, "_done", True):
-            self._done = True
-            self._on_done(self._usage, None)
-
-    def __aiter__(self) -> _Tracked:
-        return self
-
-    async def __anext__(self) -> GenerationChunk:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            chunk = await anext(self._inner)
-        except StopAsyncIteration:
-            await self._finish(None)
-            raise
-        except BaseException as exc:
-            await self._finish(exc)
-            raise
-        if chunk.usage is not None:
-            self._usage = chunk.usage
-        if self._on_chunk is not None:
-            self._on_chunk(chunk)
-        return chunk
-
-    async def aclose(self) -> None:
-        await self._finish(None)
-
-    async def _finish(self, error: BaseException | None) -> None:
-        if self._done:
-            return
-        self._done = True
-        try:
-            await _aclose(self._inner)
-        finally:
-            self._on_done(self._usage, error)
-
-
-def _usage(chunks: Sequence[GenerationChunk]) -> Usage:
-    found = [chunk.usage for chunk in chunks if chunk.usage is not None]
-    return found[-1] if found else Usage()
 
 
 def unsupported_by(engine: Engine | None, request: GenerationRequest) -> str | None:
@@ -285,7 +192,7 @@ class Dispatcher:
         """The first chunk from Azure; however the start fails, the call's reservation and permit are settled."""
         assert self.azure is not None
         try:
-            first, rest = await _start(self.azure, request)
+            first, rest = await streams.start(self.azure, request)
         except BaseException as exc:
             self._account_azure(call.finish(exc))
             raise
@@ -310,7 +217,7 @@ class Dispatcher:
     async def _local(self, request: GenerationRequest, decision: Decision, *, may_escalate: bool = True) -> Routed:
         """Local, or Azure when the local engine refuses (down, queue full) and escalation is allowed."""
         try:
-            first, rest = await _start(self.local, request)
+            first, rest = await streams.start(self.local, request)
         except (EngineUnavailableError, RateLimitError) as exc:
             if not may_escalate or self.azure is None:
                 raise
@@ -369,7 +276,7 @@ class Dispatcher:
                 usage = call.finish(error, usage)
             self.policy.account([(tier, usage or Usage())])
 
-        return _Tracked(rest, first.usage, done, call.observe if call is not None else None)
+        return streams.Tracked(rest, first.usage, done, call.observe if call is not None else None)
 
     # -- cascade ---------------------------------------------------------------------------------------------
     async def _cascade(self, request: GenerationRequest) -> Routed:
@@ -377,7 +284,7 @@ class Dispatcher:
         probe = request.model_copy(deep=True)
         probe.sampling.logprobs = True
         try:
-            local_chunks = await _collect(self.local, probe)
+            local_chunks = await streams.collect(self.local, probe)
         except (EngineUnavailableError, RateLimitError) as exc:
             decision = Decision(
                 tier="azure",
@@ -389,7 +296,7 @@ class Dispatcher:
         score = confidence([lp for chunk in local_chunks for lp in chunk.logprobs])
         if not request.sampling.logprobs:
             local_chunks = [chunk.model_copy(update={"logprobs": []}) for chunk in local_chunks]
-        local_usage = _usage(local_chunks)
+        local_usage = streams.usage(local_chunks)
         threshold = self.policy.cascade_threshold
         if score is None or score >= threshold:
             reason = (
@@ -431,7 +338,7 @@ class Dispatcher:
         """A whole Azure answer and the usage charged for it; the call is settled however it ends."""
         assert self.azure is not None
         try:
-            chunks = await _collect(self.azure, request)
+            chunks = await streams.collect(self.azure, request)
         except BaseException as exc:
             self._account_azure(call.finish(exc))
             raise
@@ -451,7 +358,7 @@ class Dispatcher:
     ) -> Routed:
         assert self.azure is not None
         # The client sees what Azure reported; the budget was charged azure_billed (an estimate if it reported none).
-        azure_usage = _usage(azure_chunks)
+        azure_usage = streams.usage(azure_chunks)
         # The response's usage counts both calls: the client's request paid for both.
         total = Usage(
             prompt_tokens=local_usage.prompt_tokens + azure_usage.prompt_tokens,
@@ -469,4 +376,4 @@ class Dispatcher:
         """A complete (collected) answer: accounted now, replayed as a stream."""
         self.policy.account(calls)
         model = next((chunk.model for chunk in chunks if chunk.model), None) or engine.name
-        return Routed(decision=decision, model=model, first=chunks[0], rest=_replay(chunks[1:]))
+        return Routed(decision=decision, model=model, first=chunks[0], rest=streams.replay(chunks[1:]))

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from server.config import Settings
-from server.engines.azure import forwarded_image
+from server.engines.azure_wire import forwarded_image
 from server.errors import ImageError
 from server.media import ImageIntake
 from tests.media.media_helpers import (

@@ -14,11 +14,10 @@ from PIL import Image
 
 from server.config import Settings, load_profile
 from server.engines.extras import refuse_unsupported
-from server.engines.vllm import (
+from server.engines.vllm import VLLMEngine, _until
+from server.engines.vllm_mapping import (
     INLINE_RENDER_MAX_CHARS,
-    VLLMEngine,
     _logprobs,
-    _until,
     engine_args,
     finish_reason,
     image_data_urls,
@@ -148,7 +147,7 @@ def test_finish_reason_reports_tool_calls_unless_cut_by_length() -> None:
 
 
 def test_openai_tool_call_ids_become_mistral_ids() -> None:
-    from server.engines.vllm import mistral_call_id
+    from server.engines.vllm_mapping import mistral_call_id
 
     assert mistral_call_id("call_abc123XYZ789") == "123XYZ789"
     assert mistral_call_id("a1b2c3d4e") == "a1b2c3d4e"
@@ -251,7 +250,7 @@ def test_images_travel_to_mistral_common_as_lossless_data_urls_in_order(size: tu
 
     import numpy as np
 
-    from server.engines import vllm
+    from server.engines import vllm_mapping as vllm
 
     offloaded = []
 

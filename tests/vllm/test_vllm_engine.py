@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from server.engines.vllm import INLINE_RENDER_MAX_CHARS
+from server.engines.vllm_mapping import INLINE_RENDER_MAX_CHARS
 from tests.conftest import LiveServer
 from tests.images import png_url
 from tests.prompt_tokens import expected_prompt_tokens
@@ -117,7 +117,7 @@ def test_eight_concurrent_requests_complete(vllm_client) -> None:
 
 def test_prompts_rendered_inline_and_in_vllms_pools_at_once_count_what_they_count_alone(vllm_client) -> None:
     # Short text renders on the event loop, long text and images in vLLM's renderer threads
-    # (server.engines.vllm.renders_inline); sharing the tokenizer across them must not change a prompt.
+    # (server.engines.vllm_mapping.renders_inline); sharing the tokenizer across them must not change a prompt.
     long_text = "Tell me about the tides and the moon. " * 80
     assert len(long_text) > INLINE_RENDER_MAX_CHARS
     contents: list[object] = [f"Short request {n}" for n in range(4)]
