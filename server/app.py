@@ -56,7 +56,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
     )
     telemetry = Telemetry(settings, services)  # metrics, request log, recent requests
     if learning is not None:
-        services.extras["learning"] = learning
+        services.learning = learning
         telemetry.registry.register(LearningCollector(learning.attach(dispatcher, azure)))
     telemetry.registry.register(BatchCollector(services))
 

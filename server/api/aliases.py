@@ -16,8 +16,6 @@ from server.api.deps import Services
 from server.errors import NotFoundError
 from server.routing.dispatch import parse_route
 
-_CACHE_KEY = "model_names"
-
 
 @dataclass(frozen=True)
 class ModelNames:
@@ -26,9 +24,8 @@ class ModelNames:
 
     @classmethod
     def from_services(cls, services: Services) -> ModelNames:
-        cached = services.extras.get(_CACHE_KEY)
-        if isinstance(cached, ModelNames):
-            return cached
+        if services.model_names is not None:
+            return services.model_names
         settings = services.settings
         served = tuple(dict.fromkeys([services.engine.name, services.profile.name]))
         aliases: dict[str, str] = {}
@@ -36,7 +33,7 @@ class ModelNames:
             aliases[settings.azure_deployment] = "auto"  # the router decides, as for a request naming no model
         aliases.update(settings.model_aliases)
         names = cls(served, {name: route for name, route in aliases.items() if name not in served})
-        services.extras[_CACHE_KEY] = names
+        services.model_names = names
         return names
 
     @property

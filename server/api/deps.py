@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -10,6 +11,11 @@ from server.config import ModelProfile, Settings
 from server.engines.base import Engine
 from server.media import ImageIntake
 from server.routing.dispatch import Dispatcher
+
+if TYPE_CHECKING:  # the runtime pulls in the learning stack; the API needs only its type here
+    from server.api.aliases import ModelNames
+    from server.batch.service import BatchService
+    from server.routing.runtime import LearningRuntime
 
 
 @dataclass
@@ -21,7 +27,9 @@ class Services:
     intake: ImageIntake
     started_at: float = 0.0
     draining: bool = False
-    extras: dict[str, object] = field(default_factory=dict)
+    learning: LearningRuntime | None = None  # router learning (outcome store, shadow, reload); None: off
+    batches: BatchService | None = None  # the Files and Batch APIs; None: not started or unavailable
+    model_names: ModelNames | None = None  # served names and aliases, computed once (server.api.aliases)
 
 
 async def get_services(request: Request) -> Services:  # async: FastAPI runs sync dependencies in a thread

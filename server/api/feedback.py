@@ -31,8 +31,7 @@ class Feedback(BaseModel):
 
 
 def learning_runtime(services: Services) -> LearningRuntime | None:
-    runtime = services.extras.get("learning")
-    return runtime if isinstance(runtime, LearningRuntime) else None
+    return services.learning
 
 
 @router.post("/v1/feedback", status_code=204, response_class=Response, responses=_ERRORS)

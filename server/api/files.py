@@ -15,7 +15,6 @@ from fastapi.responses import FileResponse
 
 from server.api.deps import Services, get_services
 from server.api.protocol import ErrorResponse
-from server.batch.lifecycle import KEY
 from server.batch.protocol import FileDeleted, FileObject, Page
 from server.batch.service import BatchService
 from server.errors import EngineUnavailableError
@@ -33,8 +32,8 @@ _UPLOAD_BODY: dict[str, Any] = {
 
 
 def batch_service(services: Annotated[Services, Depends(get_services)]) -> BatchService:
-    service = services.extras.get(KEY)
-    if not isinstance(service, BatchService):
+    service = services.batches
+    if service is None:
         raise EngineUnavailableError("the batch API is not available on this server", code="batches_unavailable")
     return service
 

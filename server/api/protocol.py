@@ -215,29 +215,6 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str  # server/api/fingerprint.py
 
 
-class Delta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    tool_calls: list[ToolCallOut] | None = None
-
-
-class ChunkChoice(BaseModel):
-    index: int = 0
-    delta: Delta
-    finish_reason: str | None = None
-    logprobs: ChoiceLogprobs | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: UsageOut | None = None
-    system_fingerprint: str
-
-
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

@@ -10,7 +10,6 @@ from server.api.deps import Services
 from server.batch.service import BatchService
 
 log = logging.getLogger(__name__)
-KEY = "batches"  # in Services.extras
 
 
 def open_batches(services: Services, *, live_waiting: Callable[[], int]) -> BatchService | None:
@@ -22,13 +21,13 @@ def open_batches(services: Services, *, live_waiting: Callable[[], int]) -> Batc
         log.error("batch API unavailable: cannot open its state (%s); set MSSERVE_STATE_DIR to a writable folder",
                   exc)
         return None
-    services.extras[KEY] = service
+    services.batches = service
     service.worker.start()
     return service
 
 
 async def close_batches(services: Services) -> None:
-    service = services.extras.pop(KEY, None)
-    if isinstance(service, BatchService):
+    service, services.batches = services.batches, None
+    if service is not None:
         await service.worker.stop()
         service.close()

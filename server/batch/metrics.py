@@ -9,8 +9,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.api.deps import Services
-from server.batch.lifecycle import KEY
-from server.batch.service import BatchService
 
 
 class BatchCollector(Collector):
@@ -21,8 +19,8 @@ class BatchCollector(Collector):
         return []  # dynamic values: the registry must not collect at registration
 
     def collect(self) -> Iterator[Any]:
-        service = self.services.extras.get(KEY)
-        if not isinstance(service, BatchService):
+        service = self.services.batches
+        if service is None:
             return
         worker = service.worker
         yield CounterMetricFamily("msserve_batch_lines_done", "Batch lines answered with a 2xx since start",

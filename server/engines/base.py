@@ -12,6 +12,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+from server.errors import InvalidRequestError
 from server.types import GenerationChunk, GenerationRequest
 
 
@@ -49,3 +50,22 @@ class Engine(Protocol):
     def health(self) -> EngineHealth: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
+
+
+def max_new_tokens(request: GenerationRequest, prompt_tokens: int, max_model_len: int) -> int:
+    """Tokens a local engine may generate: max_tokens, else what the context leaves; a 400 when they do not fit."""
+    room = max_model_len - prompt_tokens
+    if room <= 0:
+        raise InvalidRequestError(
+            f"the prompt is {prompt_tokens} tokens; this model's context is {max_model_len}",
+            code="context_length_exceeded",
+            param="messages",
+        )
+    wanted = request.sampling.max_tokens
+    if wanted is not None and wanted > room:
+        raise InvalidRequestError(
+            f"max_tokens {wanted} + prompt {prompt_tokens} tokens exceed the context of {max_model_len} tokens",
+            code="context_length_exceeded",
+            param="max_tokens",
+        )
+    return wanted or room

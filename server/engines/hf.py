@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from server.config import ModelProfile
-from server.engines.base import EngineCapabilities, EngineHealth
+from server.engines.base import EngineCapabilities, EngineHealth, max_new_tokens
 from server.engines.extras import refuse_unsupported
 from server.engines.hf_sampling import HF_EXTRAS, generate_kwargs
 from server.engines.loading import in_load_thread
@@ -119,7 +119,7 @@ class HFEngine:
                            "; the vLLM profiles take it")
         chat_format = self._format
         prompt = await asyncio.to_thread(chat_format.encode, request.messages, request.tools)
-        max_new = self._max_new_tokens(request, prompt)
+        max_new = max_new_tokens(request, len(prompt.tokens), self.profile.max_model_len)
 
         await self._acquire_slot(request)
         abort = threading.Event()
@@ -153,24 +153,6 @@ class HFEngine:
     def _release_slot(self, _future: asyncio.Future[None]) -> None:
         self._running -= 1
         self._slot.release()
-
-    def _max_new_tokens(self, request: GenerationRequest, prompt: EncodedPrompt) -> int:
-        room = self.profile.max_model_len - len(prompt.tokens)
-        if room <= 0:
-            raise InvalidRequestError(
-                f"the prompt is {len(prompt.tokens)} tokens; this model's context is {self.profile.max_model_len}",
-                code="context_length_exceeded",
-                param="messages",
-            )
-        wanted = request.sampling.max_tokens
-        if wanted is not None and wanted > room:
-            raise InvalidRequestError(
-                f"max_tokens {wanted} + prompt {len(prompt.tokens)} tokens exceed the context of "
-                f"{self.profile.max_model_len} tokens",
-                code="context_length_exceeded",
-                param="max_tokens",
-            )
-        return wanted or room
 
     async def _stream(
         self,

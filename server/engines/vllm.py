@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from server.config import ModelProfile, Settings
-from server.engines.base import EngineCapabilities, EngineHealth
+from server.engines.base import EngineCapabilities, EngineHealth, max_new_tokens
 from server.engines.cpu_placement import keep_off_worker_cores
 from server.engines.extras import refuse_unsupported
 from server.engines.loading import in_load_thread
@@ -43,7 +43,6 @@ from server.engines.vllm_mapping import (
     engine_args,
     finish_reason,
     image_data_urls,
-    max_new_tokens,
     renders_inline,
     sampling_kwargs,
     structured_output_kwargs,

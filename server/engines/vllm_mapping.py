@@ -85,24 +85,6 @@ def engine_args(profile: ModelProfile, model_dir: Path) -> dict[str, Any]:
     return args
 
 
-def max_new_tokens(request: GenerationRequest, prompt_tokens: int, max_model_len: int) -> int:
-    room = max_model_len - prompt_tokens
-    if room <= 0:
-        raise InvalidRequestError(
-            f"the prompt is {prompt_tokens} tokens; this model's context is {max_model_len}",
-            code="context_length_exceeded",
-            param="messages",
-        )
-    wanted = request.sampling.max_tokens
-    if wanted is not None and wanted > room:
-        raise InvalidRequestError(
-            f"max_tokens {wanted} + prompt {prompt_tokens} tokens exceed the context of {max_model_len} tokens",
-            code="context_length_exceeded",
-            param="max_tokens",
-        )
-    return wanted or room
-
-
 def finish_reason(vllm_reason: str | None, called_tools: bool) -> FinishReason:
     if vllm_reason == "length":
         return "length"

@@ -135,8 +135,6 @@ class Dispatcher:
                 decision = Decision(tier="azure", reason=f"{why}; escalated", reason_class="overload")
                 return await self._azure(request, decision, call=call)
         decision = await self._decide(request)
-        if decision.cascade and not stream:  # the router itself may ask for a cascade
-            return await self._cascade(request)
         if streamed_cascade:
             decision = decision.model_copy(
                 update={"reason": f"cascade needs a non-streamed request; {decision.reason}"}

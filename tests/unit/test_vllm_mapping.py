@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from server.config import Settings, load_profile
+from server.engines.base import max_new_tokens
 from server.engines.extras import refuse_unsupported
 from server.engines.vllm import VLLMEngine, _until
 from server.engines.vllm_mapping import (
@@ -21,7 +22,6 @@ from server.engines.vllm_mapping import (
     engine_args,
     finish_reason,
     image_data_urls,
-    max_new_tokens,
     renders_inline,
     sampling_kwargs,
     structured_output_kwargs,
