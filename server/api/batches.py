@@ -19,25 +19,32 @@ router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409)}
 
 
-@router.post("/v1/batches", response_model=Batch, responses=_ERRORS)
+@router.post("/v1/batches", response_model=Batch, response_model_exclude_none=True, responses=_ERRORS)
 async def create_batch(body: CreateBatchRequest, request: Request, service: Batches) -> Batch:
     return await service.create(body, owner_of(request))
 
 
-@router.get("/v1/batches", response_model=Page, responses=_ERRORS)
+@router.get("/v1/batches", response_model=Page, response_model_exclude_none=True, responses=_ERRORS)
 async def list_batches(
-    request: Request, service: Batches, after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    request: Request,
+    service: Batches,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Page:
     batches, more = await asyncio.to_thread(service.store.list_batches, owner_of(request), after=after, limit=limit)
-    return Page(data=batches, first_id=batches[0].id if batches else None,
-                last_id=batches[-1].id if batches else None, has_more=more)
+    return Page(
+        data=batches,
+        first_id=batches[0].id if batches else None,
+        last_id=batches[-1].id if batches else None,
+        has_more=more,
+    )
 
 
-@router.get("/v1/batches/{batch_id}", response_model=Batch, responses=_ERRORS)
+@router.get("/v1/batches/{batch_id}", response_model=Batch, response_model_exclude_none=True, responses=_ERRORS)
 async def get_batch(batch_id: str, request: Request, service: Batches) -> Batch:
     return await service.batch(batch_id, owner_of(request))
 
 
-@router.post("/v1/batches/{batch_id}/cancel", response_model=Batch, responses=_ERRORS)
+@router.post("/v1/batches/{batch_id}/cancel", response_model=Batch, response_model_exclude_none=True, responses=_ERRORS)
 async def cancel_batch(batch_id: str, request: Request, service: Batches) -> Batch:
     return await service.cancel(batch_id, owner_of(request))

@@ -23,11 +23,18 @@ router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415)}
 _UPLOAD_BODY: dict[str, Any] = {
     "required": True,
-    "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file", "purpose"],
-        "properties": {"file": {"type": "string", "format": "binary"},
-                       "purpose": {"type": "string", "enum": ["batch"]}},
-    }}},
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "purpose"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "purpose": {"type": "string", "enum": ["batch"]},
+                },
+            }
+        }
+    },
 }
 
 
@@ -47,12 +54,18 @@ def owner_of(request: Request) -> str:
 Batches = Annotated[BatchService, Depends(batch_service)]
 
 
-@router.post("/v1/files", response_model=FileObject, responses=_ERRORS, openapi_extra={"requestBody": _UPLOAD_BODY})
+@router.post(
+    "/v1/files",
+    response_model=FileObject,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    openapi_extra={"requestBody": _UPLOAD_BODY},
+)
 async def upload_file(request: Request, service: Batches) -> FileObject:
     return await service.upload(request, owner_of(request))
 
 
-@router.get("/v1/files", response_model=Page, responses=_ERRORS)
+@router.get("/v1/files", response_model=Page, response_model_exclude_none=True, responses=_ERRORS)
 async def list_files(
     request: Request,
     service: Batches,
@@ -61,13 +74,15 @@ async def list_files(
     limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
     order: Literal["asc", "desc"] = "desc",
 ) -> Page:
-    files, more = await asyncio.to_thread(service.store.list_files, owner_of(request), purpose=purpose, after=after,
-                                          limit=limit, ascending=order == "asc")
-    return Page(data=files, first_id=files[0].id if files else None, last_id=files[-1].id if files else None,
-                has_more=more)
+    files, more = await asyncio.to_thread(
+        service.store.list_files, owner_of(request), purpose=purpose, after=after, limit=limit, ascending=order == "asc"
+    )
+    return Page(
+        data=files, first_id=files[0].id if files else None, last_id=files[-1].id if files else None, has_more=more
+    )
 
 
-@router.get("/v1/files/{file_id}", response_model=FileObject, responses=_ERRORS)
+@router.get("/v1/files/{file_id}", response_model=FileObject, response_model_exclude_none=True, responses=_ERRORS)
 async def get_file(file_id: str, request: Request, service: Batches) -> FileObject:
     return await service.file(file_id, owner_of(request))
 

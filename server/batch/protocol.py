@@ -24,7 +24,6 @@ class FileObject(BaseModel):
     purpose: str
     status: Literal["uploaded", "processed", "error"] = "processed"
     expires_at: int | None = None
-    status_details: str | None = None
 
 
 class FileDeleted(BaseModel):
