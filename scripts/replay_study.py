@@ -27,7 +27,7 @@ def main() -> None:
         "--data",
         type=Path,
         default=ROOT.parent / "shared" / "data",
-        help="the shared data folder (e.g. /work/shared/data)",
+        help="the shared data folder (e.g. ../shared/data beside the checkout)",
     )
     parser.add_argument("--shuffles", type=int, default=10)
     parser.add_argument("--prior", type=Path, default=None, help="prior weights (default: the shipped ones)")
