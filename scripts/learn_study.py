@@ -1,12 +1,17 @@
 """Candidate learners against the current one, by the protocol in docs/learning.md ("Raising the learned gain").
 
     python scripts/learn_study.py [--data ../shared/data] [--orders 8] [--cache DIR]
+    python scripts/learn_study.py --diagnose     # not part of the verdict: more labels, and in-sample ceilings
 
 Each source is one deployment. Its prior is the one scripts/train_router.py trains on the vendored outcomes
 without that source; the first N = min(300, n / 2) lines of an order are revealed; the gain is APGR(learned) -
 APGR(prior) on the rest. Orders: file order and ``--orders`` shuffles (seeds 0, 1, ...). Prints one markdown row
 per source and candidate (file-order gain, mean over the orders, s.d., worst) and the adoption rule's verdict.
 Features, embeddings and the four priors are computed once and cached (``--cache``).
+
+``--diagnose`` asks why, after the verdict: the mean gain over the shuffled orders with more revealed labels
+(1,000 and 3,000 on the two large sources), and each candidate fitted on *all* of a source's lines and scored on
+the same lines (an in-sample ceiling: what the method could find if it knew the whole traffic).
 """
 
 from __future__ import annotations
@@ -180,14 +185,56 @@ CANDIDATES: dict[str, Callable[[Rows, Rows], np.ndarray]] = {
 }
 
 
+def _orders(n: int, shuffles: int) -> list[np.ndarray]:
+    orders = [np.arange(n)]
+    for seed in range(shuffles):
+        shuffled = list(range(n))
+        random.Random(seed).shuffle(shuffled)  # the same orders as scripts/replay_study.py
+        orders.append(np.array(shuffled))
+    return orders
+
+
+def _gain(candidate: Callable[[Rows, Rows], np.ndarray], seen: Rows, rest: Rows) -> float:
+    prior = train_router._apgr_fast(rest["logit"], rest["weak"], rest["strong"])
+    return train_router._apgr_fast(candidate(seen, rest), rest["weak"], rest["strong"]) - prior
+
+
+def diagnose(table: dict[str, Rows], shuffles: int) -> None:
+    print("| source | revealed | candidate | mean gain over shuffled orders | worst |")
+    print("|---|---:|---|---:|---:|")
+    for source in ("mmlu", "mmlu-pro"):
+        rows = {**table[source], "label": labels(table[source]["weak"], table[source]["strong"])}
+        for revealed in (1000, 3000):
+            for name in ("C0 current", "C1 clusters", "C2 neighbours"):
+                gains = [
+                    _gain(
+                        CANDIDATES[name],
+                        {k: v[o[:revealed]] for k, v in rows.items()},
+                        {k: v[o[revealed:]] for k, v in rows.items()},
+                    )
+                    for o in _orders(len(rows["logit"]), shuffles)[1:]
+                ]
+                print(f"| {SOURCES[source][0]} | {revealed} | {name} | {np.mean(gains):+.3f} | {min(gains):+.3f} |")
+    print("\n| source | candidate | in-sample gain (fitted and scored on every line) |")
+    print("|---|---|---:|")
+    for source, rows in table.items():
+        rows = {**rows, "label": labels(rows["weak"], rows["strong"])}
+        for name in ("C0 current", "C1 clusters", "C2 neighbours"):
+            print(f"| {SOURCES[source][0]} | {name} | {_gain(CANDIDATES[name], rows, rows):+.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--orders", type=int, default=8, help="shuffled orders besides file order")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/msserve-learn-study"))
     parser.add_argument("--only", default=None, help="one candidate's name")
+    parser.add_argument("--diagnose", action="store_true", help="more labels and in-sample ceilings instead")
     args = parser.parse_args()
     table = prepare(args.data, args.cache)
+    if args.diagnose:
+        diagnose(table, args.orders)
+        return
     gains: dict[str, dict[str, list[float]]] = {name: {} for name in CANDIDATES}
     print("| source | n | N | candidate | prior APGR (file) | gain, file | gain, mean of orders | s.d. | worst |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
@@ -195,23 +242,17 @@ def main() -> None:
         n = len(rows["logit"])
         revealed = min(300, n // 2)
         rows = {**rows, "label": labels(rows["weak"], rows["strong"])}
-        orders = [np.arange(n)]
-        for seed in range(args.orders):
-            shuffled = list(range(n))
-            random.Random(seed).shuffle(shuffled)  # the same orders as scripts/replay_study.py
-            orders.append(np.array(shuffled))
+        orders = _orders(n, args.orders)
         for name, candidate in CANDIDATES.items():
             if args.only and name != args.only:
                 continue
-            per_order, prior_file = [], 0.0
-            for number, order in enumerate(orders):
+            per_order = []
+            for order in orders:
                 seen = {key: value[order[:revealed]] for key, value in rows.items()}
                 rest = {key: value[order[revealed:]] for key, value in rows.items()}
-                prior = train_router._apgr_fast(rest["logit"], rest["weak"], rest["strong"])
-                learned = train_router._apgr_fast(candidate(seen, rest), rest["weak"], rest["strong"])
-                per_order.append(learned - prior)
-                if number == 0:
-                    prior_file = prior
+                per_order.append(_gain(candidate, seen, rest))
+            held = orders[0][revealed:]  # file order
+            prior_file = train_router._apgr_fast(rows["logit"][held], rows["weak"][held], rows["strong"][held])
             gains[name][source] = per_order
             g = np.array(per_order)
             print(
