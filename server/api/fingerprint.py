@@ -4,6 +4,11 @@ It is stable while the engine, the profile and the weights stay the same, and ch
 which is what clients pair it with ``seed`` for. The weights' revision is the profile's pinned hub revision, else
 the hub snapshot the folder is (its name is the commit), else a digest of the weight and config files' names,
 sizes and modification times in the local folder (reading gigabytes of weights per start is not worth it).
+
+Both fingerprints are computed once per server (``Fingerprints``, held by ``Services``), not per response: the
+settings and the profile are fixed while it runs, and so is the weights' folder once the engine has loaded it.
+The router's weights are no part of it (they choose the tier, not how a tier answers), so a router reload
+(``POST /admin/router/reload``, SIGHUP) leaves it as it is.
 """
 
 from __future__ import annotations
@@ -12,10 +17,14 @@ import functools
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from server.api.deps import Services
-from server.config import ModelProfile
-from server.routing.dispatch import Routed
+from server.config import ModelProfile, Settings
+from server.engines.base import Engine
+
+if TYPE_CHECKING:  # deps builds Fingerprints when it builds Services
+    from server.api.deps import Services
+    from server.routing.dispatch import Routed
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "config.json", "params.json", "tekken.json")
 
@@ -57,11 +66,30 @@ def azure_fingerprint(endpoint: str | None, deployment: str | None, api_version:
     return fingerprint("azure", endpoint or "", deployment or "", api_version or "")
 
 
+class Fingerprints:
+    """The server's two fingerprints, each computed once."""
+
+    def __init__(self, settings: Settings, profile: ModelProfile, engine: Engine) -> None:
+        self.azure = azure_fingerprint(settings.azure_endpoint, settings.azure_deployment, settings.azure_api_version)
+        self._profile = profile
+        self._engine = engine
+        self._local: str | None = None
+
+    @property
+    def local(self) -> str:
+        if self._local is None:
+            model_dir = getattr(self._engine, "model_dir", None)
+            value = local_fingerprint(self._profile, model_dir)
+            # An engine that resolves its folder as it loads has none before: keep the value only once it is
+            # known (nothing answers locally before the engine is ready, so this settles at the first answer).
+            if model_dir is not None or not hasattr(self._engine, "model_dir"):
+                self._local = value
+            return value
+        return self._local
+
+
 def system_fingerprint(routed: Routed, services: Services) -> str:
     """Azure's own fingerprint when it sent one, else that of the configuration that answered."""
     if routed.first.system_fingerprint:
         return routed.first.system_fingerprint
-    if routed.decision.tier == "azure":
-        settings = services.settings
-        return azure_fingerprint(settings.azure_endpoint, settings.azure_deployment, settings.azure_api_version)
-    return local_fingerprint(services.profile, getattr(services.engine, "model_dir", None))
+    return services.fingerprints.azure if routed.decision.tier == "azure" else services.fingerprints.local

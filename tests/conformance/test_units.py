@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from server.api.fingerprint import azure_fingerprint, local_fingerprint, weights_revision
+from server.api import fingerprint as fingerprint_module
+from server.api.fingerprint import Fingerprints, azure_fingerprint, local_fingerprint, weights_revision
 from server.api.protocol import ChatCompletionRequest
 from server.api.vllm_extensions import engine_extras
-from server.config import load_profile
+from server.config import Settings, load_profile
 from server.engines.extras import refuse_unsupported
 from server.engines.hf_sampling import HF_EXTRAS, generate_kwargs
 from server.errors import InvalidRequestError
@@ -40,6 +41,37 @@ def test_fingerprint_is_stable_and_changes_with_engine_profile_and_weights(tmp_p
     other = weights(tmp_path / "other", b"other weights")
     assert local_fingerprint(profile, other) != first
     assert azure_fingerprint("https://a", "gpt-4o", None) != azure_fingerprint("https://a", "gpt-4o-mini", None)
+
+
+class _LoadingEngine:
+    """An engine whose weights folder is resolved when it loads, as the transformers and vLLM engines do."""
+
+    model_dir: Path | None = None
+
+
+def test_fingerprints_are_worked_out_once_and_only_once_the_weights_folder_is_known(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profile = load_profile("tiny-mistral3")
+    folder = weights(tmp_path / "model")
+    calls: list[Path | None] = []
+
+    def counted(profile_: object, model_dir: Path | None) -> str:
+        calls.append(model_dir)
+        return local_fingerprint(profile, model_dir)
+
+    monkeypatch.setattr(fingerprint_module, "local_fingerprint", counted)
+    engine = _LoadingEngine()
+    settings = Settings(azure_endpoint="https://a.example", azure_deployment="gpt-4o")
+    prints = Fingerprints(settings, profile, engine)  # type: ignore[arg-type]
+    assert prints.azure == azure_fingerprint("https://a.example", "gpt-4o", settings.azure_api_version)
+    before = prints.local  # not loaded yet: worked out, not kept
+    engine.model_dir = folder
+    values = {prints.local for _ in range(5)}
+    assert values == {local_fingerprint(profile, folder)} != {before}
+    assert calls == [None, folder]  # once before the load, once after it, never again
+    (folder / "model.safetensors").write_bytes(b"changed on disk while serving")
+    assert prints.local in values  # kept for the life of the server
 
 
 def test_weights_revision_sources(tmp_path: Path) -> None:
