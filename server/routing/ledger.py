@@ -40,8 +40,9 @@ API (``SpendLedger``; every Azure caller goes through it, escalations, shadow ca
 ``BEGIN IMMEDIATE`` transaction, so processes sharing the folder cannot overspend together either. A
 reservation left open by a process that died is settled *at its reserved amount* when the next ledger opens
 the store: the real cost is unknown, and the reserved amount is the most that call could have cost, so the
-cap errs on the safe side (the day's figure may overstate the spend; it never understates it). A Redis
-implementation for N replicas (one Lua script per operation) fits the same protocol.
+cap errs on the safe side (the day's figure may overstate the spend; it never understates it).
+``RedisSpendLedger`` (``server.routing.ledger_redis``) is the same protocol for N replicas, one Lua script per
+operation; ``open_spend_ledger`` picks it when ``MSSERVE_REDIS_URL`` is set.
 """
 
 from __future__ import annotations
@@ -142,9 +143,50 @@ def utc_today() -> date:
     return datetime.now(UTC).date()
 
 
+def refusal(
+    snapshot: SpendSnapshot, usd: float, purpose: Purpose, budget: float | None, shadow_share: float
+) -> BudgetRefused | None:
+    """Why ``usd`` more for ``purpose`` does not fit the day's figures (None: it fits). Every ledger's one rule."""
+    if budget is None:
+        return None
+    spent = snapshot.spent_usd
+    if spent + usd > budget + 1e-9:
+        reason = "daily budget spent" if spent >= budget else "daily budget too low for this request"
+        return BudgetRefused(
+            reason,
+            f"{reason}: ${spent:.4f} of ${budget:.2f} spent or reserved today, this call may cost ${usd:.4f}",
+            purpose=purpose,
+            estimate_usd=usd,
+            spent_usd=spent,
+        )
+    if purpose != "escalation":
+        share = shadow_share * budget
+        used = sum(v for k, v in snapshot.by_purpose.items() if k != "escalation")
+        if used + usd > share + 1e-9:
+            return BudgetRefused(
+                "shadow budget share spent",
+                f"shadow budget share spent: ${used:.4f} of ${share:.4f} "
+                f"({shadow_share:.0%} of the daily budget) used by shadow and judge calls today",
+                purpose=purpose,
+                estimate_usd=usd,
+                spent_usd=spent,
+            )
+    return None
+
+
 def open_spend_ledger(settings: Settings) -> SpendLedger:
-    """The ledger the settings describe: the state database under ``MSSERVE_STATE_DIR`` (a shared store, such as
-    Redis for several replicas, would be chosen here)."""
+    """The ledger the settings describe: Redis when ``MSSERVE_REDIS_URL`` is set (shared by every replica; opening
+    it never fails on a Redis that is down: reservations are then refused), else the state database under
+    ``MSSERVE_STATE_DIR``."""
+    if settings.redis_url is not None:
+        from server.routing.ledger_redis import RedisSpendLedger  # the redis package is an extra
+
+        return RedisSpendLedger(
+            settings.redis_url.get_secret_value(),
+            daily_usd=settings.azure_daily_budget_usd,
+            shadow_share=settings.router_shadow_budget_share,
+            timeout_s=settings.redis_timeout_s,
+        )
     directory = settings.state_dir or default_state_dir()
     try:
         return SQLiteSpendLedger(
@@ -248,31 +290,9 @@ class SQLiteSpendLedger:
         return reservation
 
     def _check(self, snapshot: SpendSnapshot, usd: float, purpose: Purpose) -> None:
-        budget = self.daily_usd
-        if budget is None:
-            return
-        spent = snapshot.spent_usd
-        if spent + usd > budget + 1e-9:
-            reason = "daily budget spent" if spent >= budget else "daily budget too low for this request"
-            raise BudgetRefused(
-                reason,
-                f"{reason}: ${spent:.4f} of ${budget:.2f} spent or reserved today, this call may cost ${usd:.4f}",
-                purpose=purpose,
-                estimate_usd=usd,
-                spent_usd=spent,
-            )
-        if purpose != "escalation":
-            share = self.shadow_share * budget
-            used = sum(v for k, v in snapshot.by_purpose.items() if k != "escalation")
-            if used + usd > share + 1e-9:
-                raise BudgetRefused(
-                    "shadow budget share spent",
-                    f"shadow budget share spent: ${used:.4f} of ${share:.4f} "
-                    f"({self.shadow_share:.0%} of the daily budget) used by shadow and judge calls today",
-                    purpose=purpose,
-                    estimate_usd=usd,
-                    spent_usd=spent,
-                )
+        refused = refusal(snapshot, usd, purpose, self.daily_usd, self.shadow_share)
+        if refused is not None:
+            raise refused
 
     def _close(self, reservation: Reservation, usd: float | None) -> None:
         """Settle (``usd``) or release (None) one reservation; also when a start-up sweep settled it already."""

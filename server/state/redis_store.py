@@ -16,11 +16,13 @@ The redis package is the ``redis`` extra (also in ``dev``); without it, ``open_r
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import redis
     import redis.asyncio
 
 log = logging.getLogger(__name__)
@@ -37,24 +39,38 @@ class RedisUnavailable(Exception):
 def open_redis(url: str, timeout_s: float) -> redis.asyncio.Redis:
     """An asyncio client (a pool; connections are made on first use, so this never blocks or fails on a dead
     Redis). ``url``: redis://, rediss:// or unix:// as redis-py reads it."""
+    options = _options(timeout_s, _module("redis.asyncio.retry").Retry)
+    return _module("redis.asyncio").Redis.from_url(url, **options)  # type: ignore[no-any-return]
+
+
+def open_redis_sync(url: str, timeout_s: float) -> redis.Redis:
+    """The blocking client, for work done on a thread of its own (the spend ledger's and the breaker's writers:
+    their settles must run even when the task that asked for them is cancelled, as the SQLite ledger's do)."""
+    options = _options(timeout_s, _module("redis.retry").Retry)
+    return _module("redis").Redis.from_url(url, **options)  # type: ignore[no-any-return]
+
+
+def _module(name: str) -> Any:
     try:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-    except ImportError as exc:  # pragma: no cover - the extra is missing
+        return importlib.import_module(name)
+    except ImportError as exc:  # the extra is missing
         raise RuntimeError(
             "MSSERVE_REDIS_URL is set but the redis package is missing: pip install 'mistral-small-server[redis]'"
         ) from exc
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),  # no retries: the caller's fallback is the retry
-        retry_on_timeout=False,
-        decode_responses=True,
-        client_name="msserve",
-        health_check_interval=0,
-    )
+
+
+def _options(timeout_s: float, retry: Any) -> dict[str, Any]:
+    from redis.backoff import NoBackoff
+
+    return {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": retry(NoBackoff(), 0),  # no retries: the caller's fallback is the retry
+        "retry_on_timeout": False,
+        "decode_responses": True,
+        "client_name": "msserve",
+        "health_check_interval": 0,
+    }
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:

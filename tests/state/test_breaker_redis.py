@@ -1,0 +1,117 @@
+"""The circuit breaker shared through a real Redis: three replicas' breakers see one state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from server.config import Settings
+from server.routing.breaker_redis import SharedCircuitBreaker
+from server.routing.policy import CircuitBreaker, Permit, open_breaker
+from tests.redis_server import RedisServer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 5_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def replicas(redis_server: RedisServer, clock: Clock) -> Iterator[list[SharedCircuitBreaker]]:
+    breakers = [SharedCircuitBreaker(redis_server.url, 3, 30.0, clock, probe_lease_s=100.0) for _ in range(3)]
+    yield breakers
+    for breaker in breakers:
+        breaker.close()
+
+
+def _flush(*breakers: SharedCircuitBreaker) -> None:
+    """Wait for the queued writes (records are fire-and-forget): a fresh pool per breaker afterwards."""
+    for breaker in breakers:
+        breaker._writer.shutdown(wait=True)
+        breaker._writer = type(breaker._writer)(max_workers=4)
+
+
+async def test_failures_on_different_replicas_open_the_circuit_for_all(replicas: list[SharedCircuitBreaker]) -> None:
+    a, b, c = replicas
+    for breaker in replicas:
+        assert await breaker.acquire_async() == Permit()
+    a.record_failure(Permit())
+    b.record_failure(Permit())
+    _flush(a, b)
+    assert await c.acquire_async() == Permit()  # two of three: still closed
+    c.record_failure(Permit())
+    _flush(c)
+    for breaker in replicas:
+        assert await breaker.acquire_async() is None
+        assert breaker.state == "open"
+
+
+async def test_one_probe_for_all_replicas_and_its_success_closes_everywhere(
+    replicas: list[SharedCircuitBreaker], clock: Clock
+) -> None:
+    a, b, c = replicas
+    for _ in range(3):
+        a.record_failure(Permit())
+    _flush(a)
+    clock.now += 31  # cool-down over: half-open
+    probe = await b.acquire_async()
+    assert probe is not None and probe.probe is not None
+    assert await a.acquire_async() is None and await c.acquire_async() is None  # one probe at a time, fleet-wide
+    b.record_success(probe)
+    _flush(b)
+    assert await c.acquire_async() == Permit()
+    assert c.state == "closed"
+    assert a.state == "half_open"  # a's view is what it last saw, until it asks again
+    assert await a.acquire_async() == Permit() and a.state == "closed"
+
+
+async def test_a_failed_probe_reopens_and_a_released_probe_frees_the_slot(
+    replicas: list[SharedCircuitBreaker], clock: Clock
+) -> None:
+    a, b, _ = replicas
+    for _ in range(3):
+        a.record_failure(Permit())
+    _flush(a)
+    clock.now += 31
+    probe = await a.acquire_async()
+    assert probe is not None
+    a.release(probe)  # the client left: no verdict
+    _flush(a)
+    second = await b.acquire_async()
+    assert second is not None and second.probe != probe.probe
+    b.record_failure(second)
+    _flush(b)
+    assert await a.acquire_async() is None  # re-opened for a full cool-down
+    clock.now += 29
+    assert await a.acquire_async() is None
+    clock.now += 2
+    assert await a.acquire_async() is not None
+
+
+async def test_redis_gone_means_no_azure(redis_server: RedisServer, replicas: list[SharedCircuitBreaker]) -> None:
+    a = replicas[0]
+    assert await a.acquire_async() == Permit()
+    redis_server.kill()
+    assert await a.acquire_async() is None
+    assert a.state == "open"
+    assert a.acquire() is None  # the synchronous path never hands out an unshared permit
+    a.record_failure(Permit())  # logged, never raised
+
+
+def test_open_breaker_follows_the_settings(redis_server: RedisServer) -> None:
+    shared = open_breaker(Settings(redis_url=redis_server.url, azure_breaker_failures=7))
+    try:
+        assert isinstance(shared, SharedCircuitBreaker) and shared.failure_threshold == 7
+    finally:
+        shared.close()
+    local = open_breaker(Settings())
+    assert type(local) is CircuitBreaker
