@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import secrets
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -97,3 +98,21 @@ def unavailable(what: str) -> Iterator[None]:
 def key(*parts: str) -> str:
     """``msserve:<part>:<part>...``"""
     return KEY_PREFIX + ":".join(parts)
+
+
+def shared_secret(url: str, timeout_s: float, name: str) -> str:
+    """A random secret every replica reads the same: the first to ask makes it (SET NX), the others read it.
+
+    Raises ``RedisUnavailable`` when Redis cannot be asked. Kept without expiry: replacing it would log every
+    session out; delete the key (``msserve:secret:<name>``) to rotate it.
+    """
+    client = open_redis_sync(url, timeout_s)
+    try:
+        with unavailable(f"shared secret {name}"):
+            client.set(key("secret", name), secrets.token_hex(32), nx=True)
+            value = client.get(key("secret", name))
+    finally:
+        client.close()
+    if not isinstance(value, str) or not value:
+        raise RedisUnavailable(f"the shared secret {name} vanished between SET NX and GET")
+    return value
