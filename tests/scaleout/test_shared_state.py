@@ -94,7 +94,7 @@ async def clients(fleet: Fleet) -> AsyncIterator[Clients]:
 
 def _replica(folder: Path, env: dict[str, str]) -> LiveServer:
     folder.mkdir(parents=True)
-    return start_scripted_server(folder, env)
+    return start_scripted_server(folder, env, ready_timeout=180.0)  # three start at once on a busy machine
 
 
 def _forget(fleet: Fleet, pattern: str) -> None:
@@ -131,7 +131,7 @@ async def test_breaker_failures_on_two_replicas_open_it_on_the_third(fleet: Flee
     _forget(fleet, "msserve:azure:breaker")
 
 
-async def test_three_replicas_pay_for_at_most_three_answers_of_a_3_dollar_budget(fleet: Fleet, clients: Clients) -> None:
+async def test_three_replicas_pay_for_at_most_three_answers_of_3_dollars(fleet: Fleet, clients: Clients) -> None:
     fleet.azure.reset()
     fleet.azure.script.extend(Reply(text=TEN_WORDS) for _ in range(24))
     ledger = RedisSpendLedger(fleet.redis.url, daily_usd=3.0)
