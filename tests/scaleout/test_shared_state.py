@@ -205,3 +205,7 @@ async def test_redis_killed_azure_stops_and_local_keeps_serving(fleet: Fleet, cl
         health = httpx.get(f"{fleet.replicas[i].base_url}/ready")
         assert health.status_code == 200
     assert len(fleet.azure.requests) == 1  # nothing reached Azure while spend could not be counted
+    async with httpx.AsyncClient() as http:
+        feedback = await http.post(f"{fleet.replicas[0].base_url}/v1/feedback", json={"id": "chatcmpl-x", "score": 1},
+                                   headers={"authorization": f"Bearer {KEY}"})
+    assert feedback.status_code == 503 and feedback.json()["error"]["code"] == "feedback_store_unavailable"
