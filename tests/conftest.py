@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, end_process
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = REPO / "models" / "tiny-mistral3"
@@ -80,13 +80,7 @@ def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None, *, 
 
 
 def stop_server(server: LiveServer) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+    end_process(server.process, timeout_s=30)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,17 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def end_process(process: subprocess.Popen[bytes], *, timeout_s: float) -> None:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _ping(port: int, timeout_s: float = 0.5) -> bool:
     """One inline PING over a raw socket (no client library: this also checks the test's own redis-py install)."""
     try:
@@ -66,13 +77,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM and wait (it exits at once: nothing to save)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process, timeout_s=10)
 
     def kill(self) -> None:
         """SIGKILL: Redis goes away mid-run, as a crashed or partitioned store would."""

@@ -27,20 +27,18 @@ its lease settles it at the reserved amount. Writes go through a small thread po
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 from typing import Any
 
 from server.routing.ledger import (
-    PURPOSES,
     BudgetRefused,
     LedgerUnavailable,
     Purpose,
+    QueuedLedger,
     Reservation,
     SpendSnapshot,
     refusal,
@@ -146,7 +144,7 @@ return totals()
 """
 
 
-class RedisSpendLedger:
+class RedisSpendLedger(QueuedLedger):
     """``SpendLedger`` in Redis. ``lease_s``: how long a reservation may stay open before it counts as spent."""
 
     def __init__(
@@ -160,54 +158,20 @@ class RedisSpendLedger:
         today: Callable[[], date] = utc_today,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.daily_usd = daily_usd
-        self.shadow_share = min(1.0, max(0.0, shadow_share))
+        # A few threads: a slow Redis call holds one, not every reservation behind it (each waits at most the
+        # timeout). Settles of one reservation are only ever queued after its reserve has returned.
+        super().__init__(daily_usd=daily_usd, shadow_share=shadow_share, today=today, workers=4,
+                         name="spend-ledger-redis")
         self.lease_s = lease_s
-        self._today = today
         self._clock = clock  # wall time: lease ends are compared across replicas
         self._client = open_redis_sync(url, timeout_s)
         self._reserve_script = self._client.register_script(_RESERVE)
         self._close_script = self._client.register_script(_CLOSE)
         self._totals_script = self._client.register_script(_TOTALS)
-        # A few threads: a slow Redis call holds one, not every reservation behind it (each waits at most the
-        # timeout). Settles of one reservation are only ever queued after its reserve has returned.
-        self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spend-ledger-redis")
-        self._open: set[str] = set()
-        self._snapshot = SpendSnapshot(day=today().isoformat(), daily_usd=daily_usd)
-
-    # -- the protocol --------------------------------------------------------------------------------------------
-    async def reserve(self, usd: float, *, purpose: Purpose = "escalation") -> Reservation:
-        if purpose not in PURPOSES:
-            raise ValueError(f"unknown purpose {purpose!r}")
-        future = self._writer.submit(self._reserve, max(0.0, usd), purpose)
-        try:
-            return await asyncio.shield(asyncio.wrap_future(future))
-        except asyncio.CancelledError:
-            # The caller left while the script ran: release what it reserved, once it has.
-            future.add_done_callback(self._release_abandoned)
-            raise
-
-    def settle(self, reservation: Reservation, usd: float) -> None:
-        if self._claim(reservation):
-            self._submit(self._close, reservation, max(0.0, usd))
-
-    def release(self, reservation: Reservation) -> None:
-        if self._claim(reservation):
-            self._submit(self._close, reservation, None)
-
-    async def spent_today(self) -> float:
-        """Settled plus open, today, across every replica. Raises ``LedgerUnavailable`` when Redis fails."""
-        return (await asyncio.wrap_future(self._writer.submit(self._refresh))).spent_usd
-
-    def snapshot(self) -> SpendSnapshot:
-        today = self._today().isoformat()
-        if self._snapshot.day != today:
-            return SpendSnapshot(day=today, daily_usd=self.daily_usd)
-        return self._snapshot
 
     def close(self) -> None:
         """Finish the queued settles (shutdown: it blocks, each write at most the Redis timeout)."""
-        self._writer.shutdown(wait=True)
+        super().close()
         self._client.close()
 
     # -- on the writer threads -----------------------------------------------------------------------------------
@@ -232,7 +196,7 @@ class RedisSpendLedger:
             raise refused or BudgetRefused("daily budget spent", "daily budget spent", purpose=purpose,
                                            estimate_usd=usd, spent_usd=snapshot.spent_usd)
         self._remember(day, totals)
-        self._open.add(reservation.id)
+        self._opened(reservation)
         return reservation
 
     def _close(self, reservation: Reservation, usd: float | None) -> None:
@@ -250,6 +214,7 @@ class RedisSpendLedger:
             self._remember(reservation.day, totals)
 
     def _refresh(self) -> SpendSnapshot:
+        """Settled plus open, today, across every replica. Raises ``LedgerUnavailable`` when Redis fails."""
         day = self._today().isoformat()
         try:
             with unavailable("spend totals"):
@@ -267,25 +232,6 @@ class RedisSpendLedger:
             snapshot.by_purpose[purpose] = settled + reserved
         self._snapshot = snapshot
         return snapshot
-
-    # -- helpers ----------------------------------------------------------------------------------------------------
-    def _claim(self, reservation: Reservation) -> bool:
-        """True once per reservation (set operations are atomic under the GIL)."""
-        try:
-            self._open.remove(reservation.id)
-        except KeyError:
-            return False
-        return True
-
-    def _submit(self, fn: Callable[..., None], *args: object) -> None:
-        try:
-            self._writer.submit(fn, *args)
-        except RuntimeError:  # the pool is shut down (process exiting): write here rather than lose it
-            fn(*args)
-
-    def _release_abandoned(self, future: Future[Reservation]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self.release(future.result())
 
 
 def _keys(day: str) -> list[str]:

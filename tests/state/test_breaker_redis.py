@@ -10,19 +10,7 @@ from server.config import Settings
 from server.routing.breaker_redis import SharedCircuitBreaker
 from server.routing.policy import CircuitBreaker, Permit, open_breaker
 from tests.redis_server import RedisServer
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from tests.state.conftest import Clock
 
 
 @pytest.fixture
@@ -38,6 +26,15 @@ def _flush(*breakers: SharedCircuitBreaker) -> None:
     for breaker in breakers:
         breaker._writer.shutdown(wait=True)
         breaker._writer = type(breaker._writer)(max_workers=4)
+
+
+async def _open_then_probe(failing: SharedCircuitBreaker, probing: SharedCircuitBreaker, clock: Clock) -> Permit | None:
+    """Open the circuit from one replica (three failures), let the cool-down pass, ask for a probe on another."""
+    for _ in range(3):
+        failing.record_failure(Permit())
+    _flush(failing)
+    clock.now += 31  # cool-down over: half-open
+    return await probing.acquire_async()
 
 
 async def test_failures_on_different_replicas_open_the_circuit_for_all(replicas: list[SharedCircuitBreaker]) -> None:
@@ -59,11 +56,7 @@ async def test_one_probe_for_all_replicas_and_its_success_closes_everywhere(
     replicas: list[SharedCircuitBreaker], clock: Clock
 ) -> None:
     a, b, c = replicas
-    for _ in range(3):
-        a.record_failure(Permit())
-    _flush(a)
-    clock.now += 31  # cool-down over: half-open
-    probe = await b.acquire_async()
+    probe = await _open_then_probe(a, b, clock)
     assert probe is not None and probe.probe is not None
     assert await a.acquire_async() is None and await c.acquire_async() is None  # one probe at a time, fleet-wide
     b.record_success(probe)
@@ -78,11 +71,7 @@ async def test_a_failed_probe_reopens_and_a_released_probe_frees_the_slot(
     replicas: list[SharedCircuitBreaker], clock: Clock
 ) -> None:
     a, b, _ = replicas
-    for _ in range(3):
-        a.record_failure(Permit())
-    _flush(a)
-    clock.now += 31
-    probe = await a.acquire_async()
+    probe = await _open_then_probe(a, a, clock)
     assert probe is not None
     a.release(probe)  # the client left: no verdict
     _flush(a)

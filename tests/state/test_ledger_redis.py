@@ -12,14 +12,7 @@ from server.config import Settings
 from server.routing.ledger import BudgetRefused, LedgerUnavailable, open_spend_ledger
 from server.routing.ledger_redis import RedisSpendLedger
 from tests.redis_server import RedisServer
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.state.conftest import Clock
 
 
 class Today:
@@ -29,10 +22,6 @@ class Today:
     def __call__(self) -> date:
         return self.day
 
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

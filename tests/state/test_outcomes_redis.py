@@ -76,10 +76,13 @@ def test_retention_keeps_the_newest_rows(store: OutcomeStorage) -> None:
 def test_redis_gone_raises_redis_unavailable(redis_server: RedisServer) -> None:
     store = RedisOutcomeStore(redis_server.url)
     redis_server.kill()
-    with pytest.raises(RedisUnavailable):
-        store.add_many([_outcome(1)])
-    with pytest.raises(RedisUnavailable):
-        store.feedback("chatcmpl-1", "alice", 0.5)
+    try:
+        with pytest.raises(RedisUnavailable):
+            store.add_many([_outcome(1)])
+        with pytest.raises(RedisUnavailable):
+            store.feedback("chatcmpl-1", "alice", 0.5)
+    finally:
+        store.close()
 
 
 def test_one_learn_sees_the_outcomes_of_two_replicas(
@@ -92,6 +95,8 @@ def test_one_learn_sees_the_outcomes_of_two_replicas(
     replica_a.add_many(rows[0::2])  # each replica served half of the traffic
     replica_b.add_many(rows[1::2])
     assert len(replica_a.all()) == len(rows) == 300
+    replica_a.close()
+    replica_b.close()
 
     runner = CliRunner()
     monkeypatch.delenv("MSSERVE_ROUTER_TARGET_RATE", raising=False)
@@ -101,7 +106,9 @@ def test_one_learn_sees_the_outcomes_of_two_replicas(
     shared_state = tmp_path / "replica-c"  # a third replica's own folder: no outcomes in its SQLite
     monkeypatch.setenv("MSSERVE_STATE_DIR", str(shared_state))
     monkeypatch.setenv("MSSERVE_REDIS_URL", redis_server.url)
-    assert isinstance(open_outcome_store(Settings(), StateDB(shared_state)), RedisOutcomeStore)
+    chosen = open_outcome_store(Settings(), StateDB(shared_state))
+    assert isinstance(chosen, RedisOutcomeStore)
+    chosen.close()
     result = runner.invoke(app, ["learn"])
     assert result.exit_code == 0, result.output
     expected = json.loads((whole / "router" / "learned-v1.json").read_text())["card"]
