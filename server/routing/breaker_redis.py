@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from server.routing.policy import BreakerState, CircuitBreaker, Permit
-from server.state.redis_store import RedisUnavailable, key, open_redis_sync, unavailable
+from server.state.redis_store import Backoff, RedisUnavailable, key, open_redis_sync
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class SharedCircuitBreaker(CircuitBreaker):
         self._scripts = {name: self._client.register_script(source) for name, source in
                          (("acquire", _ACQUIRE), ("success", _SUCCESS), ("failure", _FAILURE), ("release", _RELEASE))}
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="breaker-redis")
+        self._backoff = Backoff()
         self._unavailable = False  # the last call to Redis failed
 
     @property
@@ -146,7 +147,7 @@ class SharedCircuitBreaker(CircuitBreaker):
 
     def _run(self, name: str, *args: str | int | float) -> list[Any] | None:
         try:
-            with unavailable(f"circuit breaker {name}"):
+            with self._backoff.call(f"circuit breaker {name}"):
                 reply: list[Any] = self._scripts[name](keys=[BREAKER_KEY], args=[repr(self._clock()), *args])
         except RedisUnavailable:
             self._unavailable = True

@@ -44,7 +44,7 @@ from server.routing.ledger import (
     refusal,
     utc_today,
 )
-from server.state.redis_store import RedisUnavailable, key, open_redis_sync, unavailable
+from server.state.redis_store import Backoff, RedisUnavailable, key, open_redis_sync
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ class RedisSpendLedger(QueuedLedger):
                          name="spend-ledger-redis")
         self.lease_s = lease_s
         self._clock = clock  # wall time: lease ends are compared across replicas
+        self._backoff = Backoff()
         self._client = open_redis_sync(url, timeout_s)
         self._reserve_script = self._client.register_script(_RESERVE)
         self._close_script = self._client.register_script(_CLOSE)
@@ -184,7 +185,7 @@ class RedisSpendLedger(QueuedLedger):
         args: list[str | int] = [repr(now), reservation.id, purpose, repr(usd), budget, repr(share),
                                  repr(now + self.lease_s), _DAY_TTL_S]
         try:
-            with unavailable("spend reservation"):
+            with self._backoff.call("spend reservation"):
                 reply = self._reserve_script(keys=_keys(day), args=args)
         except RedisUnavailable as exc:
             raise LedgerUnavailable(str(exc)) from exc
@@ -203,7 +204,7 @@ class RedisSpendLedger(QueuedLedger):
         args: list[str | int] = [repr(self._clock()), reservation.id, reservation.purpose, repr(reservation.usd),
                 "" if usd is None else repr(usd), _DAY_TTL_S]
         try:
-            with unavailable("spend settle"):
+            with self._backoff.call("spend settle"):
                 totals = self._close_script(keys=_keys(reservation.day), args=args)
         except RedisUnavailable:
             # Still open in Redis (if Redis kept it): its lease settles it at the reserved amount.
@@ -217,7 +218,7 @@ class RedisSpendLedger(QueuedLedger):
         """Settled plus open, today, across every replica. Raises ``LedgerUnavailable`` when Redis fails."""
         day = self._today().isoformat()
         try:
-            with unavailable("spend totals"):
+            with self._backoff.call("spend totals"):
                 totals = self._totals_script(keys=_keys(day), args=[repr(self._clock())])
         except RedisUnavailable as exc:
             raise LedgerUnavailable(str(exc)) from exc

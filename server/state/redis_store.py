@@ -7,7 +7,8 @@ replica must agree on. Two rules hold for all of it:
   0.5 s) and the client does not retry, so a request waits at most about that long before its caller decides.
   redis-py's own default (five-second timeouts, three retries with backoff) would stall requests for many seconds.
 - Every Redis failure reaches callers as one exception, ``RedisUnavailable``, raised by ``unavailable()``; each
-  caller maps it onto what "unknown" means for it (the ledger: refuse Azure; the breaker: open).
+  caller maps it onto what "unknown" means for it (the ledger: refuse Azure; the breaker: open). ``Backoff``
+  skips Redis for a second after a failure, so a hung Redis costs one timeout per second, not one per call.
 
 Responses are decoded to ``str`` (``decode_responses=True``): keys and values are text or numbers.
 The redis package is the ``redis`` extra (also in ``dev``); without it, ``open_redis`` says how to install it.
@@ -19,7 +20,8 @@ import contextlib
 import importlib
 import logging
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -93,6 +95,31 @@ def unavailable(what: str) -> Iterator[None]:
     except redis_errors() as exc:
         log.warning("Redis unavailable during %s: %s", what, type(exc).__name__)
         raise RedisUnavailable(f"the shared store (Redis) is unavailable ({type(exc).__name__} during {what})") from exc
+
+
+class Backoff:
+    """Fail fast *between* calls too: after a Redis failure, calls within ``seconds`` raise ``RedisUnavailable``
+    at once instead of each waiting out the timeout. Without it a hung Redis would make every request that asks
+    (the breaker, a reservation) queue for the few writer threads, half a second each, and an outage that only
+    turns Azure off would also slow the local tier down. One probe call per window finds Redis back.
+    """
+
+    def __init__(self, seconds: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._until = float("-inf")
+
+    @contextlib.contextmanager
+    def call(self, what: str) -> Iterator[None]:
+        if self._clock() < self._until:
+            raise RedisUnavailable(f"the shared store (Redis) is unavailable (failed less than {self.seconds:g} s "
+                                   f"ago; {what} not tried)")
+        try:
+            with unavailable(what):
+                yield
+        except RedisUnavailable:
+            self._until = self._clock() + self.seconds
+            raise
 
 
 def key(*parts: str) -> str:

@@ -6,8 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from server.config import Settings
-from server.state.redis_store import RedisUnavailable, key, open_redis, unavailable
+from server.state.redis_store import Backoff, RedisUnavailable, key, open_redis, open_redis_sync, unavailable
 from tests.redis_server import RedisServer
+from tests.state.conftest import Clock
 
 
 async def test_client_talks_to_a_real_redis_and_decodes_text(redis_server: RedisServer) -> None:
@@ -66,3 +67,29 @@ def test_session_secret_must_be_long() -> None:
         with pytest.raises(ValidationError):
             Settings(dashboard_session_secret=short)
     assert Settings(dashboard_session_secret="x" * 32).dashboard_session_secret is not None
+
+
+def test_backoff_skips_redis_for_a_while_after_a_failure(redis_server: RedisServer) -> None:
+    clock = Clock()
+    backoff = Backoff(seconds=1.0, clock=clock)
+    client = open_redis_sync(redis_server.url, 0.3)
+    tried: list[str] = []
+    try:
+        with backoff.call("first"):
+            tried.append("first")
+            assert client.ping() is True
+        redis_server.kill()
+        with pytest.raises(RedisUnavailable), backoff.call("second"):
+            tried.append("second")
+            client.ping()
+        clock.now += 0.9
+        with pytest.raises(RedisUnavailable) as caught, backoff.call("third"):
+            tried.append("third")  # never runs: Redis failed 0.9 s ago
+        assert "third not tried" in str(caught.value)
+        clock.now += 0.2
+        with pytest.raises(RedisUnavailable), backoff.call("fourth"):
+            tried.append("fourth")  # the window is over: Redis is asked again
+            client.ping()
+    finally:
+        client.close()
+    assert tried == ["first", "second", "fourth"]
