@@ -11,7 +11,7 @@ failures spread over three replicas open the circuit for all three, and only one
   local view changes at once, and the script runs on a writer thread; one that fails is logged and dropped
   (the next failure or success sets the shared state again).
 - ``state`` (metrics, dashboard, the shadow sampler) reads the local view: the shared state as this replica
-  last saw it, no I/O.
+  last saw it, no I/O; every 5 s at most it has the view re-read in the background.
 
 Times are wall-clock (``time.time``, injectable): opened_at is compared on every replica.
 """
@@ -32,6 +32,7 @@ from server.state.redis_store import Backoff, RedisUnavailable, key, open_redis_
 log = logging.getLogger(__name__)
 
 BREAKER_KEY = key("azure", "breaker")
+REFRESH_S = 5.0  # ``state`` re-reads the shared state at most this often
 
 # Every script returns the hash after its change: {failures, opened_at or '', probe or '', probe_since or ''}.
 _VIEW = """
@@ -77,6 +78,10 @@ if probed then redis.call('HDEL', KEYS[1], 'probe', 'probe_since') end
 return view()
 """
 
+_READ = _VIEW + """
+return view()
+"""
+
 # ARGV: now, probe n. Frees the probe when it is still the one out.
 _RELEASE = _VIEW + """
 if redis.call('HGET', KEYS[1], 'probe') == ARGV[2] then redis.call('HDEL', KEYS[1], 'probe', 'probe_since') end
@@ -98,13 +103,21 @@ class SharedCircuitBreaker(CircuitBreaker):
         super().__init__(failure_threshold, cooldown_s, clock, probe_lease_s)
         self._client = open_redis_sync(url, timeout_s)
         self._scripts = {name: self._client.register_script(source) for name, source in
-                         (("acquire", _ACQUIRE), ("success", _SUCCESS), ("failure", _FAILURE), ("release", _RELEASE))}
+                         (("acquire", _ACQUIRE), ("success", _SUCCESS), ("failure", _FAILURE), ("release", _RELEASE),
+                          ("read", _READ))}
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="breaker-redis")
         self._backoff = Backoff()
         self._unavailable = False  # the last call to Redis failed
+        self._read_at = clock()  # when the local view was last asked to be refreshed
 
     @property
     def state(self) -> BreakerState:
+        """The local view, no I/O; a view older than ``REFRESH_S`` is re-read in the background, so an idle
+        replica's metrics and dashboard follow what the others did."""
+        now = self._clock()
+        if now - self._read_at >= REFRESH_S:
+            self._read_at = now
+            self._submit("read")
         return "open" if self._unavailable else super().state
 
     async def acquire_async(self) -> Permit | None:

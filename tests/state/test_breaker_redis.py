@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from server.config import Settings
-from server.routing.breaker_redis import SharedCircuitBreaker
+from server.routing.breaker_redis import REFRESH_S, SharedCircuitBreaker
 from server.routing.policy import CircuitBreaker, Permit, open_breaker
 from tests.redis_server import RedisServer
 from tests.state.conftest import Clock
@@ -84,6 +84,21 @@ async def test_a_failed_probe_reopens_and_a_released_probe_frees_the_slot(
     assert await a.acquire_async() is None
     clock.now += 2
     assert await a.acquire_async() is not None
+
+
+async def test_an_idle_replica_s_view_follows_the_shared_state(
+    replicas: list[SharedCircuitBreaker], clock: Clock
+) -> None:
+    a, idle, _ = replicas
+    assert idle.state == "closed"
+    for _ in range(3):
+        a.record_failure(Permit())
+    _flush(a)
+    assert idle.state == "closed"  # seen less than REFRESH_S ago: no I/O
+    clock.now += REFRESH_S
+    idle.state  # noqa: B018 (asks for the background re-read)
+    _flush(idle)
+    assert idle.state == "open"
 
 
 async def test_redis_gone_means_no_azure(redis_server: RedisServer, replicas: list[SharedCircuitBreaker]) -> None:
