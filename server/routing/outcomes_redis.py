@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from server.routing.outcomes import VERDICT_LABEL, Outcome, Verdict
-from server.state.redis_store import key, open_redis_sync, unavailable
+from server.state.redis_store import Backoff, key, open_redis_sync
 
 INDEX = key("router", "outcomes")
 _LABEL_FIELDS = ("verdict", "label", "label_source", "labelled")
@@ -85,6 +85,7 @@ class RedisOutcomeStore:
     ) -> None:
         self.max_rows = max_rows
         self.max_age_days = max_age_days
+        self._backoff = Backoff()
         self._client = open_redis_sync(url, timeout_s)
         self._judge = self._client.register_script(_JUDGE)
         self._feedback = self._client.register_script(_FEEDBACK)
@@ -97,7 +98,7 @@ class RedisOutcomeStore:
         """All in one MULTI/EXEC (a row is replaced whole when its id comes again, as in SQLite)."""
         if not outcomes:
             return
-        with unavailable("outcome write"):
+        with self._backoff.call("outcome write"):
             pipe = self._client.pipeline(transaction=True)
             for outcome in outcomes:
                 pipe.delete(row_key(outcome.id))
@@ -106,24 +107,24 @@ class RedisOutcomeStore:
             pipe.execute()
 
     def judge(self, outcome_id: str, verdict: Verdict, *, now: float | None = None) -> bool:
-        with unavailable("outcome verdict"):
+        with self._backoff.call("outcome verdict"):
             found = self._judge(keys=[row_key(outcome_id)],
                                 args=[verdict, repr(VERDICT_LABEL[verdict]), repr(now or time.time())])
         return bool(found)
 
     def feedback(self, outcome_id: str, key_name: str | None, score: float, *, now: float | None = None) -> bool:
-        with unavailable("outcome feedback"):
+        with self._backoff.call("outcome feedback"):
             found = self._feedback(keys=[row_key(outcome_id)], args=[key_name or "", repr(score),
                                                                     repr(now or time.time())])
         return bool(found)
 
     def prune(self, *, now: float | None = None) -> int:
         cutoff = "" if self.max_age_days is None else repr((now or time.time()) - self.max_age_days * 86400)
-        with unavailable("outcome retention"):
+        with self._backoff.call("outcome retention"):
             return int(self._prune(keys=[INDEX], args=[cutoff, self.max_rows, row_key("")]))
 
     def get(self, outcome_id: str) -> Outcome | None:
-        with unavailable("outcome read"):
+        with self._backoff.call("outcome read"):
             fields = self._client.hgetall(row_key(outcome_id))
         return _outcome(fields) if fields else None
 
@@ -152,7 +153,7 @@ class RedisOutcomeStore:
         self._client.close()
 
     def _rows(self) -> Iterator[Outcome]:
-        with unavailable("outcome read"):
+        with self._backoff.call("outcome read"):
             ids = self._client.zrange(INDEX, 0, -1)
             for start in range(0, len(ids), _BATCH):
                 pipe = self._client.pipeline(transaction=False)
