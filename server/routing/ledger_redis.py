@@ -7,6 +7,7 @@ Keys, per UTC day ``D`` (the ``{D}`` hash tag keeps one day's keys in one slot o
     msserve:spend:{D}:calls     hash  purpose -> settled calls
     msserve:spend:{D}:open      hash  reservation id -> "purpose usd"
     msserve:spend:{D}:leases    zset  reservation id -> lease end (unix time)
+    msserve:spend:{D}:swept     hash  reservation id -> reserved USD, for those settled when their lease ended
 
 They expire a few days after their day. ``reserve`` sweeps expired leases, sums settled and open amounts, applies
 the budget and the shadow/judge share, and adds the reservation, all in one script: Redis runs a script alone, so
@@ -17,7 +18,8 @@ lease ends, because its replica crashed or lost Redis before settling, is settle
 next script that touches the day: the real cost is unknown and the reserved amount is the most the call could
 have cost, as the SQLite ledger settles a dead process's reservations. The budget never understates what was
 spent; the open entry is closed and stops being "open" on the dashboard. A late settle of a swept reservation
-corrects the day's figure to the real cost.
+corrects the day's figure to the real cost. A settle of a reservation Redis no longer knows at all (a Redis that
+lost its data) adds its full cost, never a correction against an amount that was not counted.
 
 Redis failing (down, timed out, a refused command) raises ``LedgerUnavailable`` from ``reserve``: callers refuse
 Azure, exactly as for a spent budget. A settle that cannot be written leaves the reservation open in Redis, where
@@ -50,11 +52,11 @@ log = logging.getLogger(__name__)
 
 _DAY_TTL_S = 3 * 86400  # a day's keys outlive it a little: late settles of the previous day still land
 
-# Shared by every script: KEYS = settled, calls, open, leases; ARGV[1] = now. ``sweep`` settles the reservations
+# Shared by every script: KEYS = settled, calls, open, leases, swept; ARGV[1] = now. ``sweep`` settles the reservations
 # whose lease has ended at their reserved amount; ``totals`` flattens the day to {purpose, settled, reserved, ...}.
 # Amounts travel as strings: a Lua number returned to Redis is truncated to an integer.
 _PRELUDE = """
-local settled_k, calls_k, open_k, leases_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local settled_k, calls_k, open_k, leases_k, swept_k = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = tonumber(ARGV[1])
 -- Amounts go back to Redis as the strings they came as: a Lua number would be written with 14 digits.
 local function parse(entry)
@@ -69,6 +71,7 @@ local function sweep()
       redis.call('HINCRBYFLOAT', settled_k, purpose, usd)
       redis.call('HINCRBY', calls_k, purpose, 1)
       redis.call('HDEL', open_k, id)
+      redis.call('HSET', swept_k, id, usd)
     end
     redis.call('ZREM', leases_k, id)
   end
@@ -126,9 +129,11 @@ _CLOSE = _PRELUDE + """
 sweep()
 local id, purpose, reserved = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local charged = tonumber(ARGV[5]) or 0
-local swept = redis.call('HDEL', open_k, id) == 0
+local swept = false
+if redis.call('HDEL', open_k, id) == 0 then swept = redis.call('HDEL', swept_k, id) == 1 end
 redis.call('ZREM', leases_k, id)
 -- Swept already (lease over): it was counted at the reserved amount, with its call; correct it to what it cost.
+-- Neither open nor swept (Redis lost it): nothing of it was counted, so its whole cost is.
 local delta = charged
 if swept then delta = charged - reserved end
 if delta ~= 0 then redis.call('HINCRBYFLOAT', settled_k, purpose, string.format('%.17g', delta)) end
@@ -236,4 +241,4 @@ class RedisSpendLedger(QueuedLedger):
 
 
 def _keys(day: str) -> list[str]:
-    return [key("spend", "{" + day + "}", part) for part in ("settled", "calls", "open", "leases")]
+    return [key("spend", "{" + day + "}", part) for part in ("settled", "calls", "open", "leases", "swept")]

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import date
 
 import pytest
+import redis
 
 from server.config import Settings
 from server.routing.ledger import BudgetRefused, LedgerUnavailable, open_spend_ledger
@@ -101,6 +102,18 @@ async def test_a_crashed_replica_s_reservation_counts_at_its_amount_once_its_lea
     crashed.settle(held, 0.5)
     crashed.close()
     assert await survivor.spent_today() == pytest.approx(0.5)
+
+
+async def test_a_settle_redis_no_longer_knows_charges_its_whole_cost(
+    redis_server: RedisServer, replicas: list[RedisSpendLedger]
+) -> None:
+    a, b, _ = replicas
+    held = await a.reserve(1.0)
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()  # a Redis restarted without persistence: the reservation is gone
+    a.settle(held, 0.25)
+    a.close()
+    assert await b.spent_today() == pytest.approx(0.25)  # counted in full, never as a -$0.75 correction
 
 
 async def test_each_utc_day_has_its_own_budget(replicas: list[RedisSpendLedger], today: Today) -> None:
