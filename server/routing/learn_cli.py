@@ -33,8 +33,8 @@ def _state(state_dir: Path | None) -> tuple[Settings, Path, StateDB]:
 def learn(state_dir: StateOption = None) -> None:
     """Refit the router from the stored outcomes; write learned-vN.json and its card; make it current."""
     settings, folder, db = _state(state_dir)
+    store = open_outcome_store(settings, db)  # every replica's outcomes when MSSERVE_REDIS_URL is set
     try:
-        store = open_outcome_store(settings, db)  # every replica's outcomes when MSSERVE_REDIS_URL is set
         registry = WeightsRegistry(db, folder)
         current = router_for(settings, registry)
         try:
@@ -51,6 +51,7 @@ def learn(state_dir: StateOption = None) -> None:
             raise typer.Exit(code=2) from exc
         path = registry.publish(weights, card)
     finally:
+        store.close()
         db.close()
     typer.echo(card)
     typer.echo(f"wrote {path} (now current; reload a running server: POST /admin/router/reload or SIGHUP)")

@@ -99,6 +99,8 @@ class OutcomeStorage(Protocol):
 
     def judged_series(self, limit: int = 2000) -> list[tuple[float, str]]: ...
 
+    def close(self) -> None: ...
+
 
 def open_outcome_store(settings: Settings, db: StateDB) -> OutcomeStorage:
     """Redis when ``MSSERVE_REDIS_URL`` is set (every replica's outcomes in one place), else the state database."""
@@ -197,6 +199,9 @@ class OutcomeStore:
             (limit,),
         )
         return [(float(r["labelled"]), str(r["verdict"])) for r in reversed(rows)]
+
+    def close(self) -> None:
+        """Nothing of its own: the state database is its owner's to close."""
 
 
 def _outcome(row: sqlite3.Row) -> Outcome:

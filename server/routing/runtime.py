@@ -100,4 +100,5 @@ class LearningRuntime:
             await self.service.drain()
         if self._judge is not None:
             await self._judge.stop()
+        await asyncio.to_thread(self.store.close)
         self.db.close()
