@@ -42,11 +42,13 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
     profile = profile or load_profile(settings.profile, settings.profiles_dir)
     engine = engine or build_engine(profile, settings)
     azure = AzureEngine.from_settings(settings)
-    # Azure spend is reserved and settled in the state database, so a restart cannot reset the daily budget.
+    # Azure spend is reserved and settled in the state database (or Redis, shared by every replica, when
+    # MSSERVE_REDIS_URL is set), so a restart cannot reset the daily budget.
     ledger = open_spend_ledger(settings) if azure is not None else None
     learning = LearningRuntime.open(settings)  # outcome store and learned weights (None: learning off)
     router = learning.router() if learning is not None else Router.from_settings(settings)
-    dispatcher = Dispatcher(engine, azure, router=router, policy=RoutingPolicy.from_settings(settings, ledger=ledger))
+    policy = RoutingPolicy.from_settings(settings, ledger=ledger)  # the breaker: shared through Redis when set
+    dispatcher = Dispatcher(engine, azure, router=router, policy=policy)
     services = Services(
         settings=settings,
         profile=profile,
@@ -93,6 +95,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
                 await azure.stop()
             if ledger is not None:
                 ledger.close()  # the queued settles are written before the process goes
+            policy.breaker.close()
             await telemetry.stop()
             gc.unfreeze()  # what the engine left is garbage now; a test process builds many apps
 

@@ -1,7 +1,8 @@
 """POST /v1/feedback: a client says how good an answer was; the router learns from it.
 
 Body ``{"id": "<the response's id>", "score": 0..1}`` (1: good). Only the API key that made the request may score
-it (another key gets the same 404 as an unknown id: ids do not leak across keys). 204 on success.
+it (another key gets the same 404 as an unknown id: ids do not leak across keys). 204 on success; 503
+``feedback_store_unavailable`` when the shared outcome store (Redis) cannot be reached.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.api.deps import Services, get_services
 from server.api.protocol import ErrorResponse
-from server.errors import NotFoundError
+from server.errors import EngineUnavailableError, NotFoundError
 from server.routing.runtime import LearningRuntime
+from server.state.redis_store import RedisUnavailable
 
 router = APIRouter()
 
-_ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404)}
+_ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 503)}
 
 
 class Feedback(BaseModel):
@@ -40,7 +42,11 @@ async def feedback(body: Feedback, request: Request, services: Annotated[Service
     key_name = getattr(request.state, "key_name", None)
     if runtime is not None and runtime.service is not None:
         await runtime.service.stored(body.id)  # the answer may have gone out a moment before its row is written
-    found = runtime is not None and await asyncio.to_thread(runtime.store.feedback, body.id, key_name, body.score)
+    try:
+        found = runtime is not None and await asyncio.to_thread(runtime.store.feedback, body.id, key_name, body.score)
+    except RedisUnavailable:  # the shared outcome store (MSSERVE_REDIS_URL) is down: nothing was recorded
+        raise EngineUnavailableError("the outcome store is unavailable; send the feedback again later",
+                                     code="feedback_store_unavailable") from None
     if not found:
         raise NotFoundError(f"no response with id {body.id!r} for this API key", param="id", code="response_not_found")
     return Response(status_code=204)

@@ -16,6 +16,7 @@ from server.api.permissions import require_admin
 from server.api.protocol import ErrorResponse
 from server.errors import InvalidRequestError
 from server.routing.learned import load_learned
+from server.state.redis_store import RedisUnavailable
 
 router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 403)}
@@ -57,8 +58,12 @@ async def learning_feed(services: Annotated[Services, Depends(get_services)]) ->
     runtime = learning_runtime(services)
     if runtime is None or runtime.service is None:
         return JSONResponse({"enabled": False}, headers={"cache-control": "no-store"})
-    counts = await asyncio.to_thread(runtime.store.counts)
-    judged = await asyncio.to_thread(runtime.store.judged_series)
+    try:
+        counts = await asyncio.to_thread(runtime.store.counts)
+        judged = await asyncio.to_thread(runtime.store.judged_series)
+    except RedisUnavailable:  # the shared outcome store is down: the panel says so rather than a 500
+        return JSONResponse({"enabled": False, "unavailable": "the outcome store (Redis) is unavailable"},
+                            headers={"cache-control": "no-store"})
     curve = await asyncio.to_thread(_curve, runtime)
     counters = runtime.service.counters
     body = {

@@ -113,7 +113,10 @@ class ApiKeys:
         keys = parse_api_keys(text)
         admins = _named("MSSERVE_ADMIN_KEYS", settings.admin_keys, keys) or frozenset()
         azure = _named("MSSERVE_AZURE_KEYS", settings.azure_keys, keys)
-        return cls(keys, settings.metrics_open, settings.dashboard_open, admins, azure)
+        made = cls(keys, settings.metrics_open, settings.dashboard_open, admins, azure)
+        if keys:  # sessions exist only with keys; without, no need to ask Redis
+            made.secret = session_secret(settings)
+        return made
 
     @property
     def enabled(self) -> bool:
@@ -137,7 +140,8 @@ class ApiKeys:
                 found = name
         return found
 
-    # -- dashboard session: "name.expiry.signature", signed with a per-process secret (the key never leaves JS).
+    # -- dashboard session: "name.expiry.signature", signed with ``secret`` (``session_secret``; the key never
+    # leaves JS).
     # The expiry is absolute: only presenting the key itself (POST /dashboard/login) makes a new session.
     def session_cookie(self, name: str, now: float | None = None) -> str:
         expiry = int((now or time.time()) + SESSION_TTL_S)
@@ -156,6 +160,26 @@ class ApiKeys:
 
     def _sign(self, name: str, expiry: int) -> str:
         return hmac.new(self.secret, f"{name}.{expiry}".encode(), hashlib.sha256).hexdigest()
+
+
+def session_secret(settings: Settings) -> bytes:
+    """What signs dashboard sessions. Every replica must use the same one for a cookie to work on all of them:
+    ``MSSERVE_DASHBOARD_SESSION_SECRET`` (from a Kubernetes Secret), else one kept in Redis when
+    ``MSSERVE_REDIS_URL`` is set (the first replica makes it), else a random one per process (one box; a restart
+    logs the dashboard out)."""
+    if settings.dashboard_session_secret is not None:
+        return settings.dashboard_session_secret.get_secret_value().encode()
+    if settings.redis_url is not None:
+        from server.state.redis_store import RedisUnavailable, shared_secret  # the redis package is an extra
+
+        try:
+            return shared_secret(settings.redis_url.get_secret_value(), settings.redis_timeout_s,
+                                 "dashboard-session").encode()
+        except RedisUnavailable:
+            logging.getLogger(__name__).warning(
+                "Redis unavailable at start-up: dashboard sessions are signed with a secret of this process only, "
+                "so other replicas will not accept its cookies (set MSSERVE_DASHBOARD_SESSION_SECRET)")
+    return secrets.token_bytes(32)
 
 
 def presented_key(headers: Headers) -> str | None:

@@ -1,8 +1,10 @@
 """``msserve router learn`` and ``msserve router rollback``: refit from stored outcomes, or go back one version.
 
-Both read the server's settings (``MSSERVE_STATE_DIR``, ``MSSERVE_ROUTER_WEIGHTS``, ``MSSERVE_ROUTER_TARGET_RATE``)
-and work on the state database a running server writes to (SQLite in WAL mode: safe while it runs). A running
-server picks the result up on ``POST /admin/router/reload`` or SIGHUP.
+Both read the server's settings (``MSSERVE_STATE_DIR``, ``MSSERVE_ROUTER_WEIGHTS``, ``MSSERVE_ROUTER_TARGET_RATE``,
+``MSSERVE_REDIS_URL``) and work on the state database a running server writes to (SQLite in WAL mode: safe while it
+runs). With ``MSSERVE_REDIS_URL`` set, ``learn`` reads the outcomes of every replica from Redis; the weights it
+writes still go to this state folder. A running server picks the result up on ``POST /admin/router/reload`` or
+SIGHUP.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import typer
 from server.config import Settings
 from server.routing import embed
 from server.routing.learned import WeightsRegistry, router_for
-from server.routing.outcomes import OutcomeStore
+from server.routing.outcomes import open_outcome_store
 from server.routing.refit import NotEnoughOutcomes, refit
 from server.state.db import StateDB, default_state_dir
 
@@ -31,8 +33,8 @@ def _state(state_dir: Path | None) -> tuple[Settings, Path, StateDB]:
 def learn(state_dir: StateOption = None) -> None:
     """Refit the router from the stored outcomes; write learned-vN.json and its card; make it current."""
     settings, folder, db = _state(state_dir)
+    store = open_outcome_store(settings, db)  # every replica's outcomes when MSSERVE_REDIS_URL is set
     try:
-        store = OutcomeStore(db)
         registry = WeightsRegistry(db, folder)
         current = router_for(settings, registry)
         try:
@@ -49,6 +51,7 @@ def learn(state_dir: StateOption = None) -> None:
             raise typer.Exit(code=2) from exc
         path = registry.publish(weights, card)
     finally:
+        store.close()
         db.close()
     typer.echo(card)
     typer.echo(f"wrote {path} (now current; reload a running server: POST /admin/router/reload or SIGHUP)")

@@ -40,8 +40,9 @@ API (``SpendLedger``; every Azure caller goes through it, escalations, shadow ca
 ``BEGIN IMMEDIATE`` transaction, so processes sharing the folder cannot overspend together either. A
 reservation left open by a process that died is settled *at its reserved amount* when the next ledger opens
 the store: the real cost is unknown, and the reserved amount is the most that call could have cost, so the
-cap errs on the safe side (the day's figure may overstate the spend; it never understates it). A Redis
-implementation for N replicas (one Lua script per operation) fits the same protocol.
+cap errs on the safe side (the day's figure may overstate the spend; it never understates it).
+``RedisSpendLedger`` (``server.routing.ledger_redis``) is the same protocol for N replicas, one Lua script per
+operation; ``open_spend_ledger`` picks it when ``MSSERVE_REDIS_URL`` is set.
 """
 
 from __future__ import annotations
@@ -142,9 +143,50 @@ def utc_today() -> date:
     return datetime.now(UTC).date()
 
 
+def refusal(
+    snapshot: SpendSnapshot, usd: float, purpose: Purpose, budget: float | None, shadow_share: float
+) -> BudgetRefused | None:
+    """Why ``usd`` more for ``purpose`` does not fit the day's figures (None: it fits). Every ledger's one rule."""
+    if budget is None:
+        return None
+    spent = snapshot.spent_usd
+    if spent + usd > budget + 1e-9:
+        reason = "daily budget spent" if spent >= budget else "daily budget too low for this request"
+        return BudgetRefused(
+            reason,
+            f"{reason}: ${spent:.4f} of ${budget:.2f} spent or reserved today, this call may cost ${usd:.4f}",
+            purpose=purpose,
+            estimate_usd=usd,
+            spent_usd=spent,
+        )
+    if purpose != "escalation":
+        share = shadow_share * budget
+        used = sum(v for k, v in snapshot.by_purpose.items() if k != "escalation")
+        if used + usd > share + 1e-9:
+            return BudgetRefused(
+                "shadow budget share spent",
+                f"shadow budget share spent: ${used:.4f} of ${share:.4f} "
+                f"({shadow_share:.0%} of the daily budget) used by shadow and judge calls today",
+                purpose=purpose,
+                estimate_usd=usd,
+                spent_usd=spent,
+            )
+    return None
+
+
 def open_spend_ledger(settings: Settings) -> SpendLedger:
-    """The ledger the settings describe: the state database under ``MSSERVE_STATE_DIR`` (a shared store, such as
-    Redis for several replicas, would be chosen here)."""
+    """The ledger the settings describe: Redis when ``MSSERVE_REDIS_URL`` is set (shared by every replica; opening
+    it never fails on a Redis that is down: reservations are then refused), else the state database under
+    ``MSSERVE_STATE_DIR``."""
+    if settings.redis_url is not None:
+        from server.routing.ledger_redis import RedisSpendLedger  # the redis package is an extra
+
+        return RedisSpendLedger(
+            settings.redis_url.get_secret_value(),
+            daily_usd=settings.azure_daily_budget_usd,
+            shadow_share=settings.router_shadow_budget_share,
+            timeout_s=settings.redis_timeout_s,
+        )
     directory = settings.state_dir or default_state_dir()
     try:
         return SQLiteSpendLedger(
@@ -159,30 +201,21 @@ def open_spend_ledger(settings: Settings) -> SpendLedger:
         ) from exc
 
 
-class SQLiteSpendLedger:
-    """The ledger in the shared SQLite state database; one writer thread keeps the writes off the event loop."""
+class QueuedLedger:
+    """What every ``SpendLedger`` shares: its store's calls run on writer threads of its own, so ``settle`` and
+    ``release`` stay plain calls whose writes run even when the task that made them is cancelled; a reservation
+    settles or releases once. Subclasses give ``_reserve``, ``_close`` and ``_refresh`` (run on a writer thread)."""
 
     def __init__(
-        self,
-        db: StateDB,
-        *,
-        daily_usd: float | None,
-        shadow_share: float = 0.1,
-        today: Callable[[], date] = utc_today,
+        self, *, daily_usd: float | None, shadow_share: float, today: Callable[[], date], workers: int, name: str
     ) -> None:
-        self.db = db
         self.daily_usd = daily_usd
         self.shadow_share = min(1.0, max(0.0, shadow_share))
         self._today = today
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        # One thread: writes happen in the order they were asked for, and a queued settle runs even when the
-        # task that queued it is cancelled.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spend-ledger")
+        self._writer = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._open: set[str] = set()  # this ledger's reservations not yet settled or released
         self._open_lock = threading.Lock()
         self._snapshot = SpendSnapshot(day=today().isoformat(), daily_usd=daily_usd)
-        db.migrate(COMPONENT, MIGRATIONS)
-        self._settle_orphans()
 
     # -- the protocol --------------------------------------------------------------------------------------------
     async def reserve(self, usd: float, *, purpose: Purpose = "escalation") -> Reservation:
@@ -192,8 +225,8 @@ class SQLiteSpendLedger:
         try:
             return await asyncio.shield(asyncio.wrap_future(future))
         except asyncio.CancelledError:
-            # The caller left while the write was queued or running: release what it reserved. The writer runs
-            # jobs in order, so this one runs after the reservation's, and before anything asked for later.
+            # The caller left while the write was queued or running: release what it reserved, once it is made
+            # (with one writer thread this job runs after the reservation's, and before anything asked for later).
             self._submit(self._release_abandoned, future)
             raise
 
@@ -219,6 +252,61 @@ class SQLiteSpendLedger:
         """Finish the queued writes (start-up and shutdown only: it blocks)."""
         self._writer.shutdown(wait=True)
 
+    # -- for subclasses, on a writer thread -----------------------------------------------------------------------
+    def _reserve(self, usd: float, purpose: Purpose) -> Reservation:
+        raise NotImplementedError
+
+    def _close(self, reservation: Reservation, usd: float | None) -> None:
+        """Settle (``usd``) or release (None) one reservation."""
+        raise NotImplementedError
+
+    def _refresh(self) -> SpendSnapshot:
+        raise NotImplementedError
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+    def _opened(self, reservation: Reservation) -> None:
+        with self._open_lock:
+            self._open.add(reservation.id)
+
+    def _claim(self, reservation: Reservation) -> bool:
+        """True once per reservation: a second settle or release is a no-op."""
+        with self._open_lock:
+            if reservation.id not in self._open:
+                return False
+            self._open.discard(reservation.id)
+            return True
+
+    def _submit(self, fn: Callable[..., None], *args: object) -> None:
+        try:
+            self._writer.submit(fn, *args)
+        except RuntimeError:  # the writer is shut down (process exiting): write here rather than lose it
+            fn(*args)
+
+    def _release_abandoned(self, future: Future[Reservation]) -> None:
+        if not future.cancelled() and future.exception() is None:  # waits for the reservation's job
+            reservation = future.result()
+            if self._claim(reservation):
+                self._close(reservation, None)
+
+
+class SQLiteSpendLedger(QueuedLedger):
+    """The ledger in the shared SQLite state database; one writer thread keeps the writes off the event loop."""
+
+    def __init__(
+        self,
+        db: StateDB,
+        *,
+        daily_usd: float | None,
+        shadow_share: float = 0.1,
+        today: Callable[[], date] = utc_today,
+    ) -> None:
+        # One thread: writes happen in the order they were asked for.
+        super().__init__(daily_usd=daily_usd, shadow_share=shadow_share, today=today, workers=1, name="spend-ledger")
+        self.db = db
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        db.migrate(COMPONENT, MIGRATIONS)
+        self._settle_orphans()
+
     # -- on the writer thread ------------------------------------------------------------------------------------
     def _reserve(self, usd: float, purpose: Purpose) -> Reservation:
         day = self._today().isoformat()
@@ -238,8 +326,7 @@ class SQLiteSpendLedger:
         except Exception as exc:  # sqlite3 errors, a full disk, a locked database past the busy timeout
             log.error("Azure spend ledger unavailable: %s", exc)
             raise LedgerUnavailable(f"the Azure spend ledger is unavailable ({type(exc).__name__})") from exc
-        with self._open_lock:
-            self._open.add(reservation.id)
+        self._opened(reservation)
         by_purpose = dict(snapshot.by_purpose)
         by_purpose[purpose] = by_purpose.get(purpose, 0.0) + usd
         self._snapshot = snapshot.model_copy(
@@ -248,31 +335,9 @@ class SQLiteSpendLedger:
         return reservation
 
     def _check(self, snapshot: SpendSnapshot, usd: float, purpose: Purpose) -> None:
-        budget = self.daily_usd
-        if budget is None:
-            return
-        spent = snapshot.spent_usd
-        if spent + usd > budget + 1e-9:
-            reason = "daily budget spent" if spent >= budget else "daily budget too low for this request"
-            raise BudgetRefused(
-                reason,
-                f"{reason}: ${spent:.4f} of ${budget:.2f} spent or reserved today, this call may cost ${usd:.4f}",
-                purpose=purpose,
-                estimate_usd=usd,
-                spent_usd=spent,
-            )
-        if purpose != "escalation":
-            share = self.shadow_share * budget
-            used = sum(v for k, v in snapshot.by_purpose.items() if k != "escalation")
-            if used + usd > share + 1e-9:
-                raise BudgetRefused(
-                    "shadow budget share spent",
-                    f"shadow budget share spent: ${used:.4f} of ${share:.4f} "
-                    f"({self.shadow_share:.0%} of the daily budget) used by shadow and judge calls today",
-                    purpose=purpose,
-                    estimate_usd=usd,
-                    spent_usd=spent,
-                )
+        refused = refusal(snapshot, usd, purpose, self.daily_usd, self.shadow_share)
+        if refused is not None:
+            raise refused
 
     def _close(self, reservation: Reservation, usd: float | None) -> None:
         """Settle (``usd``) or release (None) one reservation; also when a start-up sweep settled it already."""
@@ -335,24 +400,3 @@ class SQLiteSpendLedger:
                 sum(row["reserved_usd"] for row in rows),
             )
         self._refresh()
-
-    # -- helpers ----------------------------------------------------------------------------------------------------
-    def _claim(self, reservation: Reservation) -> bool:
-        """True once per reservation: a second settle or release is a no-op."""
-        with self._open_lock:
-            if reservation.id not in self._open:
-                return False
-            self._open.discard(reservation.id)
-            return True
-
-    def _submit(self, fn: Callable[..., None], *args: object) -> None:
-        try:
-            self._writer.submit(fn, *args)
-        except RuntimeError:  # the writer is shut down (process exiting): write here rather than lose it
-            fn(*args)
-
-    def _release_abandoned(self, future: Future[Reservation]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            reservation = future.result()
-            if self._claim(reservation):
-                self._close(reservation, None)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from server.routing.outcomes import Outcome, OutcomeStore
+from server.routing.outcomes import Outcome, OutcomeStorage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -24,7 +24,7 @@ _STOP = object()
 
 
 class OutcomeWriter(Generic[T]):
-    def __init__(self, store: OutcomeStore, build: Callable[[T], Outcome | None], *, prune_every: int = 1000) -> None:
+    def __init__(self, store: OutcomeStorage, build: Callable[[T], Outcome | None], *, prune_every: int = 1000) -> None:
         self.store = store
         self.build = build
         self.prune_every = prune_every

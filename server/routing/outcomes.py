@@ -17,11 +17,12 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel
 
+from server.config import Settings
 from server.state.db import StateDB
 
 COMPONENT = "router_outcomes"
@@ -75,6 +76,41 @@ class Outcome(BaseModel):
     label: float | None = None
     label_source: str | None = None
     labelled: float | None = None
+
+
+class OutcomeStorage(Protocol):
+    """What the writer, the learning service, feedback, the dashboard and ``msserve router learn`` use: this
+    module's SQLite ``OutcomeStore`` on one box, ``server.routing.outcomes_redis.RedisOutcomeStore`` across
+    replicas. Synchronous: callers run it off the event loop."""
+
+    def add_many(self, outcomes: Sequence[Outcome]) -> None: ...
+
+    def judge(self, outcome_id: str, verdict: Verdict, *, now: float | None = None) -> bool: ...
+
+    def feedback(self, outcome_id: str, key_name: str | None, score: float, *, now: float | None = None) -> bool: ...
+
+    def prune(self, *, now: float | None = None) -> int: ...
+
+    def get(self, outcome_id: str) -> Outcome | None: ...
+
+    def all(self, *, labelled_only: bool = False) -> list[Outcome]: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def judged_series(self, limit: int = 2000) -> list[tuple[float, str]]: ...
+
+    def close(self) -> None: ...
+
+
+def open_outcome_store(settings: Settings, db: StateDB) -> OutcomeStorage:
+    """Redis when ``MSSERVE_REDIS_URL`` is set (every replica's outcomes in one place), else the state database."""
+    rows, days = settings.router_outcomes_max_rows, settings.router_outcomes_max_age_days
+    if settings.redis_url is not None:
+        from server.routing.outcomes_redis import RedisOutcomeStore  # the redis package is an extra
+
+        url = settings.redis_url.get_secret_value()
+        return RedisOutcomeStore(url, timeout_s=settings.redis_timeout_s, max_rows=rows, max_age_days=days)
+    return OutcomeStore(db, max_rows=rows, max_age_days=days)
 
 
 class OutcomeStore:
@@ -163,6 +199,9 @@ class OutcomeStore:
             (limit,),
         )
         return [(float(r["labelled"]), str(r["verdict"])) for r in reversed(rows)]
+
+    def close(self) -> None:
+        """Nothing of its own: the state database is its owner's to close."""
 
 
 def _outcome(row: sqlite3.Row) -> Outcome:

@@ -79,6 +79,11 @@ class CircuitBreaker:
         self._probe, self._probe_since = self._probes, self._clock()
         return Permit(probe=self._probe)
 
+    async def acquire_async(self) -> Permit | None:
+        """``acquire`` as ``RoutingPolicy.admit`` asks for it: a shared breaker (``server.routing.breaker_redis``)
+        asks its store here."""
+        return self.acquire()
+
     def allow(self) -> bool:
         return self.acquire() is not None
 
@@ -102,6 +107,27 @@ class CircuitBreaker:
         """No verdict (the caller left, the call was never made): free the probe, leave the state as it is."""
         if permit is not None and permit.probe is not None and permit.probe == self._probe:
             self._probe = None
+
+    def close(self) -> None:
+        """Nothing to let go of in process; a shared breaker finishes its queued writes."""
+
+
+def open_breaker(settings: Settings) -> CircuitBreaker:
+    """The breaker the settings describe: shared through Redis when ``MSSERVE_REDIS_URL`` is set, else in process."""
+    # A probe is out at most one call's length: its timeout on every attempt plus the 429 waits.
+    probe_lease_s = settings.azure_timeout_s * settings.azure_max_attempts + settings.azure_max_retry_wait_s
+    if settings.redis_url is not None:
+        from server.routing.breaker_redis import SharedCircuitBreaker  # the redis package is an extra
+
+        return SharedCircuitBreaker(
+            settings.redis_url.get_secret_value(),
+            settings.azure_breaker_failures,
+            settings.azure_breaker_cooldown_s,
+            probe_lease_s=probe_lease_s,
+            timeout_s=settings.redis_timeout_s,
+        )
+    return CircuitBreaker(settings.azure_breaker_failures, settings.azure_breaker_cooldown_s,
+                          probe_lease_s=probe_lease_s)
 
 
 class Prices(BaseModel):
@@ -183,12 +209,7 @@ class RoutingPolicy:
     @classmethod
     def from_settings(cls, settings: Settings, *, ledger: SpendLedger | None = None) -> RoutingPolicy:
         return cls(
-            breaker=CircuitBreaker(
-                settings.azure_breaker_failures,
-                settings.azure_breaker_cooldown_s,
-                # A probe is out at most one call's length: its timeout on every attempt plus the 429 waits.
-                probe_lease_s=settings.azure_timeout_s * settings.azure_max_attempts + settings.azure_max_retry_wait_s,
-            ),
+            breaker=open_breaker(settings),
             ledger=ledger,
             prices=Prices(
                 azure_input=settings.azure_price_input_per_mtok,
@@ -214,7 +235,7 @@ class RoutingPolicy:
 
         The returned call must be finished (``AzureCall.finish``) however it ends: that settles both.
         """
-        permit = self.breaker.acquire() if use_breaker else Permit()
+        permit = await self.breaker.acquire_async() if use_breaker else Permit()
         if permit is None:
             raise AzureBlocked("circuit open", kind="circuit")
         estimate = reserve_usage(request, self.reserve_max_tokens)

@@ -15,7 +15,7 @@ from server.engines.base import Engine
 from server.routing import embed
 from server.routing.dispatch import Dispatcher
 from server.routing.learned import WeightsRegistry, router_for
-from server.routing.outcomes import OutcomeStore
+from server.routing.outcomes import open_outcome_store
 from server.routing.router import Router
 from server.routing.shadow import LearningService
 from server.state.db import StateDB, default_state_dir
@@ -28,9 +28,7 @@ class LearningRuntime:
         self.settings = settings
         self.folder = folder
         self.db = db
-        self.store = OutcomeStore(
-            db, max_rows=settings.router_outcomes_max_rows, max_age_days=settings.router_outcomes_max_age_days
-        )
+        self.store = open_outcome_store(settings, db)  # Redis (every replica's outcomes) when MSSERVE_REDIS_URL is set
         self.registry = WeightsRegistry(db, folder)
         self.dispatcher: Dispatcher | None = None
         self.service: LearningService | None = None
@@ -102,4 +100,5 @@ class LearningRuntime:
             await self.service.drain()
         if self._judge is not None:
             await self._judge.stop()
+        await asyncio.to_thread(self.store.close)
         self.db.close()

@@ -27,7 +27,7 @@ from server.routing.azure_call import AzureBlocked
 from server.routing.dispatch import Routed
 from server.routing.learned import LearnedRouter, ServingRouter, feature_set_version
 from server.routing.outcome_writer import OutcomeWriter
-from server.routing.outcomes import Outcome, OutcomeStore, Verdict
+from server.routing.outcomes import Outcome, OutcomeStorage, Verdict
 from server.routing.policy import RoutingPolicy
 from server.routing.router import Router
 from server.types import GenerationChunk, GenerationRequest, Usage
@@ -113,7 +113,7 @@ class LearningService:
     def __init__(
         self,
         *,
-        store: OutcomeStore,
+        store: OutcomeStorage,
         router: Callable[[], Router | None],
         policy: RoutingPolicy,
         azure: Engine | None = None,

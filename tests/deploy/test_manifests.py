@@ -161,7 +161,11 @@ def test_secrets_stay_out_of_the_configmap(report: Any) -> None:
         assert not [key for key in settings_of(objects) if re.search("KEY|TOKEN|SECRET", key)]
         sources = container(objects)["envFrom"]
         secrets = {s["secretRef"]["name"] for s in sources if "secretRef" in s}
-        assert {"msserve-api-keys", "msserve-azure"} <= secrets
+        assert {"msserve-api-keys", "msserve-azure", "msserve-shared-state"} <= secrets
+        shared = next(
+            obj for obj in objects if obj["kind"] == "Secret" and obj["metadata"]["name"] == "msserve-shared-state"
+        )
+        assert "MSSERVE_DASHBOARD_SESSION_SECRET" in shared["stringData"]  # empty: refused until set, as the keys
         api_keys = next(
             obj for obj in objects if obj["kind"] == "Secret" and obj["metadata"]["name"] == "msserve-api-keys"
         )
