@@ -93,6 +93,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
                 await azure.stop()
             if ledger is not None:
                 ledger.close()  # the queued settles are written before the process goes
+            await app.state.key_limits.close()  # stops renewing the leases of requests that are gone
             await telemetry.stop()
             gc.unfreeze()  # what the engine left is garbage now; a test process builds many apps
 

@@ -193,6 +193,16 @@ class Settings(BaseSettings):
     max_waiting_requests: int = 256  # beyond max_concurrent_requests, wait up to queue_timeout_s; past it: 429
     queue_timeout_s: float = 30.0  # longest wait for a slot before a 429
     retry_after_s: int = 1  # Retry-After on 429s and 503s from the limits
+    # Per-key rate limits (server.limits), as LiteLLM's key rpm_limit / tpm_limit: requests, and tokens (prompt +
+    # completion of answered requests), per API key in any 60 s; past them 429 with Retry-After. 0: no limit.
+    key_rpm_limit: int = Field(default=0, ge=0)
+    key_tpm_limit: int = Field(default=0, ge=0)
+    # One key's own limit instead: "alice=600,batch-bot=0" (or a JSON object), names from MSSERVE_API_KEYS; 0: none.
+    key_rpm_overrides: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    key_tpm_overrides: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    # With MSSERVE_REDIS_URL: each request's per-key slot is a lease in Redis, renewed while the request runs; the
+    # slots of a replica that died free themselves this long after its last renewal.
+    key_lease_ttl_s: float = Field(default=30.0, ge=1.0)
     # Idle keep-alive connections are closed after this. Longer than load balancers' idle timeouts (60 s on
     # the common ones), so the server never closes a connection the balancer is about to reuse.
     keep_alive_timeout_s: int = 75
@@ -236,6 +246,33 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("key_rpm_overrides", "key_tpm_overrides", mode="before")
+    @classmethod
+    def _parse_key_numbers(cls, value: Any) -> Any:
+        """``name=number`` pairs, comma-separated (or a JSON object); the names are checked against the keys later."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        numbers: dict[str, str] = {}
+        for entry in (item.strip() for item in text.split(",")):
+            if not entry:
+                continue
+            name, sep, number = entry.partition("=")
+            if not sep or not name.strip() or not number.strip():
+                raise ValueError(f"entry {entry!r} needs the form name=number")
+            numbers[name.strip()] = number.strip()
+        return numbers
+
+    @field_validator("key_rpm_overrides", "key_tpm_overrides")
+    @classmethod
+    def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        negative = [name for name, number in value.items() if number < 0]
+        if negative:
+            raise ValueError(f"limits must be 0 (none) or more; negative for {', '.join(map(repr, negative))}")
         return value
 
     @field_validator("trusted_proxies")
