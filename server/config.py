@@ -193,13 +193,13 @@ class Settings(BaseSettings):
     max_waiting_requests: int = 256  # beyond max_concurrent_requests, wait up to queue_timeout_s; past it: 429
     queue_timeout_s: float = 30.0  # longest wait for a slot before a 429
     retry_after_s: int = 1  # Retry-After on 429s and 503s from the limits
-    # Per-key rate limits (server.limits), as LiteLLM's key rpm_limit / tpm_limit: requests, and tokens (prompt +
-    # completion of answered requests), per API key in any 60 s; past them 429 with Retry-After. 0: no limit.
+    # Per-key rate limits (server.limits), as LiteLLM's key rpm_limit / tpm_limit, over any 60 s; past them 429
+    # with Retry-After. 0: no limit. Requests: model requests (POST /v1/*) of each API key.
     key_rpm_limit: int = Field(default=0, ge=0)
-    key_tpm_limit: int = Field(default=0, ge=0)
+    key_tpm_limit: int = Field(default=0, ge=0)  # tokens (prompt + completion) of each API key's answered requests
     # One key's own limit instead: "alice=600,batch-bot=0" (or a JSON object), names from MSSERVE_API_KEYS; 0: none.
     key_rpm_overrides: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
-    key_tpm_overrides: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    key_tpm_overrides: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)  # the same for tokens
     # With MSSERVE_REDIS_URL: each request's per-key slot is a lease in Redis, renewed while the request runs; the
     # slots of a replica that died free themselves this long after its last renewal.
     key_lease_ttl_s: float = Field(default=30.0, ge=1.0)
