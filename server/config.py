@@ -222,6 +222,16 @@ class Settings(BaseSettings):
     log_contents: bool = False  # put prompt text (and image sizes/hashes, never pixels) in the request log
     recent_requests: int = 200  # size of the recent-requests ring buffer the dashboard shows
 
+    # --- Shared state across replicas (server.state.redis_store) ---
+    # redis://[:password@]host:port/db, rediss:// (TLS) or unix:///path. Set: the Azure budget and spend, the circuit
+    # breaker and the router's outcomes live in Redis, shared by every replica. None: in-process state plus SQLite.
+    redis_url: SecretStr | None = None
+    # Connect and read timeout of every Redis call: a dead Redis fails fast (Azure is then refused, never unlimited).
+    redis_timeout_s: float = Field(default=0.5, gt=0.0, le=30.0)
+    # Signs the dashboard's session cookies. Set it (from a Secret) so every replica accepts a cookie any replica
+    # issued. None: one in Redis when redis_url is set (made once, SET NX), else a random one per process.
+    dashboard_session_secret: SecretStr | None = None
+
     # --- Tenants, hosts and proxies (server.middleware.auth, host_allow, cross_site; server.api.permissions) ---
     # Key names from api_keys. Admin keys open the dashboard's all-tenant view, /ready's details and /admin/*;
     # other keys see only their own requests. Empty: no admin keys.
@@ -298,6 +308,26 @@ class Settings(BaseSettings):
             return value
         raise ValueError(f"MSSERVE_AZURE_ENDPOINT must be an https:// URL (plain http:// only to a loopback "
                          f"address), not {value!r}")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message names the scheme only: the URL may carry a password.
+        if value is None:
+            return None
+        scheme = urlsplit(value.get_secret_value().strip()).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"MSSERVE_REDIS_URL must start with redis://, rediss:// or unix://, not {scheme or 'no'} "
+                             "scheme")
+        return value
+
+    @field_validator("dashboard_session_secret")
+    @classmethod
+    def _session_secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("MSSERVE_DASHBOARD_SESSION_SECRET needs at least 32 characters "
+                             "(e.g. 64 random hex digits)")
+        return value
 
     # --- Model aliases (server.api.aliases): a client written for Azure keeps its deployment name as the model ---
     # "gpt-4o=auto,gpt-4o-mini=local,my-deployment=azure" (or a JSON object): name -> route (auto, local, azure,

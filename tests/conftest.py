@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.redis_server import RedisServer
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = REPO / "models" / "tiny-mistral3"
 LOOPBACK = "127.0.0.1"
@@ -100,3 +102,11 @@ def openai_client(live_server: LiveServer):  # type: ignore[no-untyped-def]
 
     with OpenAI(base_url=live_server.v1, api_key="not-needed", max_retries=0, timeout=120) as client:
         yield client
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own on a free loopback port (fails, never skips, when not installed)."""
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()

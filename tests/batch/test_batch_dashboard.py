@@ -20,7 +20,7 @@ KEYS = {"dash": "sk-dash-batch-0123456789", "other": "sk-other-batch-0123456789"
 def test_dashboard_lists_own_batches_with_progress(tmp_path: Path) -> None:
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.fail("no chromium on the PATH: run scripts/install_browser.sh (make test does)")
+        pytest.fail("no chromium on the PATH: run scripts/install_test_deps.sh (make test does)")
     from playwright.sync_api import expect, sync_playwright
 
     server = start_scripted_server(tmp_path, {"OPS_CHUNKS": "2", "MSSERVE_API_KEYS": ",".join(

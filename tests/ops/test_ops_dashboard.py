@@ -1,6 +1,6 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright): sign in, upload, caption, new row.
 
-Chromium must be installed (scripts/install_browser.sh, called by `make test`): without it this test fails,
+Chromium must be installed (scripts/install_test_deps.sh, called by `make test`): without it this test fails,
 it does not skip. `playwright install` is never used.
 """
 
@@ -23,7 +23,7 @@ KEY = "sk-dash-0123456789ab"
 def test_sign_in_upload_and_see_the_routed_caption(tmp_path: Path) -> None:
     chromium = shutil.which("chromium")  # Debian's package, on the PATH wherever the distribution puts it
     if chromium is None:
-        pytest.fail("no chromium on the PATH: run scripts/install_browser.sh (make test does)")
+        pytest.fail("no chromium on the PATH: run scripts/install_test_deps.sh (make test does)")
     from playwright.sync_api import expect, sync_playwright
 
     picture = tmp_path / "red.png"
