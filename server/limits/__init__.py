@@ -29,6 +29,15 @@ class KeyLimitsSetup:
 
 
 def open_key_limits(settings: Settings) -> KeyLimitsSetup:
-    """The policy and the store: in this process, or in Redis when MSSERVE_REDIS_URL is set."""
+    """The policy and the store: in this process, or in Redis when MSSERVE_REDIS_URL is set (no connection is
+    made here: the first request makes it, and a Redis that is down then is counted around)."""
     stats = KeyLimitStats()
-    return KeyLimitsSetup(KeyLimitPolicy.from_settings(settings, shared=False), LocalKeyStore(), stats)
+    if settings.redis_url is None:
+        return KeyLimitsSetup(KeyLimitPolicy.from_settings(settings, shared=False), LocalKeyStore(), stats)
+    from server.limits.shared import RedisKeyStore
+    from server.state.redis_store import open_redis, redis_errors
+
+    client = open_redis(settings.redis_url.get_secret_value(), settings.redis_timeout_s)
+    store = RedisKeyStore(client, lease_ttl_s=settings.key_lease_ttl_s, retry_after_s=settings.retry_after_s,
+                          stats=stats, errors=redis_errors(), owns_client=True)
+    return KeyLimitsSetup(KeyLimitPolicy.from_settings(settings, shared=True), store, stats)

@@ -27,10 +27,10 @@ from typing import Any
 from server.limits.local import LocalKeyStore
 from server.limits.metrics import KeyLimitStats
 from server.limits.policy import WINDOW_S, Admission, KeyLimits, LimitName, Refusal
+from server.state.redis_store import key as redis_key
 
 log = logging.getLogger(__name__)
 
-PREFIX = "msserve:keylimits"
 RETRY_SHARED_S = 2.0  # after Redis failed, count in process this long before asking it again
 _BUCKET_TTL_S = 2 * WINDOW_S  # a key's buckets vanish this long after its last request
 
@@ -110,25 +110,27 @@ _REFUSED: dict[int, LimitName] = {1: "concurrency", 2: "requests", 3: "tokens"}
 
 def redis_keys(key: str) -> tuple[str, str, str]:
     """The requests, tokens and leases keys of one API key name (names are [A-Za-z0-9_.@-]: no braces)."""
-    base = f"{PREFIX}:{{{key}}}"
-    return f"{base}:requests", f"{base}:tokens", f"{base}:leases"
+    tag = f"{{{key}}}"
+    return redis_key("keylimits", tag, "requests"), redis_key("keylimits", tag, "tokens"), \
+        redis_key("keylimits", tag, "leases")
 
 
 class RedisKeyStore:
     def __init__(self, client: Any, *, lease_ttl_s: float = 30.0, retry_after_s: int = 1,
                  stats: KeyLimitStats | None = None, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic, errors: tuple[type[Exception], ...] = ()
-                 ) -> None:
-        """``client``: a redis.asyncio.Redis; ``errors``: what it raises when Redis cannot be reached (besides
-        OSError and timeouts), each answered by counting in this process."""
+                 monotonic: Callable[[], float] = time.monotonic,
+                 errors: tuple[type[BaseException], ...] = (OSError, TimeoutError), owns_client: bool = False) -> None:
+        """``client``: a redis.asyncio.Redis (closed by ``close`` when ``owns_client``); ``errors``: what it raises
+        when Redis fails (server.state.redis_store.redis_errors), each answered by counting in this process."""
         self.client = client
+        self.owns_client = owns_client
         self.lease_ttl_s = lease_ttl_s
         self.retry_after_s = retry_after_s
         self.stats = stats or KeyLimitStats()
         self.stats.shared = True
         self.clock = clock
         self.monotonic = monotonic
-        self.errors: tuple[type[Exception], ...] = (OSError, TimeoutError, *errors)
+        self.errors = errors
         self.local = LocalKeyStore(clock=monotonic)
         self._admit = client.register_script(_ADMIT)
         self._finish = client.register_script(_FINISH)
@@ -198,6 +200,9 @@ class RedisKeyStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewal
             self._renewal = None
+        if self.owns_client:
+            with contextlib.suppress(*self.errors):
+                await self.client.aclose()
 
     def _local(self, key: str, limits: KeyLimits) -> Admission | Refusal:
         self.stats.fallbacks += 1

@@ -1,0 +1,108 @@
+"""The Redis store of the per-key limits against a real redis-server: two stores (two replicas' views, each its own
+client) share one key's requests, tokens and leases; the clock is injected, so windows and leases move by steps."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from server.limits.metrics import KeyLimitStats
+from server.limits.policy import Admission, KeyLimits, Refusal
+from server.limits.shared import RedisKeyStore, redis_keys
+from server.state.redis_store import open_redis, redis_errors
+from tests.redis_server import RedisServer
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def two_replicas(redis_server: RedisServer) -> AsyncIterator[tuple[RedisKeyStore, RedisKeyStore, Clock]]:
+    """Opened in the test's own event loop (the clients' connections belong to it)."""
+    clock = Clock()
+    stores = [RedisKeyStore(open_redis(redis_server.url, 0.3), lease_ttl_s=30, retry_after_s=2, stats=KeyLimitStats(),
+                            clock=clock, monotonic=clock, errors=redis_errors(), owns_client=True) for _ in range(2)]
+    try:
+        yield stores[0], stores[1], clock
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_requests_per_minute_are_one_count_across_replicas(redis_server: RedisServer) -> None:
+    async with two_replicas(redis_server) as (a, b, clock):
+        limits = KeyLimits(rpm=3)
+        for store in (a, b, a):
+            assert isinstance(await store.admit("alice", limits), Admission)
+            clock.now += 10
+        refused = await b.admit("alice", limits)  # the 4th in the minute, on the other replica
+        assert isinstance(refused, Refusal) and refused.limit == "requests" and refused.allowed == 3
+        assert refused.retry_after_s == pytest.approx(30.0)  # the first leaves 60 s after it came, 30 s from now
+        assert isinstance(await a.admit("bob", limits), Admission)
+        clock.now += 30
+        admitted = await b.admit("alice", limits)
+        assert isinstance(admitted, Admission) and admitted.shared and admitted.requests_used == 3
+        assert isinstance(await a.admit("alice", limits), Refusal)  # refusals were not counted; this one is the 4th
+
+
+async def test_tokens_counted_on_one_replica_refuse_on_another(redis_server: RedisServer) -> None:
+    async with two_replicas(redis_server) as (a, b, clock):
+        limits = KeyLimits(tpm=100)
+        first = await a.admit("alice", limits)
+        assert isinstance(first, Admission)
+        await a.finish(first, 120)
+        clock.now += 5
+        refused = await b.admit("alice", limits)
+        assert isinstance(refused, Refusal) and refused.limit == "tokens"
+        assert refused.retry_after_s == pytest.approx(55.0)
+        clock.now += 55
+        assert isinstance(await b.admit("alice", limits), Admission)
+
+
+async def test_leases_cap_requests_in_flight_across_replicas_and_lapse_when_one_dies(redis_server: RedisServer) -> None:
+    async with two_replicas(redis_server) as (a, b, clock):
+        limits = KeyLimits(concurrency=2)
+        held = await a.admit("alice", limits)
+        other = await b.admit("alice", limits)
+        assert isinstance(held, Admission) and isinstance(other, Admission) and held.lease and other.lease
+        refused = await b.admit("alice", limits)
+        assert isinstance(refused, Refusal) and refused.limit == "concurrency"
+        error = refused.error()
+        assert error.code == "too_many_concurrent_requests" and error.headers == {"retry-after": "2"}
+        await b.finish(other, 0)  # a request that ends frees its slot at once
+        again = await b.admit("alice", limits)
+        assert isinstance(again, Admission)
+        # b keeps renewing its lease; a "dies": it holds its lease and never renews it again.
+        clock.now += 25
+        await b.renew()
+        assert isinstance(await b.admit("alice", limits), Refusal)  # 25 s < 30 s: a's lease still holds its slot
+        clock.now += 5.001  # a's lease is past its end; b's renewed one is not
+        taken = await b.admit("alice", limits)
+        assert isinstance(taken, Admission)
+        assert isinstance(await b.admit("alice", limits), Refusal)  # b's two: the cap again
+        leases = await b.client.zrange(redis_keys("alice")[2], 0, -1)
+        assert set(leases) == {again.lease, taken.lease}
+
+
+async def test_redis_gone_means_counting_in_process_never_an_error(redis_server: RedisServer) -> None:
+    async with two_replicas(redis_server) as (a, _, clock):
+        limits = KeyLimits(rpm=2, concurrency=5)
+        shared = await a.admit("alice", limits)
+        assert isinstance(shared, Admission) and shared.shared
+        redis_server.kill()
+        await a.finish(shared, 10)  # the lease lapses by itself; nothing raised
+        first, second = await a.admit("alice", limits), await a.admit("alice", limits)
+        assert isinstance(first, Admission) and isinstance(second, Admission) and not first.shared
+        refused = await a.admit("alice", limits)  # this replica's own count of the minute: 2
+        assert isinstance(refused, Refusal) and refused.limit == "requests"
+        assert a.stats.fallbacks == 3 and a.stats.shared_up is False
+        await a.finish(first, 5)
+        clock.now += 60  # the in-process window moves on too
+        assert isinstance(await a.admit("alice", limits), Admission)
