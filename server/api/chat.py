@@ -97,7 +97,7 @@ async def _chat(
         )
         routed = await services.dispatcher.dispatch(generation, route, stream=body.stream)
         routed = observe_routed(request, routed, generation, stream=body.stream)  # telemetry: decision, timings
-        routed = meter_routed(request, routed)  # its tokens count toward the key's tokens per minute
+        routed = meter_routed(request, routed, generation)  # its tokens count toward the key's tokens per minute
         response_id = completion_id()  # made before answering: the stored outcome and feedback name it
         learning = learning_runtime(services)
         if learning is not None and learning.service is not None:  # stores the outcome once the answer has gone out

@@ -8,7 +8,9 @@ from pydantic import ValidationError
 from server.config import Settings
 from server.limits.local import LocalKeyStore
 from server.limits.policy import Admission, KeyLimitPolicy, KeyLimits, Refusal
+from server.limits.usage import UsageMeter
 from server.limits.window import MinuteWindow
+from server.types import GenerationChunk, GenerationRequest, Message, TextPart, Usage
 
 
 class Clock:
@@ -105,3 +107,19 @@ def test_override_settings_parse_and_refuse_nonsense(monkeypatch: pytest.MonkeyP
             Settings(key_rpm_overrides=bad)
     with pytest.raises(ValidationError):
         Settings(key_tpm_limit=-5)
+
+
+def test_a_stream_cut_off_before_its_usage_still_counts_what_it_streamed() -> None:
+    generation = GenerationRequest(request_id="r1", messages=[Message(role="user", content=[TextPart(text="x" * 30)])])
+    answered = UsageMeter(request=generation)
+    for chunk in (GenerationChunk(text="a"), GenerationChunk(text="b"),
+                  GenerationChunk(text="", usage=Usage(prompt_tokens=12, completion_tokens=2))):
+        answered.observe(chunk)
+    assert answered.tokens == 14  # the engine's own figures when they came
+    cut = UsageMeter(request=generation)
+    for text in ("one ", "two ", "three "):
+        cut.observe(GenerationChunk(text=text))
+    # No usage figure: the prompt as the spend ledger estimates it (30 bytes / 3 + 4 per message), and the answer's
+    # larger count of its 3 deltas and its 14 bytes at 3 a token.
+    assert cut.tokens == 14 + 5
+    assert UsageMeter(request=generation).tokens == 0  # nothing streamed: nothing generated
