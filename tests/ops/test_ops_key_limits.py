@@ -8,6 +8,7 @@ import pytest
 
 from server.app import create_app
 from server.middleware.auth import ApiKeysError
+from tests.images import png_url
 from tests.ops.conftest import CHAT, metric, ops_settings
 
 ALICE, BOB = "sk-alice-0123456789abcdef", "sk-bob-0123456789abcdef"
@@ -88,3 +89,15 @@ def test_an_override_for_an_unknown_key_stops_start_up() -> None:
         create_app(ops_settings(api_keys=KEYS, key_tpm_overrides="carol=10"))
     with pytest.raises(ApiKeysError, match="MSSERVE_API_KEYS is not set"):
         create_app(ops_settings(key_rpm_overrides="alice=10"))
+
+
+async def test_captions_count_every_image_s_tokens(make_client) -> None:
+    client = make_client(api_keys=KEYS, key_tpm_limit=3 * PER_ANSWER)
+    frozen(client)
+    two = await client.post("/v1/captions", json={"image_urls": [png_url(), png_url()]}, headers=as_(ALICE))
+    assert two.status_code == 200, two.text
+    assert two.json()["usage"]["total_tokens"] == 2 * PER_ANSWER
+    one = await client.post("/v1/captions", json={"image_urls": [png_url()]}, headers=as_(ALICE))
+    assert one.status_code == 200 and one.headers["x-ratelimit-remaining-tokens"] == str(PER_ANSWER)
+    refused = await client.post("/v1/captions", json={"image_urls": [png_url()]}, headers=as_(ALICE))
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "tokens_per_minute_exceeded"
