@@ -3,6 +3,7 @@ client) share one key's requests, tokens and leases; the clock is injected, so w
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -106,3 +107,25 @@ async def test_redis_gone_means_counting_in_process_never_an_error(redis_server:
         await a.finish(first, 5)
         clock.now += 60  # the in-process window moves on too
         assert isinstance(await a.admit("alice", limits), Admission)
+
+
+async def test_the_renewal_keeps_a_running_request_s_lease_and_stops_with_the_replica(
+        redis_server: RedisServer) -> None:
+    """Real time, short leases: the background renewal (every third of the lease) is what keeps the slot held."""
+    stores = [RedisKeyStore(open_redis(redis_server.url, 0.3), lease_ttl_s=0.6, errors=redis_errors(),
+                            owns_client=True) for _ in range(2)]
+    a, b = stores
+    limits = KeyLimits(concurrency=1)
+    try:
+        running = await a.admit("alice", limits)
+        assert isinstance(running, Admission)
+        await asyncio.sleep(0.9)  # past the lease's first end: only renewals kept it
+        assert isinstance(await b.admit("alice", limits), Refusal)
+        await a.close()  # the replica stops (as if it died): no more renewals, the lease is never removed
+        await asyncio.sleep(0.7)
+        taken = await b.admit("alice", limits)
+        assert isinstance(taken, Admission)
+        await b.finish(taken, 0)
+    finally:
+        for store in stores:
+            await store.close()
