@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -260,22 +260,14 @@ class Settings(BaseSettings):
 
     @field_validator("key_rpm_overrides", "key_tpm_overrides", mode="before")
     @classmethod
-    def _parse_key_numbers(cls, value: Any) -> Any:
-        """``name=number`` pairs, comma-separated (or a JSON object); the names are checked against the keys later."""
+    def _parse_key_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``name=number`` pairs or a JSON object; the names are checked against the API keys at start-up."""
         if not isinstance(value, str):
             return value
         text = value.strip()
         if text.startswith("{"):
             return json.loads(text)
-        numbers: dict[str, str] = {}
-        for entry in (item.strip() for item in text.split(",")):
-            if not entry:
-                continue
-            name, sep, number = entry.partition("=")
-            if not sep or not name.strip() or not number.strip():
-                raise ValueError(f"entry {entry!r} needs the form name=number")
-            numbers[name.strip()] = number.strip()
-        return numbers
+        return _name_pairs(text, f"MSSERVE_{(info.field_name or '').upper()}", "name=number")
 
     @field_validator("key_rpm_overrides", "key_tpm_overrides")
     @classmethod
@@ -345,15 +337,8 @@ class Settings(BaseSettings):
         text = value.strip()
         if text.startswith("{"):
             return json.loads(text)
-        aliases: dict[str, str] = {}
-        for entry in (item.strip() for item in text.split(",")):
-            if not entry:
-                continue
-            name, sep, route = entry.rpartition("=")
-            if not sep or not name.strip():
-                raise ValueError(f"MSSERVE_MODEL_ALIASES entry {entry!r} needs the form name=route")
-            aliases[name.strip()] = route.strip().lower()
-        return aliases
+        pairs = _name_pairs(text, "MSSERVE_MODEL_ALIASES", "name=route")
+        return {name: route.lower() for name, route in pairs.items()}
 
     # --- Slow clients and a blocked event loop (server.middleware.body_limit, .concurrency; server.loop_lag) ---
     # A request body must arrive at this average rate once the grace period is over, else 408
@@ -386,6 +371,19 @@ class Settings(BaseSettings):
         if yaml_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
         return (*sources, file_secret_settings)
+
+
+def _name_pairs(text: str, setting: str, form: str) -> dict[str, str]:
+    """``a=1,b=2`` (what an environment variable can hold) -> {"a": "1", "b": "2"}; empty entries are skipped."""
+    pairs: dict[str, str] = {}
+    for entry in (item.strip() for item in text.split(",")):
+        if not entry:
+            continue
+        name, sep, value = entry.rpartition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{setting} entry {entry!r} needs the form {form}")
+        pairs[name.strip()] = value.strip()
+    return pairs
 
 
 def _is_loopback_host(host: str) -> bool:
