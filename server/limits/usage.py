@@ -9,13 +9,13 @@ meter (no limit, or a batch line run outside HTTP) every call here does nothing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
 from server.routing.metering import StreamMeter, prompt_tokens
+from server.routing.streams import Tracked
 from server.types import GenerationChunk, GenerationRequest, Usage
 
 if TYPE_CHECKING:  # the middleware imports this module: it needs none of the routing code
@@ -62,23 +62,8 @@ def meter_routed(request: Request, routed: Routed, generation: GenerationRequest
         return routed
     meter.request = generation
     meter.observe(routed.first)
-    return routed.model_copy(update={"rest": _MeteredStream(routed.rest, meter)})
+    return routed.model_copy(update={"rest": Tracked(routed.rest, None, _ignore, on_chunk=meter.observe)})
 
 
-class _MeteredStream:
-    def __init__(self, inner: AsyncIterator[GenerationChunk], meter: UsageMeter) -> None:
-        self._inner = inner
-        self._meter = meter
-
-    def __aiter__(self) -> _MeteredStream:
-        return self
-
-    async def __anext__(self) -> GenerationChunk:
-        chunk = await anext(self._inner)
-        self._meter.observe(chunk)
-        return chunk
-
-    async def aclose(self) -> None:
-        close = getattr(self._inner, "aclose", None)
-        if close is not None:
-            await close()
+def _ignore(usage: Usage | None, error: BaseException | None) -> None:
+    """The meter has what it needs from each chunk; the end of the stream adds nothing."""
