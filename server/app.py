@@ -89,11 +89,11 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
                 await loading
             await close_batches(services)  # lines still running are redone after the restart
             await engine.stop()
+            await app.state.key_limits.close()  # the requests are over: no lease left to renew
             if azure is not None:
                 await azure.stop()
             if ledger is not None:
                 ledger.close()  # the queued settles are written before the process goes
-            await app.state.key_limits.close()  # stops renewing the leases of requests that are gone
             await telemetry.stop()
             gc.unfreeze()  # what the engine left is garbage now; a test process builds many apps
 
