@@ -194,7 +194,7 @@ class Settings(BaseSettings):
     queue_timeout_s: float = 30.0  # longest wait for a slot before a 429
     retry_after_s: int = 1  # Retry-After on 429s and 503s from the limits
     # Per-key rate limits (server.limits), as LiteLLM's key rpm_limit / tpm_limit, over any 60 s; past them 429
-    # with Retry-After. 0: no limit. Requests: model requests (POST /v1/*) of each API key.
+    # with Retry-After. 0: no limit. Requests: each API key's chat completions and captions (POST).
     key_rpm_limit: int = Field(default=0, ge=0)
     key_tpm_limit: int = Field(default=0, ge=0)  # tokens (prompt + completion) of each API key's answered requests
     # One key's own limit instead: "alice=600,batch-bot=0" (or a JSON object), names from MSSERVE_API_KEYS; 0: none.

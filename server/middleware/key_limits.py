@@ -1,6 +1,7 @@
 """Per-key limits: requests and tokens per minute, and (with Redis) requests in flight across replicas.
 
-Runs on the requests that take a model slot (``is_limited``) of an authenticated key, before the body is read:
+Runs on the requests that take a model slot (``is_limited``) of an authenticated key, except feedback on an
+answer (not a model call: scoring answers must not eat into the requests a key may make), before the body is read:
 a key over a limit is answered 429 with ``Retry-After`` (the seconds until the window lets it in again) and its
 body is never read. An admitted request counts one request at once and its tokens (prompt + completion, from the
 usage its endpoint notes) when the response is over, streams included; its lease, if any, is freed then, however
@@ -18,6 +19,7 @@ from server.limits.usage import METER_KEY, UsageMeter
 from server.middleware._respond import scope_state, send_error
 from server.middleware.concurrency import is_limited
 
+FEEDBACK_PATH = "/v1/feedback"
 
 class KeyLimitsMiddleware:
     def __init__(self, app: ASGIApp, policy: KeyLimitPolicy, store: KeyLimitStore, stats: KeyLimitStats) -> None:
@@ -27,7 +29,7 @@ class KeyLimitsMiddleware:
         self.stats = stats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not is_limited(scope):
+        if not is_limited(scope) or scope["path"] == FEEDBACK_PATH:
             await self.app(scope, receive, send)
             return
         state = scope_state(scope)

@@ -51,6 +51,8 @@ async def test_requests_per_minute_per_key(make_client) -> None:
     for _ in range(3):  # bob's override: no limit
         assert (await client.post("/v1/chat/completions", json=CHAT, headers=as_(BOB))).status_code == 200
     assert (await client.get("/v1/models", headers=as_(ALICE))).status_code == 200  # only model requests count
+    feedback = await client.post("/v1/feedback", json={"id": "chatcmpl-unknown", "score": 1}, headers=as_(ALICE))
+    assert feedback.status_code == 404  # scoring an answer is not a model request: not refused, not counted
     clock.now += 30
     assert (await client.post("/v1/chat/completions", json=CHAT, headers=as_(ALICE))).status_code == 200
     scrape = (await client.get("/metrics")).text
