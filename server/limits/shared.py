@@ -187,7 +187,9 @@ class RedisKeyStore:
         pipe = self.client.pipeline(transaction=False)
         for lease, key in list(self._held.items()):
             leases_key = redis_keys(key)[2]
-            pipe.zadd(leases_key, {lease: end})
+            # XX: only leases still there. One that ended while this was on its way (its ZREM ran first) must not
+            # come back as a slot nobody holds; one that lapsed is not taken again (its request runs on, uncounted).
+            pipe.zadd(leases_key, {lease: end}, xx=True)
             pipe.pexpire(leases_key, ttl_ms)
         try:
             await pipe.execute()

@@ -129,3 +129,16 @@ async def test_the_renewal_keeps_a_running_request_s_lease_and_stops_with_the_re
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_a_renewal_never_brings_back_a_lease_that_ended(redis_server: RedisServer) -> None:
+    async with two_replicas(redis_server) as (a, b, _):
+        limits = KeyLimits(concurrency=1)
+        ended = await a.admit("alice", limits)
+        assert isinstance(ended, Admission) and ended.lease is not None
+        # A renewal that left before the request ended and reaches Redis after its lease was removed:
+        a._held[ended.lease] = "alice"
+        await b.finish(ended, 0)  # the lease is gone from Redis
+        await a.renew()
+        assert await a.client.zcard(redis_keys("alice")[2]) == 0
+        assert isinstance(await b.admit("alice", limits), Admission)  # the slot is free
