@@ -94,7 +94,9 @@ async def test_limits_hold_across_three_replicas_and_each_replica_holds_them_alo
     try:
         async with httpx.AsyncClient(timeout=30) as client:
             # Requests per minute, one count: alice's 4th request in the minute is refused wherever it lands.
-            assert [(await chat(client, r, ALICE)).status_code for r in replicas] == [200, 200, 200]
+            answers = [await chat(client, r, ALICE) for r in replicas]
+            assert [a.status_code for a in answers] == [200, 200, 200]
+            assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["2", "1", "0"]  # one count
             for replica in replicas:
                 refused = await chat(client, replica, ALICE)
                 assert refused.status_code == 429
