@@ -224,7 +224,8 @@ class Settings(BaseSettings):
 
     # --- Shared state across replicas (server.state.redis_store) ---
     # redis://[:password@]host:port/db, rediss:// (TLS) or unix:///path. Set: the Azure budget and spend, the circuit
-    # breaker and the router's outcomes live in Redis, shared by every replica. None: in-process state plus SQLite.
+    # breaker, the router's outcomes and the per-key limits live in Redis, shared by every replica. None: in-process
+    # state plus SQLite.
     redis_url: SecretStr | None = None
     # Connect and read timeout of every Redis call: a dead Redis fails fast (Azure is then refused, never unlimited).
     redis_timeout_s: float = Field(default=0.5, gt=0.0, le=30.0)
