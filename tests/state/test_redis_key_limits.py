@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -25,11 +26,15 @@ class Clock:
 
 
 @contextlib.asynccontextmanager
-async def two_replicas(redis_server: RedisServer) -> AsyncIterator[tuple[RedisKeyStore, RedisKeyStore, Clock]]:
-    """Opened in the test's own event loop (the clients' connections belong to it)."""
+async def two_replicas(redis_server: RedisServer, *, lease_ttl_s: float = 30.0, real_time: bool = False
+                       ) -> AsyncIterator[tuple[RedisKeyStore, RedisKeyStore, Clock]]:
+    """Opened in the test's own event loop (the clients' connections belong to it); the clock is the returned one
+    unless ``real_time``."""
     clock = Clock()
-    stores = [RedisKeyStore(open_redis(redis_server.url, 0.3), lease_ttl_s=30, retry_after_s=2, stats=KeyLimitStats(),
-                            clock=clock, monotonic=clock, errors=redis_errors(), owns_client=True) for _ in range(2)]
+    now, monotonic = (time.time, time.monotonic) if real_time else (clock, clock)
+    stores = [RedisKeyStore(open_redis(redis_server.url, 0.3), lease_ttl_s=lease_ttl_s, retry_after_s=2,
+                            stats=KeyLimitStats(), clock=now, monotonic=monotonic, errors=redis_errors(),
+                            owns_client=True) for _ in range(2)]
     try:
         yield stores[0], stores[1], clock
     finally:
@@ -112,11 +117,8 @@ async def test_redis_gone_means_counting_in_process_never_an_error(redis_server:
 async def test_the_renewal_keeps_a_running_request_s_lease_and_stops_with_the_replica(
         redis_server: RedisServer) -> None:
     """Real time, short leases: the background renewal (every third of the lease) is what keeps the slot held."""
-    stores = [RedisKeyStore(open_redis(redis_server.url, 0.3), lease_ttl_s=0.6, errors=redis_errors(),
-                            owns_client=True) for _ in range(2)]
-    a, b = stores
-    limits = KeyLimits(concurrency=1)
-    try:
+    async with two_replicas(redis_server, lease_ttl_s=0.6, real_time=True) as (a, b, _):
+        limits = KeyLimits(concurrency=1)
         running = await a.admit("alice", limits)
         assert isinstance(running, Admission)
         await asyncio.sleep(0.9)  # past the lease's first end: only renewals kept it
@@ -126,9 +128,6 @@ async def test_the_renewal_keeps_a_running_request_s_lease_and_stops_with_the_re
         taken = await b.admit("alice", limits)
         assert isinstance(taken, Admission)
         await b.finish(taken, 0)
-    finally:
-        for store in stores:
-            await store.close()
 
 
 async def test_a_renewal_never_brings_back_a_lease_that_ended(redis_server: RedisServer) -> None:
