@@ -91,6 +91,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
                 await loading
             await close_batches(services)  # lines still running are redone after the restart
             await engine.stop()
+            await app.state.key_limits.close()  # the requests are over: no lease left to renew
             if azure is not None:
                 await azure.stop()
             if ledger is not None:

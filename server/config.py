@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -193,6 +193,16 @@ class Settings(BaseSettings):
     max_waiting_requests: int = 256  # beyond max_concurrent_requests, wait up to queue_timeout_s; past it: 429
     queue_timeout_s: float = 30.0  # longest wait for a slot before a 429
     retry_after_s: int = 1  # Retry-After on 429s and 503s from the limits
+    # Per-key rate limits (server.limits), as LiteLLM's key rpm_limit / tpm_limit, over any 60 s; past them 429
+    # with Retry-After. 0: no limit. Requests: each API key's chat completions and captions (POST).
+    key_rpm_limit: int = Field(default=0, ge=0)
+    key_tpm_limit: int = Field(default=0, ge=0)  # tokens (prompt + completion) of each API key's answered requests
+    # One key's own limit instead: "alice=600,batch-bot=0" (or a JSON object), names from MSSERVE_API_KEYS; 0: none.
+    key_rpm_overrides: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    key_tpm_overrides: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)  # the same for tokens
+    # With MSSERVE_REDIS_URL: each request's per-key slot is a lease in Redis, renewed while the request runs; the
+    # slots of a replica that died free themselves this long after its last renewal.
+    key_lease_ttl_s: float = Field(default=30.0, ge=1.0)
     # Idle keep-alive connections are closed after this. Longer than load balancers' idle timeouts (60 s on
     # the common ones), so the server never closes a connection the balancer is about to reuse.
     keep_alive_timeout_s: int = 75
@@ -214,7 +224,8 @@ class Settings(BaseSettings):
 
     # --- Shared state across replicas (server.state.redis_store) ---
     # redis://[:password@]host:port/db, rediss:// (TLS) or unix:///path. Set: the Azure budget and spend, the circuit
-    # breaker and the router's outcomes live in Redis, shared by every replica. None: in-process state plus SQLite.
+    # breaker, the router's outcomes and the per-key limits live in Redis, shared by every replica. None: in-process
+    # state plus SQLite.
     redis_url: SecretStr | None = None
     # Connect and read timeout of every Redis call: a dead Redis fails fast (Azure is then refused, never unlimited).
     redis_timeout_s: float = Field(default=0.5, gt=0.0, le=30.0)
@@ -246,6 +257,25 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("key_rpm_overrides", "key_tpm_overrides", mode="before")
+    @classmethod
+    def _parse_key_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``name=number`` pairs or a JSON object; the names are checked against the API keys at start-up."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        return _name_pairs(text, f"MSSERVE_{(info.field_name or '').upper()}", "name=number")
+
+    @field_validator("key_rpm_overrides", "key_tpm_overrides")
+    @classmethod
+    def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        negative = [name for name, number in value.items() if number < 0]
+        if negative:
+            raise ValueError(f"limits must be 0 (none) or more; negative for {', '.join(map(repr, negative))}")
         return value
 
     @field_validator("trusted_proxies")
@@ -308,15 +338,8 @@ class Settings(BaseSettings):
         text = value.strip()
         if text.startswith("{"):
             return json.loads(text)
-        aliases: dict[str, str] = {}
-        for entry in (item.strip() for item in text.split(",")):
-            if not entry:
-                continue
-            name, sep, route = entry.rpartition("=")
-            if not sep or not name.strip():
-                raise ValueError(f"MSSERVE_MODEL_ALIASES entry {entry!r} needs the form name=route")
-            aliases[name.strip()] = route.strip().lower()
-        return aliases
+        pairs = _name_pairs(text, "MSSERVE_MODEL_ALIASES", "name=route")
+        return {name: route.lower() for name, route in pairs.items()}
 
     # --- Slow clients and a blocked event loop (server.middleware.body_limit, .concurrency; server.loop_lag) ---
     # A request body must arrive at this average rate once the grace period is over, else 408
@@ -349,6 +372,19 @@ class Settings(BaseSettings):
         if yaml_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
         return (*sources, file_secret_settings)
+
+
+def _name_pairs(text: str, setting: str, form: str) -> dict[str, str]:
+    """``a=1,b=2`` (what an environment variable can hold) -> {"a": "1", "b": "2"}; empty entries are skipped."""
+    pairs: dict[str, str] = {}
+    for entry in (item.strip() for item in text.split(",")):
+        if not entry:
+            continue
+        name, sep, value = entry.rpartition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{setting} entry {entry!r} needs the form {form}")
+        pairs[name.strip()] = value.strip()
+    return pairs
 
 
 def _is_loopback_host(host: str) -> bool:

@@ -19,6 +19,7 @@ from server.api.lifetime import guard, new_deadline
 from server.api.permissions import check_route_permission
 from server.api.protocol import ErrorResponse
 from server.errors import ImageError, InvalidRequestError, MSServeError, NotFoundError
+from server.limits.usage import note_usage
 from server.middleware.request_id import engine_request_id
 from server.telemetry import record_of
 from server.types import ImagePart, Usage
@@ -85,8 +86,10 @@ async def _answer(
     if options.model and options.model not in chat_service.served_names(services):
         raise NotFoundError(f"model {options.model!r} is not served here", param="model", code="model_not_found")
     result = await caption_images(images, options, services, engine_request_id(request), route, deadline=deadline)
+    usage = Usage(prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens)
     if (record := record_of(request)) is not None:  # tokens for the request log and the dashboard row
-        record.usage = Usage(prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens)
+        record.usage = usage
+    note_usage(request, usage)  # and toward the key's tokens per minute
     first = result.data[0]
     headers = {
         "x-request-id": request_id,

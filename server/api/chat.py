@@ -20,6 +20,7 @@ from server.api.fingerprint import system_fingerprint
 from server.api.lifetime import guard, new_deadline
 from server.api.permissions import check_route_permission
 from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, completion_id
+from server.limits.usage import meter_routed
 from server.middleware.request_id import engine_request_id
 from server.telemetry import observe_routed
 
@@ -96,6 +97,7 @@ async def _chat(
         )
         routed = await services.dispatcher.dispatch(generation, route, stream=body.stream)
         routed = observe_routed(request, routed, generation, stream=body.stream)  # telemetry: decision, timings
+        routed = meter_routed(request, routed, generation)  # its tokens count toward the key's tokens per minute
         response_id = completion_id()  # made before answering: the stored outcome and feedback name it
         learning = learning_runtime(services)
         if learning is not None and learning.service is not None:  # stores the outcome once the answer has gone out
