@@ -289,5 +289,25 @@ def test_the_gateway_route_splits_the_same_paths(report: Any, overlay: str) -> N
             targets[match["path"]["value"]] = (match["path"]["type"], backend.get("kind", "Service"), backend["name"])
     pool = one(objects, "InferencePool")["metadata"]["name"]
     assert targets == {**{path: ("PathPrefix", "Service", BATCH_OWNER) for path in STATEFUL_PATHS},
+                       "/v1/captions": ("PathPrefix", "Service", SERVER),  # multipart: nothing for the picker
                        "/": ("PathPrefix", "InferencePool", pool)}
     one(objects, "Service", BATCH_OWNER)
+
+
+# Custom resources docs/deployment.md writes out for readers to apply, beside the component's (KServe's
+# InferenceService: its API version from KServe's documentation).
+DOCUMENTED_CUSTOM_KINDS = deploy_check.CUSTOM_KINDS | {("serving.kserve.io/v1beta1", "InferenceService")}
+
+
+def test_the_yaml_in_the_deployment_guide_is_well_formed_with_known_kinds() -> None:
+    text = (REPO / "docs" / "deployment.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
+    objects = [doc for block in blocks for doc in yaml.safe_load_all(block) if isinstance(doc, dict)]
+    kinds = {(doc.get("apiVersion"), doc.get("kind")) for doc in objects if "kind" in doc}
+    assert {("serving.kserve.io/v1beta1", "InferenceService"), ("gateway.networking.k8s.io/v1", "HTTPRoute")} <= kinds
+    for doc in objects:
+        if "kind" not in doc or doc["kind"] == "Kustomization":
+            continue
+        key = (doc["apiVersion"], doc["kind"])
+        if key not in DOCUMENTED_CUSTOM_KINDS:
+            assert deploy_check.check_objects([doc], "docs/deployment.md") == [], key  # built-ins: strict schema
