@@ -269,6 +269,7 @@ def test_a_replica_killed_mid_load_loses_only_its_requests_in_flight(
         try:
             wait_for(lambda: load.finished(0) >= 2 * LOAD_THREADS, "the load is under way")
             wait_for(lambda: running_on(victim) >= 1, "the victim is generating")
+            in_flight = running_on(victim)  # what it held when it died (the gauge may be a moment old)
             at_kill = load.started()
             victim_before = router.metric("vllm_router_processed_requests_total", worker=victim.base_url)
             retries_before = router.metric("vllm_router_retries_total")
@@ -293,8 +294,8 @@ def test_a_replica_killed_mid_load_loses_only_its_requests_in_flight(
     on_survivors = set().union(*(served_ids(server) for server in survivors))
     on_victim = served_ids(victim)
     summary = (
-        f"failover: {len(outcomes)} requests ({sum(o.stream for o in outcomes)} streamed), killed after #{at_kill}, "
-        f"marked unhealthy by #{at_mark}; lost {len(failures)} "
+        f"failover: {len(outcomes)} requests ({sum(o.stream for o in outcomes)} streamed), killed after #{at_kill} "
+        f"holding {in_flight:.0f}, marked unhealthy by #{at_mark}; lost {len(failures)} "
         f"({sum(f.stream for f in failures)} streams cut after {[f.chunks for f in failures if f.stream]} chunks, "
         f"{sum(not f.stream for f in failures)} JSON); router retries after the kill: {retries:.0f}; "
         f"sent to the victim between kill and mark: {sent_to_victim_at_mark - victim_before:.0f}"
