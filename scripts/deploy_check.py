@@ -34,6 +34,7 @@ CUSTOM_KINDS = frozenset(
     {
         ("keda.sh/v1alpha1", "ScaledObject"),
         ("inference.networking.k8s.io/v1", "InferencePool"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     }
 )
 

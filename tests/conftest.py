@@ -54,18 +54,29 @@ def launch(command: list[str], tmp_dir: Path, env: dict[str, str], *, port: int,
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = LiveServer(f"http://{LOOPBACK}:{port}", process, log_path)
-    deadline = time.monotonic() + ready_timeout
+    try:
+        wait_until_up(process, f"{server.base_url}{ready_path}", log_path, timeout=ready_timeout)
+    except RuntimeError:
+        stop_server(server)
+        raise
+    return server
+
+
+def wait_until_up(process: subprocess.Popen[bytes], url: str, log_path: Path, *, timeout: float,
+                  interval: float = 0.1) -> None:
+    """Poll GET url until it says 200. A process that exits, or a timeout, raises with the process's log."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n"
+                               f"{log_path.read_text(errors='replace')}")
         try:
-            if httpx.get(f"{server.base_url}{ready_path}", timeout=2).status_code == 200:
-                return server
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
         except httpx.TransportError:
             pass
-        time.sleep(0.1)
-    stop_server(server)
-    raise RuntimeError(f"server not ready after {ready_timeout}s:\n{server.log()}")
+        time.sleep(interval)
+    raise RuntimeError(f"{url} not up after {timeout} s:\n{log_path.read_text(errors='replace')}")
 
 
 def start_server(tmp_dir: Path, env_overrides: dict[str, str] | None = None, *, profile: str = "tiny-mistral3",

@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import LOOPBACK, REPO, free_port
+from tests.conftest import LOOPBACK, REPO, free_port, wait_until_up
 from tests.images import png_url
 
 pytestmark = [pytest.mark.wheel, pytest.mark.timeout(1200)]  # the venv fixture (torch) runs inside one test
@@ -143,16 +142,7 @@ def served(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         )
     base = f"http://{LOOPBACK}:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"server not ready (exit {process.poll()}):\n{log_path.read_text(errors='replace')}")
+        wait_until_up(process, f"{base}/ready", log_path, timeout=600, interval=0.5)
         yield base, cache, log_path
     finally:
         process.terminate()
