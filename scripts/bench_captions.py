@@ -34,6 +34,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -384,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         for service in (ours, theirs):
             service.stop()
+        shutil.rmtree(state, ignore_errors=True)  # the batches' files: a run's worth of JPEG as base64, twice
     info["loadavg_end"] = list(os.getloadavg())
     summary = summarize_runs(runs)
     command = ["scripts/bench_captions.py", *(sys.argv[1:] if argv is None else argv)]
