@@ -14,7 +14,7 @@ PORT ?= 8000
 PROFILE ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-main test-vllm test-bench deploy-check bench-serving bench-gateway lint typecheck tiny-model docs clean
+.PHONY: serve test test-main test-vllm test-bench deploy-check bench-serving bench-gateway bench-captions lint typecheck tiny-model docs clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench-serving: tiny-model $(VLLM_VENV)/.project-installed
 bench-gateway: tiny-model
 	bash scripts/bench_env.sh $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python scripts/bench_gateway.py
+
+## bench-captions: /v1/captions and the Batch API vs vllm serve on 200 photos (docs/bench-data/captions.json)
+bench-captions: tiny-model $(VLLM_VENV)/.project-installed
+	$(VLLM_VENV)/bin/python scripts/bench_captions.py
 
 ## docs: regenerate docs/configuration.md (from Settings) and docs/BENCHMARKS.md's tables (from docs/bench-data)
 docs: $(TEST_VENV)/.installed

@@ -30,7 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server.config import Settings
-from server.engines.azure import forwarded_image
+from server.engines.azure_wire import forwarded_image
 from server.media import MISTRAL_SMALL_3_1, ImageIntake, model_pixels
 
 ENCODER = ImageEncoder(

