@@ -19,7 +19,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from server.routing.cli import app as router_cli
+from server.cli.router import app as router_cli
 from server.routing.inputs import request_from_prompt
 from server.routing.learned import feature_set_version
 from server.routing.outcomes import Outcome, OutcomeStore

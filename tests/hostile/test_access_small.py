@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from server.cli import app as cli_app
+from server.cli.main import app as cli_app
 from server.config import Settings
 from server.engines.base import EngineHealth
 from server.errors import ImageError

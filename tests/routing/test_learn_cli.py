@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from server.cli.router import app
 from server.config import Settings
-from server.routing.cli import app
 from server.routing.embed import default_embedder
 from server.routing.inputs import request_from_prompt
 from server.routing.learned import LEARNED, LearnedRouter, WeightsRegistry, feature_set_version, router_for

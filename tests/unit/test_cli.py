@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from server import cli
+from server.cli import main as cli
 from tests.conftest import REPO, free_port
 
 
@@ -54,3 +54,29 @@ def test_missing_weights_stop_the_server_with_the_reason(tmp_path: Path) -> None
                      env={"MSSERVE_PROFILES_DIR": str(tmp_path)})
     assert result.returncode == 1
     assert "failed to start" in result.stderr and "/nonexistent/weights" in result.stderr
+
+
+def test_missing_router_weights_stop_start_up_with_the_reason(tiny_model: Path, tmp_path: Path) -> None:
+    # A start-up error (server.errors.StartupError), not an HTTP one: its message and status 2, no traceback.
+    missing = tmp_path / "no-weights.json"
+    result = CliRunner().invoke(
+        cli.app, ["serve", "--profile", "tiny-mistral3", "--port", str(free_port())],
+        env={"MSSERVE_ROUTER_WEIGHTS": str(missing), "MSSERVE_STATE_DIR": str(tmp_path / "state")},
+    )
+    assert result.exit_code == 2, result.output
+    assert f"router weights not found: {missing}" in " ".join(result.output.split())
+    assert isinstance(result.exception, SystemExit)  # typer.Exit, not the error escaping as a crash
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["download", "--profile", "no-such-profile"], "unknown profile 'no-such-profile'"),
+        (["profiles", "--profiles-dir", "/absent-profiles"], "profiles folder /absent-profiles does not exist"),
+    ],
+)
+def test_other_commands_turn_start_up_errors_into_a_message(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert isinstance(result.exception, SystemExit)
