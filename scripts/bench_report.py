@@ -11,7 +11,6 @@ files beside them. To publish a new run: add its file, point the table's glob be
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import generated_page
 from bench_common import TARGETS, format_interval
 from bench_pool import METRICS, check_same_load, load_run, pool
 
@@ -233,21 +233,8 @@ def render(page: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only say whether the page is current (exit 1 if not)")
-    args = parser.parse_args()
-    page = PAGE.read_text()
-    fresh = render(page)
-    if args.check:
-        if fresh != page:
-            print(
-                "docs/BENCHMARKS.md is not what docs/bench-data gives: run python scripts/bench_report.py",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    PAGE.write_text(fresh)
-    return 0
+    return generated_page.main(__doc__, PAGE, lambda: render(PAGE.read_text()), source="docs/bench-data",
+                               script="bench_report.py")
 
 
 if __name__ == "__main__":
