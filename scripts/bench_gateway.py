@@ -40,17 +40,15 @@ from bench_common import (
     free_port,
     machine_info,
     package_versions,
-    percentile,
     print_table,
     py_spy,
-    ratio,
     refuse_pth,
     results_json,
     run_load,
-    summarize,
     wait_ready,
     write_json,
 )
+from bench_stats import percentile, ratio, summarize
 
 AZURE_KEY = "bench-azure-key"
 DEPLOYMENT = "gpt-4o"

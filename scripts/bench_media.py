@@ -16,9 +16,7 @@ import io
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,10 +25,13 @@ from mistral_common.protocol.instruct.chunk import ImageChunk
 from mistral_common.tokens.tokenizers.image import ImageConfig, ImageEncoder, SpecialImageIDs
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_stats import percentile, timings
+
 from server.config import Settings
-from server.engines.azure import forwarded_image
+from server.engines.azure_wire import forwarded_image
 from server.media import MISTRAL_SMALL_3_1, ImageIntake, model_pixels
 
 ENCODER = ImageEncoder(
@@ -72,13 +73,7 @@ def make_inputs() -> dict[str, bytes]:
 
 
 def median_seconds(function: Callable[[], object], repeat: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return percentile(timings(function, repeat), 50)
 
 
 def main() -> None:

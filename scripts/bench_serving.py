@@ -64,31 +64,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import (
     REPO,
-    TARGETS,
     RequestResult,
     RequestSpec,
     Service,
     cpu_seconds,
     free_port,
-    interval_text,
     machine_info,
-    meets,
     no_target_reason,
-    order_balanced,
     package_versions,
-    per_round_ratios,
     poisson_arrivals,
     print_table,
     py_spy,
-    ratio,
-    ratio_interval,
     results_json,
     run_load,
-    summarize,
     wait_ready,
     write_json,
 )
 from bench_engine_direct import DirectEngine
+from bench_stats import (
+    TARGETS,
+    interval_text,
+    meets,
+    order_balanced,
+    per_round_ratios,
+    ratio,
+    ratio_interval,
+    summarize,
+)
 
 from server.config import load_profile
 from server.engines.vllm_mapping import engine_args
