@@ -219,6 +219,13 @@ class Service:
             pass
 
 
+def our_server(python: Path | str, profile: str, name: str, logs: Path, env: dict[str, str] | None = None) -> Service:
+    """`python -m server serve --profile PROFILE` on a free loopback port, up when /ready says 200."""
+    port = free_port()
+    command = [str(python), "-m", "server", "serve", "--profile", profile, "--host", LOOPBACK, "--port", str(port)]
+    return Service(name, command, port, logs / f"{name}.log", env=env or {}, ready_path="/ready")
+
+
 def wait_ready(services: Sequence[Service], timeout_s: float, *, say: Callable[[str], None] = print) -> None:
     """Wait until every service answers its ready path (they start in parallel)."""
     deadline = time.monotonic() + timeout_s

@@ -4,22 +4,12 @@
     python scripts/bench_pool.py docs/bench-data/serving/run*.json.gz     # the published runs (gzip is read as is)
     python scripts/bench_pool.py --over direct docs/bench-data/serving/ceiling-*.json.gz   # ours over the ceiling
 
-One run on a shared 2-vCPU machine gives five or six order-balanced pairs of rounds, and its 95 % interval for
-ours/vLLM is often +-5 % or more: wider than the distance to either target. Runs of the same benchmark (same load,
-same contenders) are independent samples of the same ratio, so their pairs can be pooled: the geometric mean over
-all pairs and its interval (Student's t on the logs, bench_stats.ratio_interval) say whether a target holds, is
-missed, or cannot be told on this machine. Each run's own estimate is shown beside the pooled one, so a run that
-disagrees with the others is seen, not averaged away; and so is a spread between runs larger than within them
-(another VM, another day), which would make the pairs' interval too narrow: "runs as samples" is the interval
-with each run's estimate as one sample. The verdict stays the pairs' (the rule the rounds were planned with).
-An A/B run (bench_serving.py --baseline-env) measures one of our settings against itself: it is pooled only with
-A/B runs of the same setting, and gets no target verdict; nor does an open-loop run (--rate), whose requests/s is
-the offered rate.
-
-Refuses to pool runs whose load differs (requests, concurrency, max_tokens, rate, image share and size) or whose
-baseline differs (`vllm serve` in the benchmark as it ships; an A/B run puts another server there), and says
-which commits the runs measured (recorded since the runs that carry `machine.commit`). No numpy or scipy: any of
-the project's venvs runs it.
+Runs of the same load and contenders are independent samples of the same ratio: the geometric mean over all their
+order-balanced pairs and its interval (Student's t on the logs, bench_stats.ratio_interval) decide a target. Each
+run's own estimate and "runs as samples" (each run's estimate one sample: wider when runs differ more than their
+pairs do, e.g. another VM) are shown beside it. An A/B run (--baseline-env) pools only with A/B runs of the same
+setting, and neither it nor an open-loop run (--rate, whose requests/s is the offered rate) gets a target verdict.
+Refuses runs whose load or baseline differ; says which commits the runs measured.
 """
 
 from __future__ import annotations
