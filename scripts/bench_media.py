@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import machine_info
 from bench_stats import percentile, timings
 
 from server.config import Settings
@@ -115,13 +114,7 @@ def main() -> None:
             f"forwarding encode (escalations only) {row['forwarding_encode_s'] * 1e3:6.1f} ms  "
             f"tokens {reference_tokens} vs {our_tokens}"
         )
-    machine = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "pillow": Image.__version__,
-    }
+    machine = {**machine_info(), "pillow": Image.__version__}
     args.out.write_text(json.dumps({"machine": machine, "repeat": args.repeat, "results": results}, indent=2))
     print(f"wrote {args.out}")
 

@@ -80,3 +80,18 @@ def test_other_commands_turn_start_up_errors_into_a_message(args: list[str], mes
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert isinstance(result.exception, SystemExit)
+
+
+def test_each_bench_command_runs_its_script_with_the_arguments_passed_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from server.cli import bench
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(bench.subprocess, "call", lambda command, cwd: calls.append(command) or 3)
+    assert set(bench.BENCHMARKS) == {"serving", "gateway", "media", "router", "pool"}  # `msserve bench` promises these
+    for name, benchmark in bench.BENCHMARKS.items():
+        result = CliRunner().invoke(cli.app, ["bench", name, "--python", sys.executable, "--rounds", "2", "--help"])
+        assert result.exit_code == 3, result.output  # the script's own status
+        assert calls[-1] == [sys.executable, str(REPO / "scripts" / benchmark.script), "--rounds", "2", "--help"]
+        assert (REPO / "scripts" / benchmark.script).is_file()
