@@ -12,7 +12,7 @@
     └── DeadlineExceededError    504 timeout (request deadline passed)
 
     StartupError                 base: the server cannot start as configured (message, stable code; no HTTP status)
-    ├── ProfileError             unknown profile, missing profiles folder
+    ├── ProfileError             unknown profile, missing profiles folder, an engine this install lacks
     ├── RouterConfigError        router weights missing, invalid or incompatible; threshold or policy out of range
     └── ModelUnavailableError    the weights cannot be had: missing locally, no access on the hub, no network
 

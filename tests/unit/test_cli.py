@@ -95,3 +95,14 @@ def test_each_bench_command_runs_its_script_with_the_arguments_passed_through(
         assert result.exit_code == 3, result.output  # the script's own status
         assert calls[-1] == [sys.executable, str(REPO / "scripts" / benchmark.script), "--rounds", "2", "--help"]
         assert (REPO / "scripts" / benchmark.script).is_file()
+
+
+def test_a_profile_whose_engine_is_not_installed_stops_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.config import Settings, load_profile
+    from server.engines import build_engine
+    from server.errors import ProfileError
+
+    monkeypatch.setitem(sys.modules, "server.engines.vllm", None)  # the import fails, as without the [vllm] extra
+    with pytest.raises(ProfileError, match="needs the vLLM engine") as caught:
+        build_engine(load_profile("tiny-mistral3-vllm"), Settings())
+    assert caught.value.code == "engine_unavailable"
