@@ -16,18 +16,14 @@ PYTEST_ARGS ?=
 
 .PHONY: serve test test-main test-vllm test-bench deploy-check bench-serving bench-gateway bench-captions lint typecheck tiny-model docs clean
 
-$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) "$(TORCH)"
-	$(VENV)/bin/pip install -q -c $(CONSTRAINTS) -e ".[hf,learn]"
-	touch $@
-
-$(TEST_VENV)/.installed: pyproject.toml $(CONSTRAINTS)
-	$(PYTHON) -m venv $(TEST_VENV)
-	$(TEST_VENV)/bin/pip install -q --upgrade pip
-	$(TEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) "$(TORCH)"
-	$(TEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -e ".[hf,azure,dev,train,learn]"
+# The serving venv and the test venv: the same recipe, each with its own extras.
+$(VENV)/.installed: EXTRAS = hf,learn
+$(TEST_VENV)/.installed: EXTRAS = hf,azure,dev,train,learn
+$(VENV)/.installed $(TEST_VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/pip install -q --upgrade pip
+	$(@D)/bin/pip install -q -c $(CONSTRAINTS) "$(TORCH)"
+	$(@D)/bin/pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	touch $@
 
 ## serve: run the server (Mistral Small 3.1 on a CUDA GPU, else the tiny CPU demo model)

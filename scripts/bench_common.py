@@ -1,4 +1,5 @@
-"""Shared pieces of the HTTP benchmarks (bench_serving.py, bench_gateway.py): processes, load, percentiles.
+"""Shared pieces of the HTTP benchmarks (bench_serving.py, bench_gateway.py): processes, load, the machine.
+The statistics are bench_stats.py's; their names are importable from here too.
 
 Only the standard library and httpx, so the scripts run in any of the project's venvs. Everything talks to
 127.0.0.1 only.
@@ -9,22 +10,34 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import math
 import os
 import platform
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from bench_stats import (  # noqa: F401  (re-exported: scripts import the statistics from here as well)
+    TARGETS,
+    format_interval,
+    interval_text,
+    meets,
+    order_balanced,
+    per_round_ratios,
+    percentile,
+    ratio,
+    ratio_interval,
+    student_t_quantile,
+    summarize,
+    usable_logs,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -34,94 +47,7 @@ ALLOWED_PTH_PREFIXES = ("distutils-precedence", "__editable__.mistral_small_serv
 Spec = TypeVar("Spec")  # what drive_load hands to its send function: a RequestSpec, or a body
 
 
-# -- numbers ----------------------------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def ratio(ours: float, theirs: float) -> float:
-    return ours / theirs if theirs else float("nan")
-
-
-def per_round_ratios(rounds: list[dict[str, Any]], key: str, side: str = "ours", over: str = "vllm") -> list[float]:
-    """side/over (vLLM unless told) for ``key`` within each round: the contenders ran back to back, same load."""
-    by_round: dict[int, dict[str, float]] = {}
-    for entry in rounds:
-        by_round.setdefault(entry["round"], {})[entry["server"]] = entry[key]
-    return [ratio(got[side], got[over]) for _, got in sorted(by_round.items()) if side in got and over in got]
-
-
-def order_balanced(per_round: list[float]) -> list[float]:
-    """Rounds 0+1, 2+3, ...: each pair has each server once first; the geometric mean cancels the order."""
-    return [math.sqrt(a * b) for a, b in zip(per_round[::2], per_round[1::2], strict=False)]
-
-
-@functools.cache  # ~0.1 s per call, and a run asks for the same few again and again
-def student_t_quantile(p: float, df: int) -> float:
-    """The p-quantile (p > 0.5) of Student's t with ``df`` degrees of freedom, from its density.
-
-    The standard library has no t distribution and the benchmark venvs need not hold scipy: Simpson's rule on
-    the density (fine enough for 4 decimals at df >= 1) and bisection on the CDF.
-    """
-    if not 0.5 < p < 1 or df < 1:
-        raise ValueError("need 0.5 < p < 1 and df >= 1")
-    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-
-    def density(t: float) -> float:
-        return scale * (1 + t * t / df) ** (-(df + 1) / 2)
-
-    def cdf(x: float, steps: int = 2000) -> float:  # 0.5 + the integral from 0 to x (x >= 0), Simpson
-        h = x / steps
-        inner = sum((4 if i % 2 else 2) * density(i * h) for i in range(1, steps))
-        return 0.5 + h / 3 * (density(0.0) + inner + density(x))
-
-    low, high = 0.0, 1.0
-    while cdf(high) < p:
-        low, high = high, high * 2
-    for _ in range(50):
-        mid = (low + high) / 2
-        low, high = (mid, high) if cdf(mid) < p else (low, mid)
-    return (low + high) / 2
-
-
-def usable_logs(ratios: Iterable[float]) -> list[float]:
-    """The logs of ``ratios``, leaving out those with none (zero, negative, nan: a side that served nothing)."""
-    return [math.log(r) for r in ratios if r > 0 and math.isfinite(r)]
-
-
-def ratio_interval(ratios: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float] | None:
-    """Geometric mean of ``ratios`` and its ``confidence`` interval; None for fewer than two usable values.
-
-    Ratios multiply, so they are averaged as logs, and the interval is Student's t on the logs: the ratios of
-    order-balanced pairs of rounds are the samples (each pair already cancels the order effect), and with the
-    handful of pairs one run gives, t's wider tails matter (2.57 against the normal 1.96 for six pairs).
-    """
-    logs = usable_logs(ratios)
-    if len(logs) < 2:
-        return None
-    mean = statistics.fmean(logs)
-    half = student_t_quantile((1 + confidence) / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
-    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
-
-
-# The serving targets for ours over `vllm serve`, as (side, bound): requests/s at least 1.05, TTFT p50 at most 1.0
-# (docs/BENCHMARKS.md).
-TARGETS = {"requests_per_s": (">=", 1.05), "ttft_p50_ms": ("<=", 1.0)}
-
-
-def meets(metric: str, value: float) -> bool:
-    """Whether ``value`` of ours/`vllm serve` is on the target's side of its bound (``metric`` in TARGETS)."""
-    side, bound = TARGETS[metric]
-    return value >= bound if side == ">=" else value <= bound
+# -- which runs the serving targets apply to ------------------------------------------------------------
 
 
 def baseline(run: dict[str, Any]) -> str | None:
@@ -153,15 +79,6 @@ def no_target_reason(run: dict[str, Any], over: str = "vllm") -> str | None:
     if rate not in (None, "None"):
         return f"open loop at {rate} requests/s: requests/s is the offered rate"
     return None
-
-
-def interval_text(ratios: Sequence[float]) -> str:
-    """'geomean [low-high]' (95 %) of ratios, for the tables."""
-    return format_interval(ratio_interval(ratios))
-
-
-def format_interval(found: tuple[float, float, float] | None) -> str:
-    return "-" if found is None else "{:.3f} [{:.3f}-{:.3f}]".format(*found)
 
 
 # -- machine ----------------------------------------------------------------------------------------------------
@@ -300,6 +217,13 @@ class Service:
             self.process.wait()
         except ProcessLookupError:
             pass
+
+
+def our_server(python: Path | str, profile: str, name: str, logs: Path, env: dict[str, str] | None = None) -> Service:
+    """`python -m server serve --profile PROFILE` on a free loopback port, up when /ready says 200."""
+    port = free_port()
+    command = [str(python), "-m", "server", "serve", "--profile", profile, "--host", LOOPBACK, "--port", str(port)]
+    return Service(name, command, port, logs / f"{name}.log", env=env or {}, ready_path="/ready")
 
 
 def wait_ready(services: Sequence[Service], timeout_s: float, *, say: Callable[[str], None] = print) -> None:
@@ -482,27 +406,6 @@ def poisson_arrivals(count: int, rate: float, seed: int) -> list[float]:
         times.append(t)
         t += rng.expovariate(rate)
     return times
-
-
-def summarize(results: Sequence[RequestResult], wall_s: float) -> dict[str, Any]:
-    ok = [r for r in results if r.ok]
-    ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
-    e2e = [r.e2e_s for r in ok]
-    tokens = sum(r.output_tokens for r in ok)
-    return {
-        "requests": len(results),
-        "errors": len(results) - len(ok),
-        "first_error": next((r.error for r in results if not r.ok), ""),
-        "wall_s": wall_s,
-        "requests_per_s": len(ok) / wall_s if wall_s else float("nan"),
-        "output_tokens": tokens,
-        "output_tokens_per_s": tokens / wall_s if wall_s else float("nan"),
-        "ttft_p50_ms": percentile(ttft, 50) * 1e3,
-        "ttft_p99_ms": percentile(ttft, 99) * 1e3,
-        "e2e_p50_ms": percentile(e2e, 50) * 1e3,
-        "e2e_p99_ms": percentile(e2e, 99) * 1e3,
-        "content_events_per_request": sum(r.content_events for r in ok) / len(ok) if ok else float("nan"),
-    }
 
 
 def results_json(results: Sequence[RequestResult]) -> list[dict[str, Any]]:

@@ -39,18 +39,17 @@ from bench_common import (
     cpu_seconds,
     free_port,
     machine_info,
+    our_server,
     package_versions,
-    percentile,
     print_table,
     py_spy,
-    ratio,
     refuse_pth,
     results_json,
     run_load,
-    summarize,
     wait_ready,
     write_json,
 )
+from bench_stats import percentile, ratio, summarize
 
 AZURE_KEY = "bench-azure-key"
 DEPLOYMENT = "gpt-4o"
@@ -75,7 +74,7 @@ general_settings:
 
 def make_services(server_python: Path, litellm_python: Path, work: Path, profile: str
                   ) -> tuple[Service, Service, Service, str]:
-    fake_port, ours_port, litellm_port = free_port(), free_port(), free_port()
+    fake_port, litellm_port = free_port(), free_port()
     fake = Service("direct", [sys.executable, "-c", FAKE_MAIN, str(REPO), AZURE_KEY, DEPLOYMENT, str(fake_port)],
                    fake_port, work / "fake_azure.log", ready_path="/", ready_codes=(200, 404, 405))
     ours_env = {
@@ -84,8 +83,7 @@ def make_services(server_python: Path, litellm_python: Path, work: Path, profile
         "MSSERVE_AZURE_DEPLOYMENT": DEPLOYMENT,
         "MSSERVE_ROUTER_THRESHOLD": "0.0",
     }
-    ours = Service("ours", [str(server_python), "-m", "server", "serve", "--profile", profile, "--host", "127.0.0.1",
-                            "--port", str(ours_port)], ours_port, work / "ours.log", env=ours_env, ready_path="/ready")
+    ours = our_server(server_python, profile, "ours", work, ours_env)
     config = work / "litellm.yaml"
     config.write_text(LITELLM_CONFIG.format(deployment=DEPLOYMENT, api_base=fake.base_url, api_key=AZURE_KEY,
                                             api_version=API_VERSION))

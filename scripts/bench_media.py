@@ -14,11 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +23,11 @@ from mistral_common.protocol.instruct.chunk import ImageChunk
 from mistral_common.tokens.tokenizers.image import ImageConfig, ImageEncoder, SpecialImageIDs
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_common import machine_info
+from bench_stats import percentile, timings
 
 from server.config import Settings
 from server.engines.azure_wire import forwarded_image
@@ -72,13 +72,7 @@ def make_inputs() -> dict[str, bytes]:
 
 
 def median_seconds(function: Callable[[], object], repeat: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return percentile(timings(function, repeat), 50)
 
 
 def main() -> None:
@@ -120,13 +114,7 @@ def main() -> None:
             f"forwarding encode (escalations only) {row['forwarding_encode_s'] * 1e3:6.1f} ms  "
             f"tokens {reference_tokens} vs {our_tokens}"
         )
-    machine = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "pillow": Image.__version__,
-    }
+    machine = {**machine_info(), "pillow": Image.__version__}
     args.out.write_text(json.dumps({"machine": machine, "repeat": args.repeat, "results": results}, indent=2))
     print(f"wrote {args.out}")
 

@@ -4,22 +4,12 @@
     python scripts/bench_pool.py docs/bench-data/serving/run*.json.gz     # the published runs (gzip is read as is)
     python scripts/bench_pool.py --over direct docs/bench-data/serving/ceiling-*.json.gz   # ours over the ceiling
 
-One run on a shared 2-vCPU machine gives five or six order-balanced pairs of rounds, and its 95 % interval for
-ours/vLLM is often +-5 % or more: wider than the distance to either target. Runs of the same benchmark (same load,
-same contenders) are independent samples of the same ratio, so their pairs can be pooled: the geometric mean over
-all pairs and its interval (Student's t on the logs, bench_common.ratio_interval) say whether a target holds, is
-missed, or cannot be told on this machine. Each run's own estimate is shown beside the pooled one, so a run that
-disagrees with the others is seen, not averaged away; and so is a spread between runs larger than within them
-(another VM, another day), which would make the pairs' interval too narrow: "runs as samples" is the interval
-with each run's estimate as one sample. The verdict stays the pairs' (the rule the rounds were planned with).
-An A/B run (bench_serving.py --baseline-env) measures one of our settings against itself: it is pooled only with
-A/B runs of the same setting, and gets no target verdict; nor does an open-loop run (--rate), whose requests/s is
-the offered rate.
-
-Refuses to pool runs whose load differs (requests, concurrency, max_tokens, rate, image share and size) or whose
-baseline differs (`vllm serve` in the benchmark as it ships; an A/B run puts another server there), and says
-which commits the runs measured (recorded since the runs that carry `machine.commit`). No numpy or scipy: any of
-the project's venvs runs it.
+Runs of the same load and contenders are independent samples of the same ratio: the geometric mean over all their
+order-balanced pairs and its interval (Student's t on the logs, bench_stats.ratio_interval) decide a target. Each
+run's own estimate and "runs as samples" (each run's estimate one sample: wider when runs differ more than their
+pairs do, e.g. another VM) are shown beside it. An A/B run (--baseline-env) pools only with A/B runs of the same
+setting, and neither it nor an open-loop run (--rate, whose requests/s is the offered rate) gets a target verdict.
+Refuses runs whose load or baseline differ; says which commits the runs measured.
 """
 
 from __future__ import annotations
@@ -27,26 +17,19 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import math
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from bench_common import (
-    TARGETS,
-    against_vllm_serve,
-    baseline,
+from bench_common import against_vllm_serve, baseline, no_target_reason, print_table, write_json
+from bench_stats import (
     format_interval,
+    geomean,
     interval_text,
-    meets,
-    no_target_reason,
     order_balanced,
     per_round_ratios,
-    print_table,
     ratio_interval,
-    usable_logs,
-    write_json,
+    verdict,
 )
 
 # What must match for two runs to measure the same thing (bench_serving.py's arguments).
@@ -83,18 +66,6 @@ def contenders(run: dict[str, Any]) -> set[str]:
     return {entry["server"] for entry in run["rounds"]}
 
 
-def verdict(metric: str, interval: tuple[float, float, float] | None) -> str:
-    """'met': the whole interval is on the target's side; 'missed': all on the other; else 'not shown'."""
-    if metric not in TARGETS or interval is None:
-        return "-"
-    _, low, high = interval
-    if meets(metric, low) and meets(metric, high):
-        return "met"
-    if not meets(metric, low) and not meets(metric, high):
-        return "missed"
-    return "not shown"
-
-
 def pool(runs: dict[str, dict[str, Any]], over: str = "vllm") -> dict[str, Any]:
     """Per contender and metric, over ``over``: each run's pairs, the pooled pairs' interval, each run as one
     sample's interval and, for ours in the closed loop against `vllm serve`, the target's verdict."""
@@ -111,7 +82,7 @@ def pool(runs: dict[str, dict[str, Any]], over: str = "vllm") -> dict[str, Any]:
             interval = ratio_interval(pooled)
             # The check on the pairs' interval: were runs to differ by more than their pairs do (another VM,
             # another day), pairs would not be independent samples, and each run's estimate as one sample is wider.
-            run_means = [math.exp(statistics.fmean(logs)) for logs in map(usable_logs, per_run.values()) if logs]
+            run_means = [mean for mean in map(geomean, per_run.values()) if mean is not None]
             out.setdefault(side, {})[metric] = {
                 "pairs_by_run": per_run, "pairs": len(pooled), "interval_95": interval,
                 "runs_as_samples_interval_95": ratio_interval(run_means),

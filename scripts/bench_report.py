@@ -11,7 +11,6 @@ files beside them. To publish a new run: add its file, point the table's glob be
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -19,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_common import TARGETS, format_interval, percentile
+import generated_page
 from bench_pool import METRICS, check_same_load, load_run, pool
+from bench_stats import TARGETS, format_interval, percentile
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "docs" / "bench-data"
@@ -36,7 +36,7 @@ PLACEMENT_RUNS = {
     "API process off the worker's core, VM 2": "ab-api-off-worker-cores-*.json.gz",
     "EngineCore beside the worker, VM 1": "ab-enginecore-beside-worker.json.gz",
 }
-OPEN_LOOP_RUNS = {4: "open-rate4-*.json.gz", 7: "open-rate7-*.json.gz"}
+OPEN_LOOP_RUNS = {"4 requests/s": "open-rate4-*.json.gz", "7 requests/s": "open-rate7-*.json.gz"}
 POOLED = [VERDICT_RUNS, CEILING_RUNS, *PLACEMENT_RUNS.values(), *OPEN_LOOP_RUNS.values()]
 
 
@@ -103,24 +103,21 @@ def serving_ceiling() -> str:
     return table([f"over `vllm serve` ({plural(len(runs))})", *POOLED_HEADERS[1:5]], [row[:5] for row in rows], right=2)
 
 
-def serving_placement() -> str:
+def grouped(header: str, groups: dict[str, str], leave_out: str = "") -> str:
+    """One table of several groups of runs (label -> their file pattern), each pooled on its own."""
     rows = []
-    for vm, pattern in PLACEMENT_RUNS.items():
+    for label, pattern in groups.items():
         runs = serving_runs(pattern)
-        rows += [[f"{vm}, {plural(len(runs))}", *row[1:5]] for row in pooled_rows(runs)]
-    return table(["with / without", *POOLED_HEADERS[1:5]], rows, right=2)
+        rows += [[f"{label}, {plural(len(runs))}", *row[1:5]] for row in pooled_rows(runs) if row[1] != leave_out]
+    return table([header, *POOLED_HEADERS[1:5]], rows, right=2)
+
+
+def serving_placement() -> str:
+    return grouped("with / without", PLACEMENT_RUNS)
 
 
 def serving_open_loop() -> str:
-    rows = []
-    for rate, pattern in OPEN_LOOP_RUNS.items():
-        runs = serving_runs(pattern)
-        rows += [
-            [f"{rate} requests/s, {plural(len(runs))}", *row[1:5]]
-            for row in pooled_rows(runs)
-            if row[1] != "requests/s"
-        ]
-    return table(["offered rate", *POOLED_HEADERS[1:5]], rows, right=2)
+    return grouped("offered rate", OPEN_LOOP_RUNS, leave_out="requests/s")  # the offered rate, not a figure
 
 
 def figures(name: str) -> dict[str, Any]:
@@ -299,21 +296,8 @@ def render(page: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only say whether the page is current (exit 1 if not)")
-    args = parser.parse_args()
-    page = PAGE.read_text()
-    fresh = render(page)
-    if args.check:
-        if fresh != page:
-            print(
-                "docs/BENCHMARKS.md is not what docs/bench-data gives: run python scripts/bench_report.py",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    PAGE.write_text(fresh)
-    return 0
+    return generated_page.main(__doc__, PAGE, lambda: render(PAGE.read_text()), source="docs/bench-data",
+                               script="bench_report.py")
 
 
 if __name__ == "__main__":

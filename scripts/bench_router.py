@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_stats import percentile
 
 from server.routing.inputs import request_from_json
 from server.routing.router import Router
@@ -42,11 +44,6 @@ def prompt(chars: int, rng: random.Random, words: list[str] = WORDS) -> str:
     return " ".join(out)[:chars]
 
 
-def percentiles(times: list[float]) -> tuple[float, float]:
-    times = sorted(times)
-    return statistics.median(times), times[int(0.99 * (len(times) - 1))]
-
-
 def measure(router: Router, body: dict[str, object], n: int) -> tuple[float, float, float, float]:
     """Wall p50, p99, then CPU-time p50, p99, in microseconds."""
     request = request_from_json(body)
@@ -58,7 +55,7 @@ def measure(router: Router, body: dict[str, object], n: int) -> tuple[float, flo
         router.decide(request)
         cpu.append((time.thread_time_ns() - start_cpu) / 1000)
         wall.append((time.perf_counter_ns() - start) / 1000)
-    return *percentiles(wall), *percentiles(cpu)
+    return percentile(wall, 50), percentile(wall, 99), percentile(cpu, 50), percentile(cpu, 99)
 
 
 def main() -> None:

@@ -3,46 +3,16 @@
     .venv-vllm/bin/python scripts/bench_serving.py [--rounds 10] [--requests 32] [--concurrency 8] [--max-tokens 64]
                                                    [--rate R] [--direct] [--thin] [--baseline-env KEY=VALUE]
 
-Starts, from the interpreter running this script (a venv with vllm and this project's dependencies):
-  A  `vllm serve <model>` with the flags derived from the profile (server.engines.vllm_mapping.engine_args, so the
-     engine settings are the very ones our engine passes to AsyncEngineArgs), and
-  B  `python -m server serve --profile tiny-mistral3-vllm`,
-both on 127.0.0.1, in parallel. Then it drives them with the same requests (N concurrent streaming chat
-completions, a mix of text-only and one-image prompts, greedy, fixed max_tokens), alternating the order of the
-two servers each round (ABBA...), and reports requests/s, output tokens/s, TTFT p50/p99 and end-to-end
-p50/p99 for each, and ours/vLLM ratios. Targets: throughput ratio >= 1.05, TTFT p50 ratio <= 1.0.
-
-On a shared machine one round of one server can be 10-15 % off the next, so the ratio of the totals alone
-cannot tell a real difference from a lucky round. The table also gives the ratio within pairs of rounds (ours
-first, then vLLM first: the geometric mean of the two rounds' ratios, so the order effect cancels; the server
-that runs first in a round measured ~8 % faster here): their geometric mean and its 95 % interval (Student's t on
-the logs), so a target counts as met only where the whole interval is on its side. scripts/bench_pool.py pools
-the pairs of several runs' JSON files for a narrower interval.
-
-`--rate R` makes it an open loop instead: each round's requests are sent at the times of a Poisson process at R
-requests/s (seeded per round, so both servers get the very same schedule), whatever is still running, the way
-`vllm bench serve --request-rate` loads a server. The closed loop with a fixed max_tokens keeps requests in step:
-they finish together and the next N arrive together, so its TTFT is mostly which engine step a request's prefill
-lands in; the open loop spreads the arrivals. There, requests/s is the offered rate while the servers keep up, and
-TTFT and end-to-end latency are the figures to compare.
-
-Only max_tokens bounds the output (our API refuses vLLM's ignore_eos / min_tokens); both sides decode greedily
-from the same weights, so they produce the same tokens, and the table shows the output tokens each produced.
-
-`--direct` adds a third contender, the ceiling: vLLM's renderer and AsyncLLM driven in-process by
-scripts/bench_engine_direct.py with the same engine arguments, bodies and schedule, and no HTTP or API server at all.
-direct/vLLM is then the most any API layer on this engine could gain over `vllm serve` here, were the client free.
-`--thin` adds another: scripts/bench_engine_thin.py, the thinnest OpenAI streaming server on the same engine (a bare
-ASGI app under uvicorn: render, generate, the same SSE events; no validation, middleware, routing or telemetry),
-read by the same client. thin/vLLM is the most any OpenAI server could gain here; thin/ours what our layer costs.
-
-`--baseline-env KEY=VALUE` (repeatable) measures one of our settings against itself instead: the baseline side
-(still called "vllm" in the JSON, "baseline" in the table) is a second copy of our server with that environment, e.g.
-`--baseline-env MSSERVE_VLLM_API_OFF_WORKER_CORES=false`; the JSON records the setting, and bench_pool.py pools
-only runs whose baselines agree.
-
-`--py-spy DIR` adds one profiled round per side afterwards (py-spy must be installed in this venv), writing
-collapsed stacks of each API process to DIR; they do not count in the figures.
+Starts `vllm serve` with the flags our engine derives from the profile (server.engines.vllm_mapping.engine_args)
+and `python -m server serve --profile tiny-mistral3-vllm` on 127.0.0.1, drives both with the same streamed chat
+requests (text and one-image prompts, greedy, fixed max_tokens) in alternating order (ABBA...: the server that
+runs first measured ~8 % faster here), and reports requests/s, tokens/s, TTFT and end-to-end p50/p99, ours/vLLM on
+the totals and within order-balanced pairs of rounds (geometric mean, 95 % interval). Targets: requests/s ratio
+>= 1.05, TTFT p50 ratio <= 1.0. bench_pool.py pools several runs. `--rate` makes it an open loop (Poisson arrivals,
+the same schedule for both), `--direct` adds the ceiling (scripts/bench_engine_direct.py: the engine in-process, no
+HTTP), `--thin` the thinnest OpenAI server on the engine (scripts/bench_engine_thin.py), `--baseline-env` an A/B of
+one of our settings (the baseline, still "vllm" in the JSON, is our server with that environment), `--py-spy` one
+profiled round per side. Method and published figures: docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -64,31 +34,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import (
     REPO,
-    TARGETS,
     RequestResult,
     RequestSpec,
     Service,
     cpu_seconds,
     free_port,
-    interval_text,
     machine_info,
-    meets,
     no_target_reason,
-    order_balanced,
+    our_server,
     package_versions,
-    per_round_ratios,
     poisson_arrivals,
     print_table,
     py_spy,
-    ratio,
-    ratio_interval,
     results_json,
     run_load,
-    summarize,
     wait_ready,
     write_json,
 )
 from bench_engine_direct import DirectEngine
+from bench_stats import (
+    TARGETS,
+    interval_text,
+    meets,
+    order_balanced,
+    per_round_ratios,
+    ratio,
+    ratio_interval,
+    summarize,
+)
 
 from server.config import load_profile
 from server.engines.vllm_mapping import engine_args
@@ -150,20 +123,13 @@ def engine_env() -> dict[str, str]:
     return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
 
 
-def ours_service(python: Path, profile: str, name: str, logs: Path, extra_env: dict[str, str] | None = None) -> Service:
-    port = free_port()
-    command = [str(python), "-m", "server", "serve", "--profile", profile, "--host", "127.0.0.1", "--port", str(port)]
-    return Service(name, command, port, logs / f"{name}.log", env={**engine_env(), **(extra_env or {})},
-                   ready_path="/ready")
-
-
 def make_services(python: Path, profile: str, logs: Path,
                   baseline_env: dict[str, str] | None = None) -> tuple[Service, Service]:
     """(ours, the baseline): `vllm serve`, or with ``baseline_env`` a second copy of our server with those
     settings, for an A/B of one of them (the side keeps the name "vllm"; its command and env are recorded)."""
-    ours = ours_service(python, profile, "ours", logs)
+    ours = our_server(python, profile, "ours", logs, engine_env())
     if baseline_env:
-        return ours, ours_service(python, profile, "vllm", logs, baseline_env)
+        return ours, our_server(python, profile, "vllm", logs, {**engine_env(), **baseline_env})
     model, flags = vllm_serve_flags(profile)
     launcher = [str(python), "-c", VLLM_CLI]
     port = free_port()

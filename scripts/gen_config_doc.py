@@ -11,7 +11,6 @@ So adding a setting with a comment, then running this script, is all it takes.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import io
 import re
@@ -25,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import generated_page  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 from pydantic_core import PydanticUndefined  # noqa: E402
 
@@ -155,20 +155,7 @@ def render() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only say whether the page is current (exit 1 if not)")
-    args = parser.parse_args()
-    fresh = render()
-    if args.check:
-        if not PAGE.is_file() or PAGE.read_text() != fresh:
-            print(
-                "docs/configuration.md is not what Settings gives: run python scripts/gen_config_doc.py",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    PAGE.write_text(fresh)
-    return 0
+    return generated_page.main(__doc__, PAGE, render, source="Settings", script="gen_config_doc.py")
 
 
 if __name__ == "__main__":

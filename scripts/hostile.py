@@ -14,22 +14,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hostile_cases import (  # noqa: E402
     BUDGET_USD,
-    HOST,
     KEYS,
     PRICE_PER_TOKEN,
     STATEFUL,
@@ -39,53 +34,24 @@ from hostile_cases import (  # noqa: E402
 )
 from hostile_corpus import EMPTY_KEYS, Probe, static_probes  # noqa: E402
 
+from tests.conftest import LiveServer, free_port, serve_command, spawn, stop_server, wait_ready  # noqa: E402
 from tests.fakes.fake_azure import FakeAzure  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def launch(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def launch(env: dict[str, str], log: Path) -> LiveServer:
+    """`msserve serve` on the tiny model at a free loopback port, its output in ``log``."""
     port = free_port()
-    command = [sys.executable, "-m", "server", "serve", "--profile", "tiny-mistral3", "--host", HOST, "--port",
-               str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-    return process, f"http://{HOST}:{port}"
-
-
-def wait_for(base: str, path: str, process: subprocess.Popen[bytes], limit_s: float) -> bool:
-    end = time.monotonic() + limit_s
-    while time.monotonic() < end and process.poll() is None:
-        try:
-            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return spawn(serve_command("tiny-mistral3", port), log.parent, {**os.environ, **env}, port=port, log_name=log.name)
 
 
 def empty_keys(tmp: Path) -> list[str]:
     """Item 4: a server given keys that parse to nothing must refuse to start."""
     failures = []
     for index, value in enumerate(EMPTY_KEYS):
-        process, base = launch({"MSSERVE_API_KEYS": value, "MSSERVE_STATE_DIR": str(tmp)}, tmp / f"keys{index}.log")
-        served = wait_for(base, "/health", process, 60)
-        stop(process)
+        server = launch({"MSSERVE_API_KEYS": value, "MSSERVE_STATE_DIR": str(tmp)}, tmp / f"keys{index}.log")
+        served = wait_ready(server, timeout=60, ready_path="/health")
+        stop_server(server)
+        process = server.process
         verdict = "SERVED: PROBLEM" if served else f"refused to start (exit {process.returncode})"
         print(f" 4  MSSERVE_API_KEYS={value!r:<36} {verdict}", flush=True)
         if served or process.returncode == 0:
@@ -143,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         failures += empty_keys(tmp)
     print("item input" + " " * 54 + "status" + " " * 7 + "worst /health meanwhile", flush=True)
     azure = BilledAzure(api_key="fake-azure-key").start()
-    process, base = launch(server_env(azure, tmp / "state"), tmp / "server.log")
+    server = launch(server_env(azure, tmp / "state"), tmp / "server.log")
+    base = server.base_url
     try:
-        if not wait_for(base, "/ready", process, 300):
+        if not wait_ready(server, timeout=300):
             print(f"the server did not get ready; its log: {tmp / 'server.log'}")
             return 2
         health = HealthWatch(base)
@@ -170,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             run.failures.append(f"item 3: Azure billed ${azure.billed_usd:.2f} over the ${BUDGET_USD:.2f} budget")
         failures += run.failures
     finally:
-        stop(process)
+        stop_server(server)
         azure.stop()
     print(f"server log: {tmp / 'server.log'}; {time.monotonic() - started:.0f} s in all")
     for failure in failures:

@@ -32,7 +32,7 @@ from server.routing.ledger import open_spend_ledger
 from server.routing.policy import RoutingPolicy
 from server.routing.router import Router
 from server.routing.runtime import LearningRuntime
-from server.shutdown import begin_drain
+from server.serving import begin_drain
 from server.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def create_app(settings: Settings, *, profile: ModelProfile | None = None, engin
             if learning is not None:
                 await learning.stop()
             if not loading.done():
-                # Its thread cannot be interrupted; serve() exits without waiting for it (server.shutdown).
+                # Its thread cannot be interrupted; serve_until_signal() exits without waiting for it (server.serving).
                 app.state.engine_load_abandoned = True
                 loading.cancel()
             with contextlib.suppress(BaseException):

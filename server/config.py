@@ -23,7 +23,7 @@ from pydantic_settings import (
 )
 
 from server import resources
-from server.errors import InvalidRequestError
+from server.errors import ProfileError
 
 DEFAULT_PROFILES_DIR = resources.PROFILES_DIR  # the packaged profiles
 DEFAULT_PROFILE = "tiny-mistral3"
@@ -182,7 +182,7 @@ class Settings(BaseSettings):
     # The share of the daily budget that shadow and judge calls together may use (escalations may use it all).
     router_shadow_budget_share: float = Field(default=0.1, ge=0.0, le=1.0)
 
-    # --- Operations (server.middleware, server.telemetry, server.shutdown, dashboard) ---
+    # --- Operations (server.middleware, server.telemetry, server.serving, dashboard) ---
     # Named API keys "alice:sk-abc,bob:sk-def" (a bare "sk-abc" is named key1, key2, ...). None: no auth (open).
     api_keys: SecretStr | None = None
     metrics_open: bool = False  # /metrics without a key (when keys are configured)
@@ -414,7 +414,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 def profile_dirs(profiles_dir: Path | None = None) -> list[Path]:
     """The folders searched for profiles, first match wins: the user's (if any), then the packaged ones."""
     if profiles_dir is not None and not profiles_dir.is_dir():
-        raise InvalidRequestError(f"profiles folder {profiles_dir} does not exist", code="unknown_profile")
+        raise ProfileError(f"profiles folder {profiles_dir} does not exist", code="unknown_profile")
     return [profiles_dir, DEFAULT_PROFILES_DIR] if profiles_dir is not None else [DEFAULT_PROFILES_DIR]
 
 
@@ -439,4 +439,4 @@ def load_profile(name: str, profiles_dir: Path | None = None) -> ModelProfile:
         if path.is_file():
             return load_profile_file(path)
     known = ", ".join(p.name for p in list_profiles(profiles_dir)) or "none"
-    raise InvalidRequestError(f"unknown profile {name!r}; known profiles: {known}", code="unknown_profile")
+    raise ProfileError(f"unknown profile {name!r}; known profiles: {known}", code="unknown_profile")

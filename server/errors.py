@@ -11,9 +11,16 @@
     ├── EngineUnavailableError   503 service_unavailable (loading, draining, engine down)
     └── DeadlineExceededError    504 timeout (request deadline passed)
 
-Code raises these; one handler in ``server.api.errors`` renders them as
-``{"error": {"message", "type", "param", "code"}}``. Third-party errors are
-translated into these once, at the engine boundary (``raise ... from exc``).
+    StartupError                 base: the server cannot start as configured (message, stable code; no HTTP status)
+    ├── ProfileError             unknown profile, missing profiles folder, an engine this install lacks
+    ├── RouterConfigError        router weights missing, invalid or incompatible; threshold or policy out of range
+    └── ModelUnavailableError    the weights cannot be had: missing locally, no access on the hub, no network
+
+Request-time code raises the ``MSServeError`` family; one handler in ``server.api.errors`` renders them as
+``{"error": {"message", "type", "param", "code"}}``. Third-party errors are translated into these once, at
+the engine boundary (``raise ... from exc``). The ``StartupError`` family is raised while settings, profiles,
+weights and the router are read, before any request exists: the ``msserve`` commands print its message and exit
+with status 2 (a client never sees one; if one escaped into a request it would be an internal error, 500).
 """
 
 from __future__ import annotations
@@ -95,3 +102,24 @@ class DeadlineExceededError(MSServeError):
     status_code = 504
     error_type = "timeout"
     default_code = "deadline_exceeded"
+
+
+class StartupError(Exception):
+    default_code: str = "startup_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+
+
+class ProfileError(StartupError):
+    default_code = "unknown_profile"
+
+
+class RouterConfigError(StartupError):
+    default_code = "invalid_router_config"
+
+
+class ModelUnavailableError(StartupError):
+    default_code = "model_unavailable"

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from server.config import ModelProfile
+from server.errors import ModelUnavailableError
 
 # A profile's build_script -> the module that builds its model (scripts/make_tiny_model.py wraps the demo's).
 BUILDERS = {"make_tiny_model.py": "server.demo_model"}
@@ -35,10 +36,6 @@ ALLOW_PATTERNS = {
         "*.md",
     ],
 }
-
-
-class ModelUnavailableError(RuntimeError):
-    """The weights cannot be had: missing locally, no access on the hub, or no network."""
 
 
 def hf_token(explicit: str | None = None) -> str | None:

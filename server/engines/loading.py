@@ -2,7 +2,7 @@
 
 ``asyncio.run`` (uvicorn's) joins the default executor's threads when its loop ends, so a load running there kept a
 stopped server alive until the load was done: minutes for Mistral Small 3.1 (a download, vLLM starting its engine
-processes, the weights read). A daemon thread is not waited for; ``server.shutdown`` then stops what the load
+processes, the weights read). A daemon thread is not waited for; ``server.serving`` then stops what the load
 started and exits.
 """
 

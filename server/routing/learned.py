@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from server.errors import InvalidRequestError
+from server.errors import RouterConfigError
 from server.routing import embed
 from server.routing import features as features_module
 from server.routing.features import FEATURE_NAMES, Features
@@ -268,9 +268,9 @@ def router_from_file(path: Path, *, prior: Path | None = None, **options: object
     try:
         learned = LearnedWeights.model_validate_json(text)
     except ValidationError as exc:
-        raise InvalidRequestError(f"{path}: not valid learned weights ({exc})", code="invalid_router_weights") from exc
+        raise RouterConfigError(f"{path}: not valid learned weights ({exc})", code="invalid_router_weights") from exc
     prior_path = prior or DEFAULT_WEIGHTS
     why = compatible(learned, prior_path)
     if why is not None:
-        raise InvalidRequestError(f"{path}: {why}", code="router_weights_incompatible")
+        raise RouterConfigError(f"{path}: {why}", code="router_weights_incompatible")
     return LearnedRouter(RouterModel.load(prior_path), learned, embedder=embed.default_embedder(), **options)  # type: ignore[arg-type]

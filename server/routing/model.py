@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from server.errors import InvalidRequestError
+from server.errors import RouterConfigError
 from server.routing.features import FEATURE_NAMES, Features
 
 
@@ -61,7 +61,8 @@ class RouterModel:
     def __init__(self, weights: Weights) -> None:
         missing = [name for name in FEATURE_NAMES if name not in weights.features]
         if missing:
-            raise InvalidRequestError(f"router weights {weights.name!r} lack features: {', '.join(missing)}")
+            message = f"router weights {weights.name!r} lack features: {', '.join(missing)}"
+            raise RouterConfigError(message, code="router_weights_incompatible")
         self.weights = weights
         # Flattened for speed: (name, weight / scale, mean) per feature.
         self._dense = [
@@ -76,7 +77,7 @@ class RouterModel:
         try:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError as exc:
-            raise InvalidRequestError(f"router weights not found: {path}", code="router_weights_missing") from exc
+            raise RouterConfigError(f"router weights not found: {path}", code="router_weights_missing") from exc
         return cls(Weights.model_validate(data))
 
     @property
@@ -103,7 +104,7 @@ class RouterModel:
     def threshold_for_rate(self, rate: float) -> float:
         """The score above which about ``rate`` of the reference data would be escalated."""
         if not 0.0 <= rate <= 1.0:
-            raise InvalidRequestError("target escalation rate must be between 0 and 1", code="invalid_router_rate")
+            raise RouterConfigError("target escalation rate must be between 0 and 1", code="invalid_router_rate")
         return threshold_for_rate(self.weights.reference_quantiles or [0.0, 1.0], rate)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from server.errors import InvalidRequestError
+from server.errors import InvalidRequestError, RouterConfigError
 from server.resources import ROUTER_WEIGHTS
 from server.routing.decision import Decision
 from server.routing.features import Features, extract
@@ -99,9 +99,9 @@ class Router:
         image_policy: ImagePolicy = "score",
     ) -> None:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise InvalidRequestError("router threshold must be between 0 and 1", code="invalid_router_threshold")
+            raise RouterConfigError("router threshold must be between 0 and 1", code="invalid_router_threshold")
         if image_policy not in ("score", "local", "azure"):
-            raise InvalidRequestError(f"unknown image policy {image_policy!r}", code="invalid_image_policy")
+            raise RouterConfigError(f"unknown image policy {image_policy!r}", code="invalid_image_policy")
         self.model = model
         self.image_policy = image_policy
         spread = model.weights.training.get("logit_sd", _DEFAULT_LOGIT_SD)

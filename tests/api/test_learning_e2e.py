@@ -19,14 +19,13 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from server.routing.cli import app as router_cli
-from server.routing.inputs import request_from_prompt
-from server.routing.learned import feature_set_version
-from server.routing.outcomes import Outcome, OutcomeStore
+from server.cli.router import app as router_cli
+from server.routing.outcomes import OutcomeStore
 from server.routing.router import Router
 from server.state.db import StateDB
 from tests.conftest import LiveServer, start_server, stop_server
 from tests.fakes.fake_azure import FakeAzure
+from tests.outcomes import local_outcome
 
 AZURE_KEY = "azure-test-key"
 ALICE, BOB = "sk-alice-0123456789", "sk-bob-0123456789ab"
@@ -127,22 +126,8 @@ def _plant(state_dir: Path, n: int = 120) -> None:
     store = OutcomeStore(StateDB(state_dir))
     for i in range(n):
         hard = rng.random() < 0.3
-        features, scored = prior.score(request_from_prompt(f"About {'quaternions' if hard else 'gardens'} {i}"))
-        store.add(
-            Outcome(
-                id=f"planted-{i}",
-                created=float(i),
-                key_name=None,
-                tier="local",
-                route="score-low",
-                score=scored.score,
-                threshold=1.0,
-                router="prior",
-                prior_logit=scored.logit,
-                feature_set=feature_set_version(),
-                features=features.vector(),
-            )
-        )
+        prompt = f"About {'quaternions' if hard else 'gardens'} {i}"
+        store.add(local_outcome(prior, prompt, f"planted-{i}", created=float(i), threshold=1.0))
         store.judge(f"planted-{i}", "helped" if hard else "same", now=float(i))
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from PIL import Image
 
 from server.app import create_app
 from server.config import Settings
@@ -28,16 +25,6 @@ def chat(text: str = "hello") -> dict[str, Any]:
 
 def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (200, 30, 30)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def data_url() -> str:
-    return "data:image/png;base64," + base64.b64encode(png()).decode()
 
 
 @asynccontextmanager

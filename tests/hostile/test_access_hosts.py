@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.hostile.access_app import app_client, chat, png
+from tests.hostile.access_app import app_client, chat
+from tests.images import image_bytes
 
-UPLOAD = {"file": ("a.png", png(), "image/png")}
+UPLOAD = {"file": ("a.png", image_bytes(), "image/png")}
 # /v1/captions does not close the multipart form it parses, so its spooled upload file is closed by the garbage
 # collector; in-process that is reported here. Not this file's subject (a live server never reports it).
 pytestmark = pytest.mark.filterwarnings(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tests.fakes.scripted_engine import ScriptedEngine
-from tests.hostile.access_app import app_client, chat, data_url
+from tests.hostile.access_app import app_client, chat
+from tests.images import png_url
 
 
 async def test_same_client_id_gives_distinct_engine_ids() -> None:
@@ -29,7 +30,7 @@ async def test_caption_engine_ids_are_server_made() -> None:
     async with app_client(engine) as client:
         for _ in range(2):
             response = await client.post(
-                "/v1/captions", json={"image_urls": [data_url()]}, headers={"x-request-id": "victim-id"}
+                "/v1/captions", json={"image_urls": [png_url()]}, headers={"x-request-id": "victim-id"}
             )
             assert response.status_code == 200 and response.headers["x-request-id"] == "victim-id"
     ids = [request.request_id for request in engine.requests]

@@ -4,6 +4,7 @@ logging at debug level, and plain-http Azure endpoints. Nothing here connects an
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -14,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from server.cli import app as cli_app
+from server.cli.main import app as cli_app
 from server.config import Settings
 from server.engines.base import EngineHealth
 from server.errors import ImageError
@@ -24,8 +25,8 @@ from server.sdk_logging import BODY_LOGGERS, CHATTY_LOGGERS, quiet_sdk_loggers
 from tests.conftest import LOOPBACK
 from tests.fakes.fake_azure import FakeAzure
 from tests.fakes.scripted_engine import ScriptedEngine
-from tests.hostile.access_app import ALICE, KEYS, ROOT, app_client, bearer, chat, png
-from tests.media.media_helpers import run
+from tests.hostile.access_app import ALICE, KEYS, ROOT, app_client, bearer, chat
+from tests.images import image_bytes
 
 PUBLIC = "93.184.216.34"
 
@@ -77,12 +78,12 @@ def _fetch_recorded(url: str, allow: list[str], answer: str) -> tuple[list[str],
 
     def handle(request: httpx.Request) -> httpx.Response:
         sent.append(request)
-        return httpx.Response(200, stream=httpx.ByteStream(png()), headers={"content-type": "image/png"})
+        return httpx.Response(200, stream=httpx.ByteStream(image_bytes()), headers={"content-type": "image/png"})
 
     fetcher = SafeFetcher(
         policy=AddressPolicy.from_entries(allow), resolver=resolve, transport=httpx.MockTransport(handle)
     )
-    run(fetcher.fetch(url, max_bytes=1_000_000))
+    asyncio.run(fetcher.fetch(url, max_bytes=1_000_000))
     return looked_up, sent[0]
 
 

@@ -14,7 +14,8 @@ from fastapi import Depends, Request
 from server.api.permissions import check_route_permission, require_admin
 from server.middleware.auth import SESSION_COOKIE
 from tests.fakes.fake_azure import FakeAzure
-from tests.hostile.access_app import ALICE, BOB, KEYS, ROOT, app_client, bearer, chat, data_url
+from tests.hostile.access_app import ALICE, BOB, KEYS, ROOT, app_client, bearer, chat
+from tests.images import png_url
 
 AZURE_KEY = "azure-test-key"
 
@@ -103,7 +104,7 @@ async def test_forcing_azure_is_a_per_key_permission(fake_azure: FakeAzure) -> N
         )
         assert local.status_code == 200 and local.headers["x-msserve-tier"] == "local"
         captions = await client.post(
-            "/v1/captions", json={"image_urls": [data_url()]}, headers={**bearer(BOB), "x-msserve-route": "azure"}
+            "/v1/captions", json={"image_urls": [png_url()]}, headers={**bearer(BOB), "x-msserve-route": "azure"}
         )
         assert captions.status_code == 403 and captions.json()["error"]["code"] == "azure_not_permitted"
         await http.aclose()

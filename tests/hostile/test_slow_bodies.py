@@ -17,21 +17,14 @@ from server.errors import RateLimitError
 from server.middleware.body_limit import BodySizeLimitMiddleware
 from server.middleware.concurrency import Limiter
 from tests.conftest import LOOPBACK, LiveServer, stop_server
+from tests.fakes.clock import Clock
 from tests.ops.conftest import CHAT, make_client, metric, paced_engine, start_scripted_server  # noqa: F401
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def _run(middleware_kwargs: dict[str, Any], chunks: list[bytes], seconds_per_chunk: float) -> tuple[
         list[dict[str, Any]], bytes]:
     """Feed chunks through the middleware, the clock moving seconds_per_chunk per chunk; what the client saw."""
-    clock = FakeClock()
+    clock = Clock(100.0)
     sent: list[dict[str, Any]] = []
     got = bytearray()
     queue = list(chunks)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import socket
 import time
@@ -15,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
 from server.app import create_app
 from server.config import Settings, load_profile
@@ -23,15 +20,10 @@ from server.engines.hf import HFEngine
 from server.errors import DeadlineExceededError
 from server.types import GenerationRequest, Message, SamplingParams, TextPart
 from tests.conftest import LOOPBACK, LiveServer
+from tests.images import png_url
 from tests.ops.conftest import CHAT, log_lines, make_client, paced_engine  # noqa: F401  (fixtures)
 
 LONG = {"max_tokens": 4000, "temperature": 1.0, "seed": 1}  # minutes of work for the tiny model on CPU
-
-
-def png_data_url() -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def engine_counts(server: LiveServer) -> tuple[int, int]:
@@ -67,7 +59,7 @@ def access_line(server: LiveServer, request_id: str) -> dict[str, Any] | None:
 
 @pytest.mark.parametrize(("path", "body"), [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "go on forever"}], **LONG}),
-    ("/v1/captions", {"image_urls": [png_data_url()], "style": "detailed", "max_tokens": 4000, "temperature": 1.0}),
+    ("/v1/captions", {"image_urls": [png_url((64, 48))], "style": "detailed", "max_tokens": 4000, "temperature": 1.0}),
 ], ids=["chat", "captions"])
 def test_a_non_streamed_request_stops_the_engine_when_its_client_leaves(live_server: LiveServer, path: str,
                                                                         body: dict[str, Any]) -> None:

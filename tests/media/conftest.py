@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.media.media_helpers import LoopbackServer
+from tests.media.loopback import LoopbackServer
 
 
 @pytest.fixture(scope="module")

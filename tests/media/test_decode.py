@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from server.media import MISTRAL_SMALL_3_1, decode_image
-from tests.media.media_helpers import encode, jpeg_with_orientation, photo
+from tests.images import encode, jpeg_with_orientation, photo
 
 MAX_PIXELS = 50_000_000
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tracemalloc
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 from server.config import Settings
 from server.errors import ImageError
 from server.media import ImageIntake, decode_image
-from tests.media.media_helpers import encode, expect_error, png_bomb, run
+from tests.images import encode, expect_error, png_bomb
 
 MAX_PIXELS = 50_000_000
 
@@ -47,7 +48,7 @@ def test_default_decode_cap_is_4096_squared_not_the_declared_limit() -> None:
     intake = ImageIntake(settings)
     bomb = png_bomb(4100)  # 16.8 MP of black in ~20 KB: under the declared limit, over the decode cap
     with pytest.raises(ImageError) as caught:
-        run(intake.from_bytes(bomb, intake.budget(), source="upload", content_type="image/png"))
+        asyncio.run(intake.from_bytes(bomb, intake.budget(), source="upload", content_type="image/png"))
     expect_error(caught, 413, "image_too_large")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import threading
 
 import pytest
@@ -15,14 +14,10 @@ from server.config import Settings
 from server.errors import RateLimitError
 from server.media import ImageIntake
 from server.media._pool import THREAD_NAME_PREFIX, DecodePool
-from tests.media.media_helpers import encode, photo, run
+from tests.images import data_url, encode, photo
 
 TINY_PNG = encode(photo(4, 4), "PNG")  # the smallest images were decoded on the loop before
 JPEG = encode(photo(640, 480), "JPEG")
-
-
-def data_url(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode()
 
 
 def test_every_step_of_image_work_runs_on_decode_threads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,7 +42,7 @@ def test_every_step_of_image_work_runs_on_decode_threads(monkeypatch: pytest.Mon
         await intake.from_bytes(TINY_PNG, budget, source="upload", content_type="image/png")
         return threading.current_thread().name
 
-    loop_thread = run(requests())
+    loop_thread = asyncio.run(requests())
     seen = set().union(*threads.values())
     assert threads["open"] and threads["prescan"] and threads["base64"]
     assert loop_thread not in seen
@@ -77,7 +72,7 @@ def test_the_pool_refuses_past_its_queue_and_frees_its_slots() -> None:
         release.set()
         return [await running, await queued]
 
-    assert run(scenario()) == ["done", "queued"]
+    assert asyncio.run(scenario()) == ["done", "queued"]
     assert pool.pending == 0
     pool.shutdown()
 
@@ -104,7 +99,7 @@ def test_a_job_whose_caller_left_before_it_started_never_runs() -> None:
         await running
         await pool.run(lambda: ran.append("next"))
 
-    run(scenario())
+    asyncio.run(scenario())
     assert ran == ["next"] and pool.pending == 0
     pool.shutdown()
 

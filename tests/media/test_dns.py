@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 
@@ -12,7 +13,7 @@ from server.config import Settings
 from server.errors import ImageError
 from server.media import ImageIntake
 from server.media._dns import THREAD_NAME_PREFIX, PooledResolver
-from tests.media.media_helpers import expect_error, run
+from tests.images import expect_error
 
 PUBLIC = "93.184.216.34"  # never connected to: the lookup is faked
 
@@ -30,7 +31,7 @@ def test_lookups_run_on_the_resolvers_own_threads(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(dns_module.socket, "getaddrinfo", recording)
     resolver = PooledResolver(workers=2, timeout_s=5)
-    assert run(resolver("img.example", 443)) == [PUBLIC]
+    assert asyncio.run(resolver("img.example", 443)) == [PUBLIC]
     assert seen and seen[0].startswith(THREAD_NAME_PREFIX)
     resolver.shutdown()
 
@@ -46,7 +47,7 @@ def test_a_slow_lookup_is_refused_at_the_dns_timeout(monkeypatch: pytest.MonkeyP
     resolver = PooledResolver(workers=1, timeout_s=0.05)
     try:
         with pytest.raises(ImageError) as caught:
-            run(resolver("slow.example", 443))
+            asyncio.run(resolver("slow.example", 443))
         assert "slow.example" in expect_error(caught, 400, "image_fetch_failed").message
     finally:
         release.set()

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import gzip
 import ssl
@@ -20,7 +21,8 @@ import pytest
 from server.config import Settings
 from server.errors import ImageError
 from server.media import AddressPolicy, ImageIntake, SafeFetcher
-from tests.media.media_helpers import PNG_BYTES, LoopbackServer, expect_error, run
+from tests.images import expect_error
+from tests.media.loopback import PNG_BYTES, LoopbackServer, resolver_of
 
 PUBLIC = "93.184.216.34"
 LIMIT = 1_000_000
@@ -41,15 +43,6 @@ class Recorder:
         return self.responses.pop(0) if len(self.responses) > 1 else self.responses[0]
 
 
-def resolver_of(answers: dict[str, list[str]], calls: list[str] | None = None):  # type: ignore[no-untyped-def]
-    async def resolve(host: str, port: int) -> list[str]:
-        if calls is not None:
-            calls.append(host)
-        return list(answers[host])
-
-    return resolve
-
-
 def resp(status: int, body: bytes = b"", **headers: str) -> httpx.Response:
     """A streamed response, as a real transport gives (the fetcher reads raw bytes)."""
     return httpx.Response(status, stream=httpx.ByteStream(body), headers=headers)
@@ -65,7 +58,7 @@ def fetcher(recorder: Recorder, answers: dict[str, list[str]], **options: object
 
 def refused(fetch: SafeFetcher, url: str, status: int, code: str, max_bytes: int = LIMIT) -> ImageError:
     with pytest.raises(ImageError) as caught:
-        run(fetch.fetch(url, max_bytes=max_bytes))
+        asyncio.run(fetch.fetch(url, max_bytes=max_bytes))
     return expect_error(caught, status, code)
 
 
@@ -83,7 +76,7 @@ def test_connects_to_the_checked_address_with_the_name_in_host_and_sni() -> None
     recorder = Recorder(png())
     calls: list[str] = []
     fetch = SafeFetcher(resolver=resolver_of({"img.example": [PUBLIC]}, calls), transport=recorder.transport)
-    result = run(fetch.fetch("https://img.example:8443/a.png?x=1", max_bytes=LIMIT))
+    result = asyncio.run(fetch.fetch("https://img.example:8443/a.png?x=1", max_bytes=LIMIT))
     assert result.data == PNG_BYTES and result.content_type == "image/png"
     (request,) = recorder.requests
     assert request.url.host == PUBLIC and request.url.port == 8443 and request.url.raw_path == b"/a.png?x=1"
@@ -117,7 +110,8 @@ def test_redirects_to_other_schemes_or_down_to_http_are_refused(location: str, c
 
 def test_relative_redirect_is_followed_and_hops_are_capped() -> None:
     recorder = Recorder(httpx.Response(302, headers={"location": "/b.png"}), png())
-    result = run(fetcher(recorder, {"img.example": [PUBLIC]}).fetch("https://img.example/a.png", max_bytes=LIMIT))
+    fetch = fetcher(recorder, {"img.example": [PUBLIC]}).fetch("https://img.example/a.png", max_bytes=LIMIT)
+    result = asyncio.run(fetch)
     assert result.data == PNG_BYTES and [r.url.path for r in recorder.requests] == ["/a.png", "/b.png"]
     recorder = Recorder(httpx.Response(302, headers={"location": "/again"}))
     refused(fetcher(recorder, {"img.example": [PUBLIC]}, max_redirects=2), "https://img.example/", 400,
@@ -156,10 +150,10 @@ def test_intake_fetches_https_and_checks_the_declared_type() -> None:
     recorder = Recorder(png(), resp(200, b"<html></html>", **{"content-type": "text/html"}))
     intake = ImageIntake(Settings(), fetcher=fetcher(recorder, {"img.example": [PUBLIC]}))
     budget = intake.budget()
-    part = run(intake.from_url("https://img.example/a.png", budget))
+    part = asyncio.run(intake.from_url("https://img.example/a.png", budget))
     assert part.source == "https" and part.image.mode == "RGB" and budget.images == 1
     with pytest.raises(ImageError) as caught:
-        run(intake.from_url("https://img.example/page.html", budget))
+        asyncio.run(intake.from_url("https://img.example/page.html", budget))
     expect_error(caught, 415, "image_unsupported_format")
 
 
@@ -168,7 +162,7 @@ def test_intake_caps_the_fetch_at_what_the_request_budget_has_left() -> None:
     intake = ImageIntake(Settings(max_total_image_bytes=len(PNG_BYTES) - 1),
                          fetcher=fetcher(recorder, {"img.example": [PUBLIC]}))
     with pytest.raises(ImageError) as caught:
-        run(intake.from_url("https://img.example/a.png", intake.budget()))
+        asyncio.run(intake.from_url("https://img.example/a.png", intake.budget()))
     expect_error(caught, 413, "image_too_large")
 
 
@@ -176,7 +170,7 @@ def test_intake_with_fetching_disabled_refuses_https() -> None:
     recorder = Recorder(png())
     intake = ImageIntake(Settings(image_fetch_enabled=False), fetcher=fetcher(recorder, {"img.example": [PUBLIC]}))
     with pytest.raises(ImageError) as caught:
-        run(intake.from_url("https://img.example/a.png", intake.budget()))
+        asyncio.run(intake.from_url("https://img.example/a.png", intake.budget()))
     expect_error(caught, 400, "image_url_forbidden")
     assert recorder.requests == []
 
@@ -213,13 +207,13 @@ def test_ipv6_loopback_is_refused_by_default(http6: LoopbackServer) -> None:
 @pytest.mark.parametrize("allow", [["127.0.0.1/32"], ["127.0.0.0/8"], ["localhost"]])
 def test_allow_list_opens_loopback(http4: LoopbackServer, allow: list[str]) -> None:
     host = "localhost" if allow == ["localhost"] else "127.0.0.1"
-    result = run(loopback_fetcher(allow).fetch(f"{http4.base(host)}/img.png", max_bytes=LIMIT))
+    result = asyncio.run(loopback_fetcher(allow).fetch(f"{http4.base(host)}/img.png", max_bytes=LIMIT))
     assert result.data == PNG_BYTES
     assert http4.seen[-1] == ("/img.png", f"{host}:{http4.port}")
 
 
 def test_ipv6_allow_list(http6: LoopbackServer) -> None:
-    result = run(loopback_fetcher(["::1"]).fetch(f"{http6.base()}/img.png", max_bytes=LIMIT))
+    result = asyncio.run(loopback_fetcher(["::1"]).fetch(f"{http6.base()}/img.png", max_bytes=LIMIT))
     assert result.data == PNG_BYTES
 
 
@@ -227,7 +221,7 @@ def test_pinned_name_reaches_the_checked_address(http4: LoopbackServer) -> None:
     # "images.test" exists only in the injected resolver: the request can only succeed if the connection goes to
     # the address that was checked, with no second lookup by the HTTP stack.
     fetch = loopback_fetcher(["127.0.0.1"], resolver=resolver_of({"images.test": ["127.0.0.1"]}))
-    assert run(fetch.fetch(f"http://images.test:{http4.port}/img.png", max_bytes=LIMIT)).data == PNG_BYTES
+    assert asyncio.run(fetch.fetch(f"http://images.test:{http4.port}/img.png", max_bytes=LIMIT)).data == PNG_BYTES
     assert http4.seen[-1] == ("/img.png", f"images.test:{http4.port}")
 
 
@@ -235,7 +229,8 @@ def test_real_redirect_to_a_forbidden_hop(http4: LoopbackServer, http6: Loopback
     target, before = f"{http6.base()}/img.png", len(http6.seen)
     refused(loopback_fetcher(["127.0.0.1"]), f"{http4.base()}/redirect?to={target}", 400, "image_url_forbidden")
     assert len(http6.seen) == before
-    result = run(loopback_fetcher(["127.0.0.1", "::1"]).fetch(f"{http4.base()}/redirect?to={target}", max_bytes=LIMIT))
+    fetch = loopback_fetcher(["127.0.0.1", "::1"]).fetch(f"{http4.base()}/redirect?to={target}", max_bytes=LIMIT)
+    result = asyncio.run(fetch)
     assert result.data == PNG_BYTES and result.url == target
 
 
@@ -294,7 +289,7 @@ def test_https_to_a_pinned_address_verifies_the_certificate_for_the_name(tls_fil
     fetch = SafeFetcher(policy=AddressPolicy.from_entries(["127.0.0.1"]), resolver=resolver_of(names),
                         ssl_context=client_context)
     with LoopbackServer("127.0.0.1", tls=server_context) as server:
-        result = run(fetch.fetch(f"https://images.test:{server.port}/img.png", max_bytes=LIMIT))
+        result = asyncio.run(fetch.fetch(f"https://images.test:{server.port}/img.png", max_bytes=LIMIT))
         assert result.data == PNG_BYTES and server.sni[-1] == "images.test"
         assert server.seen[-1] == ("/img.png", f"images.test:{server.port}")
         # same address, another name: the certificate does not match, so no request is made

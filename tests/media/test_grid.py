@@ -12,7 +12,7 @@ from mistral_common.tokens.tokenizers.image import ImageConfig, ImageEncoder, Sp
 from PIL import Image
 
 from server.media import MISTRAL_SMALL_3_1, VisionGrid, decode_image, model_pixels
-from tests.media.media_helpers import encode, photo
+from tests.images import encode, photo
 
 ENCODER = ImageEncoder(ImageConfig(14, 1540, 2), SpecialImageIDs(img=10, img_break=12, img_end=13))
 MAX_PIXELS = 50_000_000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import io
 
 import pytest
@@ -12,8 +12,9 @@ from server.config import Settings
 from server.engines.azure_wire import forwarded_image
 from server.errors import ImageError
 from server.media import ImageIntake
-from tests.media.media_helpers import (
+from tests.images import (
     bmp_rle8_header,
+    data_url,
     encode,
     expect_error,
     gif_with_comments,
@@ -23,7 +24,6 @@ from tests.media.media_helpers import (
     png_bomb,
     png_header_only,
     png_with_chunks,
-    run,
 )
 
 PNG = encode(photo(64, 48), "PNG")
@@ -45,10 +45,6 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     return bytes(data)
-
-
-def data_url(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode()
 
 
 REFUSED: list[tuple[str, bytes, str | None, int, str]] = [
@@ -91,7 +87,7 @@ def test_refused_upload(
     intake: ImageIntake, name: str, data: bytes, declared: str | None, status: int, code: str
 ) -> None:
     with pytest.raises(ImageError) as caught:
-        run(intake.from_bytes(data, intake.budget(), source="upload", content_type=declared))
+        asyncio.run(intake.from_bytes(data, intake.budget(), source="upload", content_type=declared))
     expect_error(caught, status, code)
 
 
@@ -101,12 +97,12 @@ def test_refused_data_url(
 ) -> None:
     url = data_url(data, declared or "image/png")
     with pytest.raises(ImageError) as caught:
-        run(intake.from_url(url, intake.budget()))
+        asyncio.run(intake.from_url(url, intake.budget()))
     expect_error(caught, status, code)
 
 
 def test_polyglot_png_with_trailing_html_is_decoded_and_the_payload_dropped(intake: ImageIntake) -> None:
-    part = run(intake.from_bytes(PNG + HTML, intake.budget(), source="upload", content_type="image/png"))
+    part = asyncio.run(intake.from_bytes(PNG + HTML, intake.budget(), source="upload", content_type="image/png"))
     assert part.image.mode == "RGB" and part.mime_type == "image/png"
     forwarded, mime = forwarded_image(part)  # what an escalation sends to Azure
     assert mime == "image/png" and forwarded.startswith(b"\x89PNG") and b"<html" not in forwarded
@@ -114,9 +110,9 @@ def test_polyglot_png_with_trailing_html_is_decoded_and_the_payload_dropped(inta
 
 def test_wrong_image_mime_is_settled_by_sniffing(intake: ImageIntake) -> None:
     # Clients mislabel images all the time (image/jpg, PNG sent as JPEG): the bytes decide.
-    part = run(intake.from_bytes(PNG, intake.budget(), source="upload", content_type="image/jpeg"))
+    part = asyncio.run(intake.from_bytes(PNG, intake.budget(), source="upload", content_type="image/jpeg"))
     assert part.mime_type == "image/png"
-    part = run(intake.from_url(data_url(JPEG, "application/octet-stream"), intake.budget()))
+    part = asyncio.run(intake.from_url(data_url(JPEG, "application/octet-stream"), intake.budget()))
     assert part.mime_type == "image/jpeg" and part.source == "data-url"
 
 
@@ -124,7 +120,7 @@ def test_forwarded_jpeg_carries_no_exif(intake: ImageIntake) -> None:
     exif = Image.Exif()
     exif[0x010F] = "SecretCameraMaker"
     data = encode(photo(200, 100), "JPEG", exif=exif.tobytes())
-    part = run(intake.from_bytes(data, intake.budget(), source="upload"))
+    part = asyncio.run(intake.from_bytes(data, intake.budget(), source="upload"))
     forwarded, mime = forwarded_image(part)
     assert mime == "image/jpeg" and b"SecretCameraMaker" not in forwarded
     assert Image.open(io.BytesIO(forwarded)).size == (224, 112)
@@ -147,33 +143,33 @@ def test_forwarded_jpeg_carries_no_exif(intake: ImageIntake) -> None:
 def test_refused_urls_without_any_fetch(url: str, code: str) -> None:
     intake = ImageIntake(Settings())
     with pytest.raises(ImageError) as caught:
-        run(intake.from_url(url, intake.budget()))
+        asyncio.run(intake.from_url(url, intake.budget()))
     expect_error(caught, 400, code)
 
 
 def test_limits_per_image_count_and_total() -> None:
     intake = ImageIntake(Settings(max_image_bytes=len(JPEG) - 1))
     with pytest.raises(ImageError) as caught:
-        run(intake.from_bytes(JPEG, intake.budget(), source="upload"))
+        asyncio.run(intake.from_bytes(JPEG, intake.budget(), source="upload"))
     expect_error(caught, 413, "image_too_large")
     with pytest.raises(ImageError) as caught:  # refused from the data URL's length, before base64 decoding
-        run(intake.from_url(data_url(JPEG * 2, "image/jpeg"), intake.budget()))
+        asyncio.run(intake.from_url(data_url(JPEG * 2, "image/jpeg"), intake.budget()))
     expect_error(caught, 413, "image_too_large")
 
     intake = ImageIntake(Settings(max_images_per_request=2))
     budget = intake.budget()
     for _ in range(2):
-        run(intake.from_bytes(PNG, budget, source="upload"))
+        asyncio.run(intake.from_bytes(PNG, budget, source="upload"))
     with pytest.raises(ImageError) as caught:
-        run(intake.from_url(data_url(PNG), budget))
+        asyncio.run(intake.from_url(data_url(PNG), budget))
     expect_error(caught, 400, "too_many_images")
 
     intake = ImageIntake(Settings(max_total_image_bytes=len(PNG) * 2 + 10))
     budget = intake.budget()
-    run(intake.from_bytes(PNG, budget, source="upload"))
-    run(intake.from_bytes(PNG, budget, source="upload"))
+    asyncio.run(intake.from_bytes(PNG, budget, source="upload"))
+    asyncio.run(intake.from_bytes(PNG, budget, source="upload"))
     with pytest.raises(ImageError) as caught:
-        run(intake.from_bytes(PNG, budget, source="upload"))
+        asyncio.run(intake.from_bytes(PNG, budget, source="upload"))
     expect_error(caught, 413, "image_too_large")
     assert budget.images == 2 and budget.total_bytes == len(PNG) * 2
 
@@ -181,5 +177,5 @@ def test_limits_per_image_count_and_total() -> None:
 def test_pixel_limit_is_configurable() -> None:
     intake = ImageIntake(Settings(max_image_pixels=640 * 480 - 1))
     with pytest.raises(ImageError) as caught:
-        run(intake.from_bytes(JPEG, intake.budget(), source="upload"))
+        asyncio.run(intake.from_bytes(JPEG, intake.budget(), source="upload"))
     expect_error(caught, 413, "image_too_large")

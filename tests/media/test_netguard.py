@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from server.errors import ImageError
 from server.media import AddressPolicy, forbidden_reason
 from server.media._netguard import resolve_checked
-from tests.media.media_helpers import expect_error, run
+from tests.images import expect_error
+from tests.media.loopback import resolver_of
 
 # address -> a word the reason must contain ("" where Python versions classify differently)
 FORBIDDEN = {
@@ -71,37 +73,26 @@ def test_bad_allow_list_entries_fail_loudly(entry: str) -> None:
         AddressPolicy.from_entries([entry])
 
 
-def resolver_of(answers: dict[str, list[str]], calls: list[str] | None = None):  # type: ignore[no-untyped-def]
-    async def resolve(host: str, port: int) -> list[str]:
-        if calls is not None:
-            calls.append(host)
-        if host not in answers:
-            raise OSError("name not known")
-        return answers[host]
-
-    return resolve
-
-
 def test_one_bad_answer_refuses_the_name() -> None:
     resolve = resolver_of({"mixed.test": ["93.184.216.34", "10.0.0.7"]})
     with pytest.raises(ImageError) as caught:
-        run(resolve_checked("mixed.test", 443, AddressPolicy(), resolve))
+        asyncio.run(resolve_checked("mixed.test", 443, AddressPolicy(), resolve))
     expect_error(caught, 400, "image_url_forbidden")
 
 
 def test_resolution_failures() -> None:
     for answers in ({}, {"empty.test": []}):
         with pytest.raises(ImageError) as caught:
-            run(resolve_checked("empty.test", 443, AddressPolicy(), resolver_of(answers)))
+            asyncio.run(resolve_checked("empty.test", 443, AddressPolicy(), resolver_of(answers)))
         expect_error(caught, 400, "image_fetch_failed")
     with pytest.raises(ImageError) as caught:
-        run(resolve_checked("junk.test", 443, AddressPolicy(), resolver_of({"junk.test": ["not-an-ip"]})))
+        asyncio.run(resolve_checked("junk.test", 443, AddressPolicy(), resolver_of({"junk.test": ["not-an-ip"]})))
     expect_error(caught, 400, "image_url_forbidden")
 
 
 def test_ip_literals_skip_the_resolver() -> None:
     calls: list[str] = []
-    assert run(resolve_checked("8.8.8.8", 443, AddressPolicy(), resolver_of({}, calls))) == [
+    assert asyncio.run(resolve_checked("8.8.8.8", 443, AddressPolicy(), resolver_of({}, calls))) == [
         ipaddress.ip_address("8.8.8.8")
     ]
     assert calls == []

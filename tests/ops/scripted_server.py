@@ -4,7 +4,7 @@
     (settings from MSSERVE_*; OPS_CHUNKS, OPS_DELAY_S, OPS_LOAD_S, OPS_GATE_FILE for the engine)
 
 The operations tests need a server they can flood, SIGTERM and measure without a model in the way; it is
-served by ``server.shutdown.serve``, the same function ``msserve serve`` uses.
+served by ``server.serving.serve_until_signal``, the same function ``msserve serve`` uses.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from server.app import create_app
 from server.config import Settings
-from server.shutdown import serve
+from server.serving import serve_until_signal
 from tests.ops.paced_engine import PacedEngine
 
 
@@ -29,7 +29,7 @@ def main() -> None:
                          load_s=float(os.environ.get("OPS_LOAD_S", "0")),
                          gate=Path(os.environ["OPS_GATE_FILE"]) if os.environ.get("OPS_GATE_FILE") else None)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(create_app(settings, engine=engine), settings)
+    serve_until_signal(create_app(settings, engine=engine), settings)
 
 
 if __name__ == "__main__":

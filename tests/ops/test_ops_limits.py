@@ -9,7 +9,7 @@ import pytest
 
 from server.errors import EngineUnavailableError, RateLimitError
 from server.middleware.concurrency import Limiter
-from server.shutdown import begin_drain
+from server.serving import begin_drain
 from tests.ops.conftest import CHAT
 
 

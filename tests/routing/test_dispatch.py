@@ -5,25 +5,23 @@ The local tier is a scripted engine; the Azure tier is the real Azure engine aga
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from server.engines.azure import AzureEngine
 from server.errors import EngineUnavailableError, InvalidRequestError, RateLimitError, UpstreamError
 from server.routing.decision import Decision
 from server.routing.dispatch import Dispatcher, Routed
 from server.routing.ledger import SQLiteSpendLedger
-from server.routing.policy import CircuitBreaker, Prices, RoutingPolicy
+from server.routing.policy import CircuitBreaker, Prices
 from server.state import StateDB
 from server.types import GenerationChunk, GenerationRequest, Message, TextPart
+from tests.fakes.clock import Clock
 from tests.fakes.fake_azure import ContentFiltered, FakeAzure, RateLimited, Reply, ServerError
 from tests.fakes.scripted_engine import ScriptedEngine, answer
-
-KEY = "test-key"
+from tests.routing.conftest import dispatcher_on
 
 
 class ThresholdRouter:
@@ -36,43 +34,10 @@ class ThresholdRouter:
         return Decision(tier="local", score=score, reason=f"score {score:.2f} < 0.50")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def _no_sleep(seconds: float) -> None:
-    return None
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeAzure]:
-    with FakeAzure(api_key=KEY) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _reset(fake: FakeAzure) -> None:
-    fake.reset()
-
-
-@asynccontextmanager
-async def dispatcher(
+def dispatcher(
     fake: FakeAzure | None, local: ScriptedEngine | None = None, **policy: Any
-) -> AsyncIterator[Dispatcher]:
-    azure = None
-    if fake is not None:
-        azure = AzureEngine(
-            endpoint=fake.endpoint, deployment="gpt-4o", api_key=KEY, sleep=_no_sleep, max_retry_wait_s=1.0
-        )
-    try:
-        yield Dispatcher(local or ScriptedEngine(), azure, router=ThresholdRouter(), policy=RoutingPolicy(**policy))
-    finally:
-        if azure is not None:
-            await azure.stop()
+) -> AbstractAsyncContextManager[Dispatcher]:
+    return dispatcher_on(fake, ThresholdRouter(), local, **policy)
 
 
 def _request(text: str, *, logprobs: bool = False, max_tokens: int | None = None) -> GenerationRequest:

@@ -9,26 +9,25 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from server.engines.azure import AzureEngine
 from server.errors import EngineUnavailableError, InvalidRequestError, RateLimitError, UpstreamError
 from server.routing.decision import Decision
 from server.routing.dispatch import Dispatcher, Routed
 from server.routing.ledger import SQLiteSpendLedger
 from server.routing.metering import prompt_tokens
-from server.routing.policy import CircuitBreaker, Prices, RoutingPolicy
+from server.routing.policy import CircuitBreaker, Prices
 from server.state import StateDB
 from server.types import GenerationChunk, GenerationRequest, Message, SamplingParams, TextPart
+from tests.fakes.clock import Clock
 from tests.fakes.fake_azure import Behaviour, ContentFiltered, FakeAzure, RateLimited, Reply, ServerError
 from tests.fakes.scripted_engine import ScriptedEngine, answer
+from tests.routing.conftest import dispatcher_on
 
-KEY = "test-key"
 # A dollar a token, in and out: a charge in dollars reads as a token count.
 PER_TOKEN = Prices(azure_input=1_000_000.0, azure_output=1_000_000.0)
 
@@ -39,42 +38,16 @@ class HardIsAzure:
         return Decision(tier="azure" if hard else "local", score=0.9 if hard else 0.1, reason="test")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def _no_sleep(seconds: float) -> None:
-    return None
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeAzure]:
-    with FakeAzure(api_key=KEY) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _reset(fake: FakeAzure) -> None:
-    fake.reset()
-
-
 @pytest.fixture
 def ledger(tmp_path: Path) -> SQLiteSpendLedger:
     return SQLiteSpendLedger(StateDB(tmp_path), daily_usd=None)  # no cap: these tests read what is charged
 
 
-@asynccontextmanager
-async def dispatcher(fake: FakeAzure, local: ScriptedEngine | None = None, **policy: Any) -> AsyncIterator[Dispatcher]:
-    azure = AzureEngine(endpoint=fake.endpoint, deployment="gpt-4o", api_key=KEY, sleep=_no_sleep, max_retry_wait_s=1.0)
+def dispatcher(
+    fake: FakeAzure, local: ScriptedEngine | None = None, **policy: Any
+) -> AbstractAsyncContextManager[Dispatcher]:
     policy.setdefault("prices", PER_TOKEN)
-    try:
-        yield Dispatcher(local or ScriptedEngine(), azure, router=HardIsAzure(), policy=RoutingPolicy(**policy))
-    finally:
-        await azure.stop()
+    return dispatcher_on(fake, HardIsAzure(), local, **policy)
 
 
 def _request(text: str = "hard", *, max_tokens: int | None = 16, stream: bool = True) -> GenerationRequest:

@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from server.cli.router import app
 from server.config import Settings
-from server.routing.cli import app
 from server.routing.embed import default_embedder
 from server.routing.inputs import request_from_prompt
-from server.routing.learned import LEARNED, LearnedRouter, WeightsRegistry, feature_set_version, router_for
+from server.routing.learned import LEARNED, LearnedRouter, WeightsRegistry, router_for
 from server.routing.model import rate_above
-from server.routing.outcomes import Outcome, OutcomeStore
+from server.routing.outcomes import OutcomeStore
 from server.routing.router import Router
 from server.state.db import StateDB
+from tests.outcomes import local_outcome
 
 runner = CliRunner()
 
@@ -36,29 +37,11 @@ def _fill(folder: Path, n: int = 300, seed: int = 1) -> list[float]:
         # A filler word unrelated to difficulty spreads the scores out (few ties for the target-rate check).
         filler = rng.choice(["today", "please", "quickly", "again", "now", "briefly", "simply", "kindly", "later"])
         prompt = f"Tell me about the {topic} {filler} {i}."
-        features, scored = prior.score(request_from_prompt(prompt))
-        vector = embedder.embed(features.words) if embedder else None
-        store.add(
-            Outcome(
-                id=f"chatcmpl-{i}",
-                created=float(i),
-                key_name=None,
-                tier="local",
-                route="score-low",
-                score=scored.score,
-                threshold=0.5,
-                router="prior",
-                prior_logit=scored.logit,
-                feature_set=feature_set_version(),
-                features=features.vector(),
-                embedder=embedder.name if embedder else None,
-                embedding=vector,
-                prompt=None,
-            )
-        )
+        outcome = local_outcome(prior, prompt, f"chatcmpl-{i}", created=float(i), threshold=0.5, embedder=embedder)
+        store.add(outcome)
         if i % 3 == 0 or hard:  # not every outcome is judged
             store.judge(f"chatcmpl-{i}", "helped" if hard else rng.choice(["same", "hurt", "same"]), now=float(i))
-        logits.append(scored.logit)
+        logits.append(outcome.prior_logit)
     return logits
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from server.cli.router import app
 from server.routing import learn
-from server.routing.cli import app
 from server.routing.embed import default_embedder
 from server.routing.replay import replay
 from server.routing.router import Router

@@ -15,14 +15,7 @@ from server.routing.metering import prompt_tokens
 from server.routing.policy import CircuitBreaker, Permit, Prices, RoutingPolicy, confidence
 from server.state import StateDB
 from server.types import GenerationRequest, Message, TextPart, TokenLogprob, Usage
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes.clock import Clock
 
 
 def _request() -> GenerationRequest:
@@ -30,7 +23,7 @@ def _request() -> GenerationRequest:
 
 
 def test_breaker_opens_after_n_consecutive_failures() -> None:
-    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=Clock())
+    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=Clock(1000.0))
     breaker.record_failure()
     breaker.record_failure()
     breaker.record_success()  # a success in between resets the count
@@ -43,7 +36,7 @@ def test_breaker_opens_after_n_consecutive_failures() -> None:
 
 
 def test_breaker_half_opens_after_cooldown_and_lets_one_probe_through() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     breaker = CircuitBreaker(failure_threshold=1, cooldown_s=30, clock=clock)
     breaker.record_failure()
     clock.now += 29.9
@@ -57,7 +50,7 @@ def test_breaker_half_opens_after_cooldown_and_lets_one_probe_through() -> None:
 
 
 def test_failed_probe_reopens_for_a_full_cooldown() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     breaker = CircuitBreaker(failure_threshold=5, cooldown_s=10, clock=clock)
     for _ in range(5):
         breaker.record_failure()
@@ -94,7 +87,7 @@ def test_cost_accounting_and_savings() -> None:
 
 
 async def test_blocked_by_open_circuit() -> None:
-    policy = RoutingPolicy(breaker=CircuitBreaker(failure_threshold=1, clock=Clock()))
+    policy = RoutingPolicy(breaker=CircuitBreaker(failure_threshold=1, clock=Clock(1000.0)))
     call = await policy.admit(_request())
     call.finish(UpstreamError("down"))
     with pytest.raises(AzureBlocked) as caught:
@@ -133,7 +126,7 @@ def test_from_settings() -> None:
 
 
 def test_a_probe_with_no_verdict_is_given_back() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     breaker = CircuitBreaker(failure_threshold=1, cooldown_s=30, clock=clock)
     breaker.record_failure()
     clock.now += 30
@@ -146,7 +139,7 @@ def test_a_probe_with_no_verdict_is_given_back() -> None:
 
 
 def test_a_lost_probe_stops_blocking_after_its_lease() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     breaker = CircuitBreaker(failure_threshold=1, cooldown_s=30, clock=clock, probe_lease_s=60)
     breaker.record_failure()
     clock.now += 30
@@ -158,7 +151,7 @@ def test_a_lost_probe_stops_blocking_after_its_lease() -> None:
 
 
 def test_another_call_failing_does_not_take_the_probe_s_verdict() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     breaker = CircuitBreaker(failure_threshold=3, cooldown_s=30, clock=clock)
     for _ in range(3):
         breaker.record_failure()

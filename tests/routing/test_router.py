@@ -3,7 +3,7 @@ import json
 import pytest
 
 from server.config import Settings
-from server.errors import InvalidRequestError
+from server.errors import InvalidRequestError, RouterConfigError
 from server.routing.inputs import request_from_json, request_from_prompt
 from server.routing.model import RouterModel, Weights, quantiles_of, rate_above, threshold_for_rate
 from server.routing.router import DEFAULT_WEIGHTS, Router
@@ -74,7 +74,7 @@ def test_target_rate_uses_reference_quantiles(model: RouterModel) -> None:
     assert high < low  # escalating more needs a lower threshold
     assert Router(model, target_rate=0.3, threshold=0.9).threshold == 0.9  # explicit threshold wins
     assert Router(model).threshold == model.weights.default_threshold
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(RouterConfigError):
         Router(model, target_rate=1.5)
 
 
@@ -129,9 +129,9 @@ def test_from_settings(tmp_path, model: RouterModel) -> None:
 
 
 def test_bad_weights_are_rejected(tmp_path, model: RouterModel) -> None:
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(RouterConfigError, match="not found"):
         RouterModel.load(tmp_path / "missing.json")
     data = model.weights.model_dump()
     del data["features"]["quantities"]
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(RouterConfigError, match="lack features: quantities"):
         RouterModel(Weights.model_validate(data))

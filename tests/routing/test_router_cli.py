@@ -3,7 +3,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from server.routing.cli import app
+from server.cli.router import app
 
 runner = CliRunner()
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from server.engines.azure import AzureEngine
 from server.routing.dispatch import Dispatcher
 from server.routing.learned import ServingRouter
 from server.routing.ledger import SQLiteSpendLedger
@@ -27,23 +26,11 @@ from server.types import GenerationRequest, Message, TextPart
 from tests.conftest import free_port
 from tests.fakes.fake_azure import FakeAzure, Reply, ServerError
 from tests.fakes.scripted_engine import ScriptedEngine, answer
-
-KEY = "test-key"
-
-
-async def _no_sleep(_: float) -> None:
-    return None
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeAzure]:
-    with FakeAzure(api_key=KEY) as server:
-        yield server
+from tests.routing.conftest import azure_engine
 
 
 @pytest.fixture(autouse=True)
-def _reset(fake: FakeAzure) -> None:
-    fake.reset()
+def _ties(fake: FakeAzure) -> None:
     fake.judge_rule = lambda a, b: "TIE"
 
 
@@ -61,7 +48,7 @@ async def learning(
     log_contents: bool = False,
     router: Router | None = None,
 ) -> AsyncIterator[tuple[Dispatcher, LearningService, OutcomeStore]]:
-    azure = AzureEngine(endpoint=endpoint, deployment="gpt-4o", api_key=KEY, sleep=_no_sleep, max_attempts=1)
+    azure = azure_engine(endpoint, max_attempts=1)
     ledger = SQLiteSpendLedger(StateDB(tmp_path / "spend"), daily_usd=daily_usd, shadow_share=share)
     policy = RoutingPolicy(ledger=ledger)
     router = router or Router.from_weights(threshold=1.0)  # the router keeps everything local (score-low)

@@ -20,8 +20,8 @@ from tests.scripts import SCRIPTS, load_script
 PUBLISHED = REPO / "docs" / "bench-data" / "serving"
 
 
-def bench_common() -> ModuleType:
-    return load_script("bench_common")
+def bench_stats() -> ModuleType:
+    return load_script("bench_stats")
 
 
 def bench_pool() -> ModuleType:
@@ -31,18 +31,18 @@ def bench_pool() -> ModuleType:
 @pytest.mark.parametrize(("df", "published"), [(1, 12.7062), (2, 4.3027), (5, 2.5706), (11, 2.2010), (30, 2.0423),
                                                (1000, 1.9623)])
 def test_t_quantile_matches_the_published_table(df: int, published: float) -> None:
-    assert bench_common().student_t_quantile(0.975, df) == pytest.approx(published, abs=2e-4)
+    assert bench_stats().student_t_quantile(0.975, df) == pytest.approx(published, abs=2e-4)
 
 
 def test_t_quantile_refuses_what_it_cannot_answer() -> None:
     with pytest.raises(ValueError):
-        bench_common().student_t_quantile(0.4, 5)
+        bench_stats().student_t_quantile(0.4, 5)
     with pytest.raises(ValueError):
-        bench_common().student_t_quantile(0.975, 0)
+        bench_stats().student_t_quantile(0.975, 0)
 
 
 def test_interval_is_the_geometric_mean_and_symmetric_in_logs() -> None:
-    interval = bench_common().ratio_interval
+    interval = bench_stats().ratio_interval
     mean, low, high = interval([2.0, 0.5, 1.0])
     assert mean == pytest.approx(1.0)
     assert low * high == pytest.approx(1.0)  # ours/theirs and theirs/ours give reciprocal intervals
@@ -54,7 +54,7 @@ def test_interval_is_the_geometric_mean_and_symmetric_in_logs() -> None:
 
 
 def test_more_spread_or_fewer_pairs_widen_the_interval() -> None:
-    interval = bench_common().ratio_interval
+    interval = bench_stats().ratio_interval
     narrow = interval([0.98, 1.02] * 3)
     wide = interval([0.9, 1.1] * 3)
     few = interval([0.98, 1.02])
@@ -65,7 +65,7 @@ def test_more_spread_or_fewer_pairs_widen_the_interval() -> None:
 
 def test_the_interval_covers_the_true_ratio_95_times_in_100_with_six_pairs() -> None:
     # Six pairs is what one 12-round run gives. With the normal quantile instead of t it covers ~91 %.
-    interval = bench_common().ratio_interval
+    interval = bench_stats().ratio_interval
     rng = random.Random(7)
     trials, true_ratio = 3000, 1.03
     covered = 0
@@ -307,3 +307,26 @@ def test_one_runs_targets_follow_the_rule_bench_pool_uses(tmp_path: Path) -> Non
     for path in sorted(PUBLISHED.glob("run*.json.gz")):
         run = json.loads(gzip.decompress(path.read_bytes()))
         assert run_targets(run) == run["targets"], path.name
+
+
+def test_percentile_interpolates_and_geomean_leaves_out_unusable_ratios() -> None:
+    stats = bench_stats()
+    assert stats.percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert stats.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 99) == pytest.approx(4.96)
+    assert math.isnan(stats.percentile([], 50))
+    assert stats.geomean([2.0, 8.0, 0.0, float("nan")]) == pytest.approx(4.0)  # a side that served nothing: left out
+    assert stats.geomean([0.0]) is None
+
+
+def test_timings_measures_each_call_after_the_warm_up() -> None:
+    calls: list[int] = []
+    times = bench_stats().timings(lambda: calls.append(1), 5, warmup=2)
+    assert len(calls) == 7 and len(times) == 5 and all(t >= 0 for t in times)
+
+
+def test_bench_common_still_offers_the_statistics_it_used_to_define() -> None:
+    stats = bench_stats()
+    common = load_script("bench_common")  # after bench_stats: it imports that very module
+    for name in ("TARGETS", "format_interval", "interval_text", "meets", "order_balanced", "per_round_ratios",
+                 "percentile", "ratio", "ratio_interval", "student_t_quantile", "summarize", "usable_logs"):
+        assert getattr(common, name) is getattr(stats, name), name

@@ -6,7 +6,7 @@ import pytest
 
 from server import resources
 from server.config import DEFAULT_PROFILES_DIR, list_profiles, load_profile, load_settings, resolve_model_path
-from server.errors import InvalidRequestError
+from server.errors import ModelUnavailableError, ProfileError
 from tests.conftest import REPO
 
 
@@ -20,7 +20,7 @@ def test_profiles_on_disk_are_valid() -> None:
 
 
 def test_unknown_profile_names_the_known_ones() -> None:
-    with pytest.raises(InvalidRequestError) as caught:
+    with pytest.raises(ProfileError) as caught:
         load_profile("nope")
     assert "tiny-mistral3" in caught.value.message
 
@@ -71,7 +71,7 @@ def test_profiles_dir_from_the_environment_is_searched_first(tmp_path: Path, mon
 
 
 def test_a_missing_profiles_dir_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(InvalidRequestError, match="does not exist"):
+    with pytest.raises(ProfileError, match="does not exist"):
         load_profile("tiny-mistral3", tmp_path / "absent")
 
 
@@ -109,7 +109,7 @@ def test_cache_dir_follows_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_an_unknown_builder_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    from server.hub import ModelUnavailableError, build_local_model
+    from server.hub import build_local_model
 
     profile = load_profile("tiny-mistral3").model_copy(update={"build_script": "rm_everything.py"})
     with pytest.raises(ModelUnavailableError, match="unknown build_script"):

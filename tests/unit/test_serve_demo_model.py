@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from server import cli, demo_model
+from server import demo_model
+from server.cli import main as cli
 from server.config import load_profile
 from tests.conftest import TINY_MODEL
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from server import shutdown
+from server import serving
 from server.config import Settings, load_settings
 
 
@@ -20,17 +20,17 @@ def _restore_process_state() -> Iterator[None]:
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     yield
     sys.setswitchinterval(before)
-    for sig, handler in handlers.items():  # serve() installs the server's own
+    for sig, handler in handlers.items():  # serve_until_signal() installs the server's own
         signal.signal(sig, handler)
 
 
 def test_serve_applies_the_configured_interval_before_uvicorn_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[float] = []
-    monkeypatch.setattr(shutdown.DrainingServer, "run", lambda self, sockets=None: seen.append(sys.getswitchinterval()))
+    monkeypatch.setattr(serving.DrainingServer, "run", lambda self, sockets=None: seen.append(sys.getswitchinterval()))
     sys.setswitchinterval(0.005)
-    assert shutdown.serve(FastAPI(), Settings(profile="tiny-mistral3")) is None
+    assert serving.serve_until_signal(FastAPI(), Settings(profile="tiny-mistral3")) is None
     assert seen == [pytest.approx(0.001)]  # the default, 1 ms
-    shutdown.serve(FastAPI(), Settings(profile="tiny-mistral3", gil_switch_interval_ms=2.5))
+    serving.serve_until_signal(FastAPI(), Settings(profile="tiny-mistral3", gil_switch_interval_ms=2.5))
     assert seen[-1] == pytest.approx(0.0025)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LiveServer, start_server, stop_server
+from tests.conftest import LiveServer, sdk_client, served
 
 PROFILE = "tiny-mistral3-vllm"
 MODEL = "tiny-mistral3"
@@ -31,14 +31,9 @@ def vllm_stack() -> None:
 
 @pytest.fixture(scope="session")
 def vllm_server(vllm_stack: None, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = start_server(tmp_path_factory.mktemp("vllm"), profile=PROFILE, ready_timeout=READY_TIMEOUT_S)
-    yield server
-    stop_server(server)
+    yield from served(tmp_path_factory.mktemp("vllm"), profile=PROFILE, ready_timeout=READY_TIMEOUT_S)
 
 
 @pytest.fixture(scope="session")
 def vllm_client(vllm_server: LiveServer):  # type: ignore[no-untyped-def]
-    from openai import OpenAI
-
-    with OpenAI(base_url=vllm_server.v1, api_key="not-needed", max_retries=0, timeout=300) as client:
-        yield client
+    yield from sdk_client(vllm_server, timeout=300)

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from server.caption_cli import _typed, already_done
+from server.cli.caption import _typed, already_done
 
 MAX_LINES = 50_000
 MAX_BYTES = 150 * 1024 * 1024  # under OpenAI's (and our default) 200 MB per file, with room for JSON framing

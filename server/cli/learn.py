@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from server.config import Settings
+from server.errors import StartupError
 from server.routing import embed
 from server.routing.learned import WeightsRegistry, router_for
 from server.routing.outcomes import open_outcome_store
@@ -36,8 +37,8 @@ def learn(state_dir: StateOption = None) -> None:
     store = open_outcome_store(settings, db)  # every replica's outcomes when MSSERVE_REDIS_URL is set
     try:
         registry = WeightsRegistry(db, folder)
-        current = router_for(settings, registry)
         try:
+            current = router_for(settings, registry)
             weights, card = refit(
                 store.all(),
                 current=current,
@@ -46,7 +47,7 @@ def learn(state_dir: StateOption = None) -> None:
                 target_rate=settings.router_target_rate,
                 embedder=embed.default_embedder(),
             )
-        except NotEnoughOutcomes as exc:
+        except (NotEnoughOutcomes, StartupError) as exc:  # too few outcomes, or prior weights that will not load
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from exc
         path = registry.publish(weights, card)
@@ -70,8 +71,3 @@ def rollback(state_dir: StateOption = None) -> None:
         db.close()
     now = f"learned-v{version}" if version is not None else "the shipped prior"
     typer.echo(f"rolled back: {now} is current (reload a running server: POST /admin/router/reload or SIGHUP)")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("learn")(learn)
-    app.command("rollback")(rollback)

@@ -13,7 +13,8 @@ from typing import Annotated, TextIO
 
 import typer
 
-from server.errors import MSServeError
+from server.cli import learn
+from server.errors import MSServeError, StartupError
 from server.routing import labelled, metrics, replay
 from server.routing.inputs import request_from_json, request_from_prompt
 from server.routing.learned import LearnedRouter, router_from_file
@@ -69,7 +70,7 @@ def score(
                     raise MSServeError(f"line {number}: {exc.message}", code=exc.code) from exc
                 line = {"score": decision.score, "tier": decision.tier, "reason": decision.reason}
                 typer.echo(json.dumps(line, ensure_ascii=False))
-    except MSServeError as exc:
+    except (MSServeError, StartupError) as exc:
         raise _fail(exc) from exc
 
 
@@ -111,7 +112,7 @@ def eval_(
         weak = [e.weak for e in examples]
         strong = [e.strong for e in examples]
         result = metrics.evaluate(scores, weak, strong)
-    except (MSServeError, ValueError) as exc:
+    except (MSServeError, StartupError, ValueError) as exc:
         raise _fail(exc) from exc
     left_out = f" ({len(contaminated)} contaminated prompts left out)" if contaminated and not keep_contaminated else ""
     typer.echo(f"weights: {getattr(router, 'name', router.model.name)}; examples: {result.n}{left_out}")
@@ -142,7 +143,7 @@ def _replay(file: Path, revealed: int | None, weights: Path, as_json: bool) -> N
         prior = router_from_file(weights)
         prior = Router(prior.model) if isinstance(prior, LearnedRouter) else prior  # replay always refits a prior
         result = replay.replay(replay.load_file(file), revealed, prior, default_embedder())
-    except MSServeError as exc:
+    except (MSServeError, StartupError) as exc:
         raise _fail(exc) from exc
     if as_json:
         typer.echo(result.model_dump_json())
@@ -170,7 +171,7 @@ def calibrate(
         if not requests:
             raise MSServeError(f"{file}: no requests", code="invalid_line")
         scores = [router.score(request)[1].score for request in requests]
-    except MSServeError as exc:
+    except (MSServeError, StartupError) as exc:
         raise _fail(exc) from exc
     threshold = round(threshold_for_rate(quantiles_of(scores, k=min(1000, len(scores))), target_rate), 6)
     typer.echo(f"requests: {len(scores)}; target escalation rate {target_rate:.1%}")
@@ -178,10 +179,5 @@ def calibrate(
     typer.echo(f"MSSERVE_ROUTER_THRESHOLD={threshold}")
 
 
-def _register_learning() -> None:
-    from server.routing import learn_cli
-
-    learn_cli.register(app)
-
-
-_register_learning()
+app.command("learn")(learn.learn)
+app.command("rollback")(learn.rollback)

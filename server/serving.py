@@ -61,7 +61,7 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(app: FastAPI, settings: Settings) -> str | None:
+def serve_until_signal(app: FastAPI, settings: Settings) -> str | None:
     """Serve until SIGTERM/SIGINT, drain for ``settings.drain_timeout_s``, exit normally.
 
     Returns why the engine failed to start, when that is what stopped the server (the caller exits non-zero).

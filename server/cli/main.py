@@ -1,10 +1,16 @@
-"""The `msserve` command line."""
+"""The `msserve` command line: the root app and `serve`, `profiles`, `download`.
+
+The other commands live beside it: `caption` (server.cli.caption), `router` (server.cli.router, server.cli.learn)
+and `bench` (server.cli.bench).
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -14,10 +20,11 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from server.bench_cli import app as bench_app
+from server.cli.bench import app as bench_app
+from server.cli.caption import caption
+from server.cli.router import app as router_app
 from server.config import ModelProfile, Settings, list_profiles, load_profile, load_settings
-from server.errors import MSServeError
-from server.routing.cli import app as router_app
+from server.errors import MSServeError, StartupError
 from server.sdk_logging import quiet_sdk_loggers
 
 app = typer.Typer(
@@ -25,11 +32,22 @@ app = typer.Typer(
 )
 app.add_typer(router_app, name="router", help="Score, evaluate and calibrate the escalation router.")
 app.add_typer(bench_app, name="bench", help="Run the benchmarks (scripts/bench_*.py) of a source checkout.")
+app.command()(caption)
 console = Console(stderr=True)
 
 AUTO = "auto"
 GPU_PROFILE = "mistral-small-3.1"
 CPU_PROFILE = "tiny-mistral3"
+
+
+@contextmanager
+def exit_on_startup_error(status: int = 2) -> Iterator[None]:
+    """A configuration the server cannot start with (unknown profile, missing weights): its message, exit status."""
+    try:
+        yield
+    except StartupError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)
+        raise typer.Exit(status) from exc
 
 
 def cuda_available() -> bool:
@@ -66,7 +84,7 @@ def demo_banner(profile: ModelProfile, settings: Settings) -> Panel:
 def prepare_built_model(profile: ModelProfile) -> None:
     """Build a profile's own model (the demo's) before serving, once, saying so: a wheel install has none yet."""
     from server import demo_model
-    from server.hub import ModelUnavailableError, build_local_model
+    from server.hub import build_local_model
 
     target = profile.local_path()
     if profile.build_script is None or target is None:
@@ -80,11 +98,8 @@ def prepare_built_model(profile: ModelProfile) -> None:
     # soft_wrap: one line whatever the terminal's width, so the path can be copied (and found in logs)
     console.print(f"building the demo model {profile.name} into {target} (first use only; about a minute)...",
                   soft_wrap=True)
-    try:
+    with exit_on_startup_error(status=1):  # the build itself failed: not a wrong setting
         build_local_model(profile, target)
-    except ModelUnavailableError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
     console.print(f"demo model ready: {target}", soft_wrap=True)
 
 
@@ -97,7 +112,7 @@ def serve(
 ) -> None:
     """Serve a model profile over the OpenAI API."""
     from server.app import create_app
-    from server.shutdown import serve as serve_until_signal
+    from server.serving import serve_until_signal
 
     try:
         settings = load_settings(config, host=host, port=port, profile=profile)
@@ -105,11 +120,8 @@ def serve(
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     settings = settings.model_copy(update={"profile": pick_profile(settings.profile)})
-    try:
+    with exit_on_startup_error():
         chosen = load_profile(settings.profile, settings.profiles_dir)
-    except MSServeError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(2) from exc
     if chosen.requires_gpu and not cuda_available():
         console.print(
             f"[red]error:[/red] profile {chosen.name} needs an NVIDIA GPU and none was found. "
@@ -118,9 +130,10 @@ def serve(
         raise typer.Exit(2)
     prepare_built_model(chosen)
     try:
-        application = create_app(settings, profile=chosen)
+        with exit_on_startup_error():
+            application = create_app(settings, profile=chosen)
     except MSServeError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(2) from exc
     except ValueError as exc:  # e.g. MSSERVE_API_KEYS that parse to nothing: never serve without the keys asked for
         console.print(f"[red]error:[/red] {escape(str(exc))}")
@@ -144,7 +157,9 @@ def profiles(
     table = Table(title="model profiles")
     for column in ("profile", "engine", "model", "quantization", "context", "GPU", "description"):
         table.add_column(column, no_wrap=column in ("profile", "engine"), overflow="fold")
-    for item in list_profiles(folder):
+    with exit_on_startup_error():
+        found = list_profiles(folder)
+    for item in found:
         gpu = f"{item.gpu_memory_gib:g} GB" if item.gpu_memory_gib else ("required" if item.requires_gpu else "no")
         table.add_row(
             item.name, item.engine, item.model, item.quantization or "-", str(item.max_model_len), gpu, item.description
@@ -153,69 +168,16 @@ def profiles(
 
 
 @app.command()
-def caption(
-    paths: Annotated[list[Path] | None, typer.Argument(help="image files or folders (searched recursively)")] = None,
-    url: Annotated[list[str] | None, typer.Option("--url", help="image URL to caption (repeatable)")] = None,
-    server: Annotated[str, typer.Option(help="base URL of a running server")] = "http://127.0.0.1:8000",
-    out: Annotated[Path, typer.Option(help="JSONL results; images already captioned there are skipped")] = Path(
-        "captions.jsonl"
-    ),
-    style: Annotated[str, typer.Option(help="short, detailed or alt_text")] = "short",
-    prompt: Annotated[str | None, typer.Option(help="instruction replacing the built-in one")] = None,
-    language: Annotated[str | None, typer.Option(help="language of the captions")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="cap per caption")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, max=64, help="requests in flight")] = 4,
-    api_key: Annotated[str | None, typer.Option(envvar="MSSERVE_API_KEY", help="API key for the server")] = None,
-    batch: Annotated[bool, typer.Option("--batch", help="submit through the Batch API and follow it")] = False,
-) -> None:
-    """Caption images through a running server, with a progress bar and resume."""
-    import asyncio
-
-    from server.caption_cli import caption_all, find_images
-
-    try:
-        files = find_images(paths or [])
-    except FileNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    sources = [str(path) for path in files] + list(url or [])
-    if not sources:
-        console.print("[red]error:[/red] give image files, folders or --url")
-        raise typer.Exit(2)
-    options = {"style": style, "prompt": prompt, "language": language, "max_tokens": max_tokens}
-    if batch:
-        import httpx
-
-        from server.caption_batch import caption_with_batches
-
-        try:
-            ok, failed = caption_with_batches(sources, server=server, out=out, options=options, api_key=api_key)
-        except (RuntimeError, httpx.HTTPError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from exc
-    else:
-        ok, failed = asyncio.run(
-            caption_all(sources, server=server, out=out, options=options, concurrency=concurrency, api_key=api_key)
-        )
-    console.print(f"captioned {ok}, failed {failed}, results in {out}")
-    if failed:
-        raise typer.Exit(1)
-
-
-@app.command()
 def download(
     profile: Annotated[str, typer.Option(help="profile whose weights to fetch")] = GPU_PROFILE,
     token: Annotated[str | None, typer.Option(envvar="HF_TOKEN", help="Hugging Face token (gated models)")] = None,
 ) -> None:
     """Download a profile's weights from the Hugging Face hub (resumable, with progress)."""
-    from server.hub import ModelUnavailableError, resolve_model_dir
+    from server.hub import resolve_model_dir
 
-    chosen = load_profile(profile, Settings().profiles_dir)
-    try:
+    with exit_on_startup_error():
+        chosen = load_profile(profile, Settings().profiles_dir)
         path = resolve_model_dir(chosen, token=token)
-    except ModelUnavailableError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
     revision = path.name if path.parent.name == "snapshots" else "local"
     console.print(f"{chosen.name}: weights in {path} (revision {revision}; pin it with `revision:` in the profile)")
 

@@ -11,12 +11,58 @@ import json
 import mimetypes
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+console = Console(stderr=True)
+
+
+def caption(
+    paths: Annotated[list[Path] | None, typer.Argument(help="image files or folders (searched recursively)")] = None,
+    url: Annotated[list[str] | None, typer.Option("--url", help="image URL to caption (repeatable)")] = None,
+    server: Annotated[str, typer.Option(help="base URL of a running server")] = "http://127.0.0.1:8000",
+    out: Annotated[Path, typer.Option(help="JSONL results; images already captioned there are skipped")] = Path(
+        "captions.jsonl"
+    ),
+    style: Annotated[str, typer.Option(help="short, detailed or alt_text")] = "short",
+    prompt: Annotated[str | None, typer.Option(help="instruction replacing the built-in one")] = None,
+    language: Annotated[str | None, typer.Option(help="language of the captions")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="cap per caption")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="requests in flight")] = 4,
+    api_key: Annotated[str | None, typer.Option(envvar="MSSERVE_API_KEY", help="API key for the server")] = None,
+    batch: Annotated[bool, typer.Option("--batch", help="submit through the Batch API and follow it")] = False,
+) -> None:
+    """Caption images through a running server, with a progress bar and resume."""
+    try:
+        files = find_images(paths or [])
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    sources = [str(path) for path in files] + list(url or [])
+    if not sources:
+        console.print("[red]error:[/red] give image files, folders or --url")
+        raise typer.Exit(2)
+    options = {"style": style, "prompt": prompt, "language": language, "max_tokens": max_tokens}
+    if batch:
+        from server.cli.caption_batch import caption_with_batches
+
+        try:
+            ok, failed = caption_with_batches(sources, server=server, out=out, options=options, api_key=api_key)
+        except (RuntimeError, httpx.HTTPError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+    else:
+        ok, failed = asyncio.run(
+            caption_all(sources, server=server, out=out, options=options, concurrency=concurrency, api_key=api_key)
+        )
+    console.print(f"captioned {ok}, failed {failed}, results in {out}")
+    if failed:
+        raise typer.Exit(1)
 
 
 def find_images(paths: Iterable[Path]) -> list[Path]:
