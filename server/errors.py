@@ -11,7 +11,7 @@
     ├── EngineUnavailableError   503 service_unavailable (loading, draining, engine down)
     └── DeadlineExceededError    504 timeout (request deadline passed)
 
-Code raises these; one handler in ``server.api.errors`` renders them as
+Code raises these; one handler in ``server.api.error_responses`` renders them as
 ``{"error": {"message", "type", "param", "code"}}``. Third-party errors are
 translated into these once, at the engine boundary (``raise ... from exc``).
 """

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
+from server.api.error_responses import ErrorResponse
 from server.api.files import Batches, owner_of
-from server.api.protocol import ErrorResponse
 from server.batch.protocol import Batch, CreateBatchRequest, Page
 
 router = APIRouter()

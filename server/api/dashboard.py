@@ -26,8 +26,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from server.api.error_responses import ErrorResponse
 from server.api.permissions import is_admin, key_name
-from server.api.protocol import ErrorResponse
 from server.errors import AuthenticationError
 from server.middleware.auth import SESSION_COOKIE, SESSION_TTL_S, ApiKeys
 from server.telemetry import Telemetry

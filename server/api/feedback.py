@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.api.deps import Services, get_services
-from server.api.protocol import ErrorResponse
+from server.api.error_responses import ErrorResponse
 from server.errors import NotFoundError
 from server.routing.runtime import LearningRuntime
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 
 from server.api.deps import Services, get_services
-from server.api.protocol import ErrorResponse
+from server.api.error_responses import ErrorResponse
 from server.batch.protocol import FileDeleted, FileObject, Page
 from server.batch.service import BatchService
 from server.errors import EngineUnavailableError

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from server.api.deps import Services, get_services
+from server.api.error_responses import ErrorResponse
 from server.api.feedback import learning_runtime
 from server.api.permissions import require_admin
-from server.api.protocol import ErrorResponse
 from server.errors import InvalidRequestError
 from server.routing.learned import load_learned
 

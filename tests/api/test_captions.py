@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from server.api.captions_service import INSTRUCTIONS
+from server.api.captions.service import INSTRUCTIONS
 from tests.conftest import REPO, LiveServer
 from tests.images import data_url, image_bytes, png_url
 from tests.prompt_tokens import expected_prompt_tokens
