@@ -32,12 +32,7 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Page:
     batches, more = await asyncio.to_thread(service.store.list_batches, owner_of(request), after=after, limit=limit)
-    return Page(
-        data=batches,
-        first_id=batches[0].id if batches else None,
-        last_id=batches[-1].id if batches else None,
-        has_more=more,
-    )
+    return Page.of(batches, more)
 
 
 @router.get("/v1/batches/{batch_id}", response_model=Batch, response_model_exclude_none=True, responses=_ERRORS)

@@ -59,9 +59,7 @@ async def list_files(
     files, more = await asyncio.to_thread(
         service.store.list_files, owner_of(request), purpose=purpose, after=after, limit=limit, ascending=order == "asc"
     )
-    return Page(
-        data=files, first_id=files[0].id if files else None, last_id=files[-1].id if files else None, has_more=more
-    )
+    return Page.of(files, more)
 
 
 @router.get("/v1/files/{file_id}", response_model=FileObject, response_model_exclude_none=True, responses=_ERRORS)
