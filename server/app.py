@@ -16,9 +16,14 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 
 from server import __version__, middleware
-from server.api import batches, captions, chat, dashboard, feedback, files, health, metrics, models, router_admin
+from server.api import dashboard, health, metrics, models, router_admin
+from server.api.batches import router as batches
+from server.api.captions import router as captions
+from server.api.chat import router as chat
 from server.api.deps import Services
-from server.api.errors import install_error_handlers
+from server.api.error_responses import install_error_handlers
+from server.api.feedback import router as feedback
+from server.api.files import router as files
 from server.batch.lifecycle import close_batches, open_batches
 from server.batch.metrics import BatchCollector
 from server.config import ModelProfile, Settings, load_profile

@@ -16,7 +16,7 @@
     ├── RouterConfigError        router weights missing, invalid or incompatible; threshold or policy out of range
     └── ModelUnavailableError    the weights cannot be had: missing locally, no access on the hub, no network
 
-Request-time code raises the ``MSServeError`` family; one handler in ``server.api.errors`` renders them as
+Request-time code raises the ``MSServeError`` family; one handler in ``server.api.error_responses`` renders them as
 ``{"error": {"message", "type", "param", "code"}}``. Third-party errors are translated into these once, at
 the engine boundary (``raise ... from exc``). The ``StartupError`` family is raised while settings, profiles,
 weights and the router are read, before any request exists: the ``msserve`` commands print its message and exit

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from server.api.deps import Services
+    from server.telemetry_views import EngineView
 
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
@@ -29,14 +29,14 @@ LABELS = ["model_name"]
 class VLLMCompatCollector(Collector):
     """The local engine's running / waiting counts and KV-cache use under vLLM's metric names."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(self, engine: EngineView) -> None:
+        self.engine = engine
 
     def describe(self) -> list[Any]:
         return []  # values are dynamic: do not let the registry call collect() at registration
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        engine = self.services.engine
+        engine = self.engine
         health = engine.health()
         model = [engine.name]
         yield _gauge(RUNNING, "Requests the engine is generating now", model, health.running)

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -31,10 +31,10 @@ from server.config import Settings
 from server.errors import MSServeError
 from server.gateway_metrics import VLLMCompatCollector
 from server.loop_lag import LOOP_LAG_BUCKETS, LoopLagMonitor
+from server.telemetry_views import LimiterStats, ServerView
 from server.types import GenerationChunk, GenerationRequest, ImagePart, TextPart, Usage
 
 if TYPE_CHECKING:
-    from server.api.deps import Services
     from server.routing.dispatch import Routed
 
 ACCESS_LOGGER = "msserve.access"
@@ -43,14 +43,6 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5)
 QUIET_PATHS = ("/health", "/ready", "/metrics", "/favicon.ico")  # probes and scrapes: logged at debug only
 BREAKER_STATES = ("closed", "open", "half_open")
-
-
-class LimiterStats(Protocol):
-    @property
-    def running(self) -> int: ...
-
-    @property
-    def waiting(self) -> int: ...
 
 
 @dataclass
@@ -211,7 +203,7 @@ def describe_contents(generation: GenerationRequest) -> dict[str, Any]:
 class Telemetry:
     """Metrics registry, request log and recent-request ring buffer of one app."""
 
-    def __init__(self, settings: Settings, services: Services) -> None:
+    def __init__(self, settings: Settings, services: ServerView) -> None:
         self.settings = settings
         self.services = services
         self.limiter: LimiterStats | None = None  # set by server.middleware.install
@@ -236,7 +228,7 @@ class Telemetry:
                                   buckets=LOOP_LAG_BUCKETS, registry=r)
         self.lag_monitor = LoopLagMonitor(self.loop_lag, warn_s=settings.event_loop_lag_warn_s)
         r.register(_StateCollector(self))
-        r.register(VLLMCompatCollector(services))  # vLLM's names, for the gateways that read them
+        r.register(VLLMCompatCollector(services.engine))  # vLLM's names, for the gateways that read them
 
     def start(self) -> None:
         """Start the loop-lag monitor; send access-log lines to stderr as bare JSON, unless the operator
@@ -276,10 +268,8 @@ class Telemetry:
         quiet = record.path in QUIET_PATHS or record.path == "/" or record.path.startswith("/dashboard")
         self.log.log(logging.DEBUG if quiet else logging.INFO, json.dumps(line, separators=(",", ":")))
 
-    def _policy_cost(self, tier: str, usage: Usage) -> float | None:
-        policy = getattr(self.services.dispatcher, "policy", None)
-        prices = getattr(policy, "prices", None)
-        return prices.cost(tier, usage) if prices is not None else None  # type: ignore[arg-type]
+    def _policy_cost(self, tier: str, usage: Usage) -> float:
+        return self.services.dispatcher.policy.prices.cost(tier, usage)  # type: ignore[arg-type]  # local or azure
 
     # -- views -----------------------------------------------------------------------------------------------------
     def escalation_rate(self) -> float | None:
@@ -290,8 +280,8 @@ class Telemetry:
         """What the dashboard shows: recent requests (newest first) and the running totals."""
         services = self.services
         health = services.engine.health()
-        policy = getattr(services.dispatcher, "policy", None)
-        counters = policy.counters.model_dump() if policy is not None else {}
+        policy = services.dispatcher.policy
+        counters = policy.counters
         recent = list(reversed(self.recent))
         recent_routed = [row for row in recent if row["tier"] in ("local", "azure")]
         recent_rate = (sum(row["tier"] == "azure" for row in recent_routed) / len(recent_routed)
@@ -301,14 +291,14 @@ class Telemetry:
             "uptime_s": round(time.time() - self.started_at, 1),
             "draining": services.draining,
             "engine": health.model_dump(),
-            "azure_configured": getattr(services.dispatcher, "azure", None) is not None,
-            "breaker": policy.breaker.state if policy is not None else "closed",
+            "azure_configured": services.dispatcher.azure is not None,
+            "breaker": policy.breaker.state,
             "escalation_rate": self.escalation_rate(),
             "recent_escalation_rate": recent_rate,
             "decisions": dict(self.decisions),
-            "spend_azure_usd": counters.get("spend_azure_usd", 0.0),
-            "cost_local_usd": counters.get("cost_local_usd", 0.0),
-            "savings_usd": counters.get("savings_usd", 0.0),
+            "spend_azure_usd": counters.spend_azure_usd,
+            "cost_local_usd": counters.cost_local_usd,
+            "savings_usd": counters.savings_usd,
             "server": {"running": self.limiter.running if self.limiter else 0,
                        "waiting": self.limiter.waiting if self.limiter else 0},
             "recent": recent,
@@ -336,13 +326,11 @@ class _StateCollector(Collector):
             yield _gauge("msserve_server_running_requests", "Model requests holding a server slot", t.limiter.running)
             yield _gauge("msserve_server_queue_depth", "Model requests waiting for a server slot", t.limiter.waiting)
             yield _gauge("msserve_server_reading_requests", "Model requests whose body is still arriving (no slot yet)",
-                         getattr(t.limiter, "reading", 0))
+                         t.limiter.reading)
         rate = t.escalation_rate()
         yield _gauge("msserve_escalation_ratio", "Share of routed requests sent to Azure since start",
                      rate if rate is not None else 0.0)
-        policy = getattr(services.dispatcher, "policy", None)
-        if policy is None:
-            return
+        policy = services.dispatcher.policy
         c = policy.counters
         tokens = CounterMetricFamily("msserve_tokens", "Tokens by tier and kind (engine calls)",
                                      labels=["tier", "kind"])
@@ -364,9 +352,7 @@ class _StateCollector(Collector):
                        c.failovers)
         yield _counter("msserve_overload_escalations", "Local engine overloaded or down: sent to Azure",
                        c.escalations_overload)
-        errors = getattr(c, "azure_errors", None)
-        if errors is not None:
-            yield _counter("msserve_azure_errors", "Azure calls that failed (errors, timeouts, 429s)", errors)
+        yield _counter("msserve_azure_errors", "Azure calls that failed (errors, timeouts, 429s)", c.azure_errors)
         yield _gauge("msserve_azure_spend_today_usd", "Estimated Azure spend this UTC day",
                      policy.spend_cap.spent_today)
         state = GaugeMetricFamily("msserve_azure_circuit_state", "Azure circuit breaker: 1 for the current state",

@@ -59,5 +59,11 @@ class ModelNames:
         return None
 
 
+def check_served(model: str | None, services: Services) -> None:
+    """For endpoints that name the local model only (captions): an alias stands for a route, not a model."""
+    if model and model not in ModelNames.from_services(services).served:
+        raise NotFoundError(f"model {model!r} is not served here", param="model", code="model_not_found")
+
+
 def resolve_route(model: str | None, header: str | None, services: Services) -> str | None:
     return ModelNames.from_services(services).route(model, header)

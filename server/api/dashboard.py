@@ -26,15 +26,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from server.api.error_responses import documented
 from server.api.permissions import is_admin, key_name
-from server.api.protocol import ErrorResponse
 from server.errors import AuthenticationError
 from server.middleware.auth import SESSION_COOKIE, SESSION_TTL_S, ApiKeys
 from server.telemetry import Telemetry
 
 router = APIRouter()
 ASSETS = files("server.api") / "dashboard_assets"  # package data: a wheel install ships them
-_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
+_UNAUTHORIZED = documented(401)
 _TENANT_TOTALS = ("spend_azure_usd", "cost_local_usd", "savings_usd")  # all tenants' money: admins only
 
 

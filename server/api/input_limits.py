@@ -4,8 +4,8 @@ The body size limit bounds bytes, not work: 32 MB of JSON is a million tiny mess
 the event loop, a stop list the stop matcher scans on every token, or a schema whose ``maxItems: 10**9`` a
 grammar compiler unrolls. Each cap is a 400 with its own stable code and the offending ``param``.
 
-The checks run as a ``mode="before"`` validator on the request models (``server.api.protocol``,
-``server.api.captions_protocol``) so that they see the payload before pydantic walks it. They raise
+The checks run as a ``mode="before"`` validator on the request models (``server.api.chat.protocol``,
+``server.api.captions.protocol``) so that they see the payload before pydantic walks it. They raise
 ``InvalidRequestError``, which pydantic lets through unchanged (it only wraps ValueError/AssertionError), so the
 client gets exactly this code and param rather than a generic validation error.
 """

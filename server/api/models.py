@@ -6,15 +6,43 @@ request accepts: the served model first, then each alias with the route it stand
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel
 
 from server.api.aliases import ModelNames
 from server.api.deps import Services, get_services
-from server.api.protocol import AliasCard, ModelCard, ModelList
 
 router = APIRouter()
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "mistral-small-server"
+    context_length: int
+    max_model_len: int
+    engine: str
+    profile: str
+    demo: bool = False
+
+
+class AliasCard(BaseModel):
+    """A name that a chat request may give as its model (MSSERVE_MODEL_ALIASES), and the route it stands for."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "mistral-small-server"
+    route: str  # auto, local, azure or cascade
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard | AliasCard]
+
 
 
 @router.get("/v1/models", response_model=ModelList)

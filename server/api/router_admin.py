@@ -11,21 +11,20 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from server.api.deps import Services, get_services
-from server.api.feedback import learning_runtime
+from server.api.error_responses import documented
 from server.api.permissions import require_admin
-from server.api.protocol import ErrorResponse
 from server.errors import InvalidRequestError
 from server.routing.learned import load_learned
 from server.state.redis_store import RedisUnavailable
 
 router = APIRouter()
-_ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 403)}
+_ERRORS = documented(400, 401, 403)
 
 
 @router.post("/admin/router/reload", responses=_ERRORS)
 async def reload_router(request: Request, services: Annotated[Services, Depends(get_services)]) -> JSONResponse:
     require_admin(request)  # the auth middleware guards /admin/ too; this keeps the rule beside the endpoint
-    runtime = learning_runtime(services)
+    runtime = services.learning
     if runtime is None:
         raise InvalidRequestError("router learning is off (MSSERVE_ROUTER_LEARNING=false)", code="learning_disabled")
     name = await asyncio.to_thread(runtime.reload)
@@ -55,7 +54,7 @@ def _curve(runtime: Any) -> list[dict[str, Any]]:
 
 @router.get("/dashboard/api/learning", responses=_ERRORS)
 async def learning_feed(services: Annotated[Services, Depends(get_services)]) -> JSONResponse:
-    runtime = learning_runtime(services)
+    runtime = services.learning
     if runtime is None or runtime.service is None:
         return JSONResponse({"enabled": False}, headers={"cache-control": "no-store"})
     try:

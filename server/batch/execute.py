@@ -6,23 +6,20 @@ The answer is ``(status_code, body, msserve)``: the body the live endpoint retur
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from server.api import chat_service
-from server.api.captions_protocol import CaptionJSONRequest, CaptionOptions
-from server.api.captions_service import caption_images
+from server.api.aliases import check_served
+from server.api.captions import service as captions
+from server.api.captions.protocol import CaptionJSONRequest
+from server.api.chat import service as chat
+from server.api.chat.protocol import ChatCompletionRequest
 from server.api.deps import Services
-from server.api.errors import validation_error
+from server.api.error_responses import validated
 from server.api.fingerprint import system_fingerprint
-from server.api.protocol import ChatCompletionRequest
-from server.errors import InvalidRequestError, MSServeError, NotFoundError
-from server.types import ImagePart
-
-_Model = TypeVar("_Model", bound=BaseModel)
-
+from server.api.routing_headers import RoutingSummary
+from server.errors import InvalidRequestError, MSServeError
 
 # Behind every live request (priority 0) where the engine schedules by priority (vLLM: lower runs first).
 BATCH_PRIORITY = 10
@@ -45,41 +42,22 @@ async def run_line(endpoint: str, body: dict[str, Any], services: Services, requ
 
 
 async def _chat(payload: dict[str, Any], services: Services, request_id: str) -> LineResult:
-    body = _validate(ChatCompletionRequest, payload)
+    body = validated(ChatCompletionRequest, payload)
     if body.stream:
         raise InvalidRequestError("stream is not supported in a batch", param="stream", code="unsupported_stream")
-    chat_service.check_request(body, services)
-    generation = await chat_service.to_generation_request(body, services, request_id)
+    chat.check_request(body, services)
+    generation = await chat.to_generation_request(body, services, request_id)
     generation = generation.model_copy(update={"priority": BATCH_PRIORITY})
     routed = await services.dispatcher.dispatch(generation, None, stream=False)
-    answer = await chat_service.complete(routed, body, system_fingerprint(routed, services))
-    decision = routed.decision
-    return LineResult(status_code=200, body=answer,
-                      msserve={"tier": decision.tier, "score": decision.score, "reason": decision.reason})
+    answer = await chat.complete(routed, body, system_fingerprint(routed, services))
+    return LineResult(status_code=200, body=answer, msserve=RoutingSummary.of(routed.decision).model_dump())
 
 
 async def _caption(payload: dict[str, Any], services: Services, request_id: str) -> LineResult:
-    body = _validate(CaptionJSONRequest, payload)
-    options = CaptionOptions.model_validate(body.model_dump(exclude={"image_urls"}))
-    if options.model and options.model not in chat_service.served_names(services):
-        raise NotFoundError(f"model {options.model!r} is not served here", param="model", code="model_not_found")
-    budget = services.intake.budget()
-    images: list[tuple[str | None, ImagePart]] = []
-    for index, url in enumerate(body.image_urls):
-        try:
-            images.append((None, await services.intake.from_url(url, budget)))  # the same SSRF guard as live
-        except MSServeError as exc:
-            exc.param = exc.param if exc.param and exc.param != "image_url" else f"image_urls[{index}]"
-            raise
-    result = await caption_images(images, options, services, request_id, None, priority=BATCH_PRIORITY)
-    first = result.data[0]
-    tier = ",".join(dict.fromkeys(c.tier for c in result.data))  # as the live x-msserve-tier header
-    return LineResult(status_code=200, body=result.model_dump(),
-                      msserve={"tier": tier, "score": first.score, "reason": first.reason})
-
-
-def _validate(model: type[_Model], payload: dict[str, Any]) -> _Model:
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        raise validation_error(RequestValidationError(exc.errors())) from None
+    body = validated(CaptionJSONRequest, payload)
+    options = body.options()
+    check_served(options.model, services)  # before any image is fetched
+    images = await captions.fetch_images(body.image_urls, services)
+    result = await captions.caption_images(images, options, services, request_id, None, priority=BATCH_PRIORITY)
+    routing = RoutingSummary.of_parts(result.data)  # as the live x-msserve-* headers say it
+    return LineResult(status_code=200, body=result.model_dump(), msserve=routing.model_dump())

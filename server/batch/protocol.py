@@ -111,3 +111,9 @@ class Page(BaseModel):
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool = False
+
+    @classmethod
+    def of(cls, items: list[Any], has_more: bool) -> Page:
+        """One page of objects with an ``id`` (files, batches): the cursor ids are the first and last of them."""
+        first, last = (items[0].id, items[-1].id) if items else (None, None)
+        return cls(data=items, first_id=first, last_id=last, has_more=has_more)

@@ -24,10 +24,19 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def request_id_of(request: Request) -> str:
+    """The id this request's answer carries in ``x-request-id`` (the client's, or the one made here).
+
+    Set by the middleware below for every HTTP request before any handler runs, so a handler never makes its own.
+    """
+    given: str = request.state.request_id
+    return given
+
+
 def engine_request_id(request: Request) -> str:
-    """The id to give engines for this request: always server-made, unique per request."""
-    made = getattr(request.state, ENGINE_ID_KEY, None)
-    return made if isinstance(made, str) else new_id()
+    """The id to give engines for this request: always server-made, unique per request (set with the one above)."""
+    made: str = getattr(request.state, ENGINE_ID_KEY)
+    return made
 
 
 class RequestIdMiddleware:

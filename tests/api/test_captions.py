@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from server.api.captions_service import INSTRUCTIONS
+from server.api.captions.service import INSTRUCTIONS
 from tests.conftest import REPO, LiveServer
 from tests.images import data_url, image_bytes, png_url
 from tests.prompt_tokens import expected_prompt_tokens
@@ -67,6 +67,10 @@ def test_caption_errors(live_server: LiveServer) -> None:
     assert bad_style.status_code == 400 and bad_style.json()["error"]["param"] == "style"
     wrong_type = httpx.post(f"{live_server.v1}/captions", content=b"hello", headers={"content-type": "text/plain"})
     assert wrong_type.status_code == 415
+    # Captions take the local model's names only: an alias or another model's name is a 404 naming `model`.
+    other_model = httpx.post(f"{live_server.v1}/captions", json={"image_urls": [png_url()], "model": "gpt-9"})
+    assert other_model.status_code == 404 and other_model.json()["error"]["code"] == "model_not_found"
+    assert other_model.json()["error"]["param"] == "model"
 
 
 def test_caption_cli_folder_with_resume(live_server: LiveServer, tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from server.api import fingerprint as fingerprint_module
+from server.api.chat.protocol import ChatCompletionRequest
 from server.api.fingerprint import Fingerprints, azure_fingerprint, local_fingerprint, weights_revision
-from server.api.protocol import ChatCompletionRequest
 from server.api.vllm_extensions import engine_extras
 from server.config import Settings, load_profile
 from server.engines.extras import refuse_unsupported

@@ -20,14 +20,9 @@ class _Engine:
         return self.report
 
 
-@dataclass
-class _Services:
-    engine: _Engine
-
-
 def scrape(health: EngineHealth) -> str:
     registry = CollectorRegistry()
-    registry.register(VLLMCompatCollector(_Services(_Engine("mistral-small-3.1", health))))  # type: ignore[arg-type]
+    registry.register(VLLMCompatCollector(_Engine("mistral-small-3.1", health)))
     return generate_latest(registry).decode()
 
 

@@ -1,4 +1,5 @@
-"""Render every error as OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
+"""Render every error as OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (the hierarchy itself is
+``server.errors``).
 
 Request-validation errors become 400 (OpenAI's status, not FastAPI's 422) with the failing
 field as ``param`` and a stable code.
@@ -7,16 +8,34 @@ field as ``param`` and a stable code.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.errors import InvalidRequestError, MSServeError
 
 log = logging.getLogger(__name__)
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=``: these statuses answer with the error body in the OpenAPI schema."""
+    return {status: {"model": ErrorResponse} for status in statuses}
 
 _VALIDATION_CODES = {
     "missing": "missing_required_parameter",
@@ -56,6 +75,14 @@ def validation_error(exc: RequestValidationError) -> InvalidRequestError:
     if param:
         message = f"{param}: {message}"
     return InvalidRequestError(message, param=param, code=code)
+
+
+def validated(model: type[_Model], payload: Any) -> _Model:
+    """Validate a payload read by hand (a multipart form, a batch line) with the same 400s as a JSON body."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise validation_error(RequestValidationError(exc.errors())) from None
 
 
 def _most_specific(errors: list[Any]) -> dict[str, Any]:

@@ -31,6 +31,9 @@ class CaptionOptions(BaseModel):
 class CaptionJSONRequest(CaptionOptions):
     image_urls: list[str] = Field(min_length=1, description="data: URLs, or https:// URLs when remote fetch is on")
 
+    def options(self) -> CaptionOptions:
+        return CaptionOptions.model_validate(self.model_dump(exclude={"image_urls"}))
+
 
 class CaptionUsage(BaseModel):
     prompt_tokens: int

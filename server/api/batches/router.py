@@ -7,16 +7,16 @@ live requests; a batch is its creator's: another API key gets 404.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from server.api.files import Batches, owner_of
-from server.api.protocol import ErrorResponse
+from server.api.batches.service import Batches, owner_of
+from server.api.error_responses import documented
 from server.batch.protocol import Batch, CreateBatchRequest, Page
 
 router = APIRouter()
-_ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409)}
+_ERRORS = documented(400, 401, 404, 409)
 
 
 @router.post("/v1/batches", response_model=Batch, response_model_exclude_none=True, responses=_ERRORS)
@@ -32,12 +32,7 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Page:
     batches, more = await asyncio.to_thread(service.store.list_batches, owner_of(request), after=after, limit=limit)
-    return Page(
-        data=batches,
-        first_id=batches[0].id if batches else None,
-        last_id=batches[-1].id if batches else None,
-        has_more=more,
-    )
+    return Page.of(batches, more)
 
 
 @router.get("/v1/batches/{batch_id}", response_model=Batch, response_model_exclude_none=True, responses=_ERRORS)

@@ -1,4 +1,4 @@
-"""OpenAI chat-completions wire schema (pydantic). No engine code, no torch.
+"""OpenAI chat-completions wire schema (pydantic): the request and the non-streamed answer. No engine code, no torch.
 
 Fields OpenAI defines that this server does not act on are listed in IGNORED_FIELDS and
 accepted silently (clients and routers send them by default); any other unknown field is a
@@ -213,41 +213,3 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: UsageOut | None = None
     system_fingerprint: str  # server/api/fingerprint.py
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "mistral-small-server"
-    context_length: int
-    max_model_len: int
-    engine: str
-    profile: str
-    demo: bool = False
-
-
-class AliasCard(BaseModel):
-    """A name that a chat request may give as its model (MSSERVE_MODEL_ALIASES), and the route it stands for."""
-
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "mistral-small-server"
-    route: str  # auto, local, azure or cascade
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard | AliasCard]
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail

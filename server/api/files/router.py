@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
-from server.api.deps import Services, get_services
-from server.api.protocol import ErrorResponse
+from server.api.batches.service import Batches, owner_of
+from server.api.error_responses import documented
 from server.batch.protocol import FileDeleted, FileObject, Page
-from server.batch.service import BatchService
-from server.errors import EngineUnavailableError
 
 router = APIRouter()
-_ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415)}
+_ERRORS = documented(400, 401, 404, 413, 415)
 _UPLOAD_BODY: dict[str, Any] = {
     "required": True,
     "content": {
@@ -36,22 +34,6 @@ _UPLOAD_BODY: dict[str, Any] = {
         }
     },
 }
-
-
-def batch_service(services: Annotated[Services, Depends(get_services)]) -> BatchService:
-    service = services.batches
-    if service is None:
-        raise EngineUnavailableError("the batch API is not available on this server", code="batches_unavailable")
-    return service
-
-
-def owner_of(request: Request) -> str:
-    """The API key's name; with no keys configured every caller is the same, unnamed owner."""
-    name = getattr(request.state, "key_name", None)
-    return name if isinstance(name, str) else ""
-
-
-Batches = Annotated[BatchService, Depends(batch_service)]
 
 
 @router.post(
@@ -77,9 +59,7 @@ async def list_files(
     files, more = await asyncio.to_thread(
         service.store.list_files, owner_of(request), purpose=purpose, after=after, limit=limit, ascending=order == "asc"
     )
-    return Page(
-        data=files, first_id=files[0].id if files else None, last_id=files[-1].id if files else None, has_more=more
-    )
+    return Page.of(files, more)
 
 
 @router.get("/v1/files/{file_id}", response_model=FileObject, response_model_exclude_none=True, responses=_ERRORS)

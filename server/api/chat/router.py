@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions, and Azure's own paths to it: a thin router; the work is in chat_service.
+"""POST /v1/chat/completions, and Azure's own paths to it: a thin router; the work is in service.py.
 
 Azure OpenAI clients (``AzureOpenAI(azure_endpoint=...)``) call ``/openai/deployments/{deployment}/chat/completions
 ?api-version=...`` with the deployment as the model, or ``/openai/v1/chat/completions``; both are the same
@@ -12,23 +12,22 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from server.api import chat_service
 from server.api.aliases import resolve_route
+from server.api.chat import service
+from server.api.chat.protocol import ChatCompletion, ChatCompletionRequest, completion_id
 from server.api.deps import Services, get_services
-from server.api.feedback import learning_runtime
+from server.api.error_responses import documented
 from server.api.fingerprint import system_fingerprint
 from server.api.lifetime import guard, new_deadline
 from server.api.permissions import check_route_permission
-from server.api.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, completion_id
+from server.api.routing_headers import RoutingSummary
 from server.limits.usage import meter_routed
-from server.middleware.request_id import engine_request_id
+from server.middleware.request_id import engine_request_id, request_id_of
 from server.telemetry import observe_routed
 
 router = APIRouter()
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
-}
+_ERRORS = documented(400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
 # With "stream": true the 200 is server-sent events; the schema describes one event (OpenAPI < 3.2): its data is a
 # chat.completion.chunk in JSON, an {"error": ...} object if the stream fails midway, or the final "[DONE]".
 _STREAMED: dict[int | str, dict[str, Any]] = {
@@ -82,33 +81,32 @@ async def create_chat_completion_azure_deployment(
 async def _chat(
     body: ChatCompletionRequest, request: Request, services: Services, route_header: str | None
 ) -> JSONResponse | StreamingResponse:
-    request_id = request.headers.get("x-request-id") or chat_service.new_request_id()
     # The model name resolves to the route the x-msserve-route header would give (the header wins); whatever
     # checks the route (the per-key permission to force Azure) reads this value, so an alias cannot get around it.
     route = resolve_route(body.model, route_header, services)
-    chat_service.check_request(body, services)
+    service.check_request(body, services)
     # The effective route's permission, before any work; an alias names its route through the model.
     check_route_permission(request, route, param="x-msserve-route" if route_header else "model")
     deadline = new_deadline(services.settings)
 
     async def answer() -> JSONResponse | StreamingResponse:
-        generation = await chat_service.to_generation_request(
+        generation = await service.to_generation_request(
             body, services, engine_request_id(request), deadline=deadline
         )
         routed = await services.dispatcher.dispatch(generation, route, stream=body.stream)
         routed = observe_routed(request, routed, generation, stream=body.stream)  # telemetry: decision, timings
         routed = meter_routed(request, routed, generation)  # its tokens count toward the key's tokens per minute
         response_id = completion_id()  # made before answering: the stored outcome and feedback name it
-        learning = learning_runtime(services)
+        learning = services.learning
         if learning is not None and learning.service is not None:  # stores the outcome once the answer has gone out
             routed = learning.service.observe(routed, generation, response_id, getattr(request.state, "key_name", None))
-        headers = chat_service.routing_headers(routed.decision, request_id)
+        headers = RoutingSummary.of(routed.decision).headers(request_id_of(request))
         fingerprint = system_fingerprint(routed, services)
         if body.stream:  # from here the response hears a disconnect itself; the engine keeps the deadline
             headers["cache-control"] = "no-cache"
-            events = chat_service.stream(routed, body, fingerprint, response_id)
+            events = service.stream(routed, body, fingerprint, response_id)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        return JSONResponse(await chat_service.complete(routed, body, fingerprint, response_id), headers=headers)
+        return JSONResponse(await service.complete(routed, body, fingerprint, response_id), headers=headers)
 
     # Image fetches, the wait for the engine and a non-streamed answer stop when the client leaves or time is up.
     return await guard(request, deadline, answer())

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from server.api.chat.protocol import ChatCompletionRequest, ChatMessage, ImageContentPart, completion_id
+from server.api.collected import collect, logprob_entry
 from server.api.deps import Services
 from server.api.lifetime import new_deadline, until
-from server.api.protocol import ChatCompletionRequest, ChatMessage, ImageContentPart, completion_id
 from server.api.sse import DONE, ChunkEvents, error_event
 from server.api.vllm_extensions import engine_extras
 from server.errors import InvalidRequestError, MSServeError
 from server.media import ImageBudget
-from server.routing.decision import Decision
 from server.routing.dispatch import Routed
 from server.types import (
     ContentPart,
@@ -23,14 +22,9 @@ from server.types import (
     Message,
     SamplingParams,
     TextPart,
-    TokenLogprob,
     ToolCall,
     Usage,
 )
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
 
 
 def check_request(body: ChatCompletionRequest, services: Services) -> None:
@@ -44,11 +38,6 @@ def check_request(body: ChatCompletionRequest, services: Services) -> None:
     # The model name is checked where it is resolved to a route (server.api.aliases).
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequestError("top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
-
-
-def served_names(services: Services) -> list[str]:
-    names = [services.engine.name, services.profile.name]
-    return list(dict.fromkeys(names))
 
 
 async def to_generation_request(
@@ -118,56 +107,7 @@ async def _normalize(message: ChatMessage, index: int, services: Services, budge
     return Message(role=role, content=parts, name=message.name, tool_calls=calls, tool_call_id=message.tool_call_id)
 
 
-def routing_headers(decision: Decision, request_id: str) -> dict[str, str]:
-    headers = {
-        "x-request-id": request_id,
-        "x-msserve-tier": decision.tier,
-        "x-msserve-reason": header_safe(decision.reason),
-    }
-    if decision.score is not None:
-        headers["x-msserve-score"] = f"{decision.score:.3f}"
-    return headers
-
-
-def header_safe(text: str) -> str:
-    return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")[:512]
-
-
 # -- responses -------------------------------------------------------------------------------------
-
-
-class _Collected:
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.tool_calls: dict[int, dict[str, Any]] = {}
-        self.logprobs: list[dict[str, Any]] = []
-        self.finish_reason: str | None = None
-        self.usage = Usage()
-        self.model: str | None = None
-
-    def add(self, chunk: GenerationChunk) -> None:
-        self.text.append(chunk.text)
-        for delta in chunk.tool_calls:
-            call = self.tool_calls.setdefault(delta.index, {"id": delta.id, "name": delta.name, "arguments": ""})
-            call["id"] = call["id"] or delta.id
-            call["name"] = call["name"] or delta.name
-            call["arguments"] += delta.arguments
-        self.logprobs.extend(_logprob_entry(item) for item in chunk.logprobs)
-        self.finish_reason = chunk.finish_reason or self.finish_reason
-        self.usage = chunk.usage or self.usage
-        self.model = chunk.model or self.model
-
-
-async def collect(routed: Routed) -> _Collected:
-    """Read a routed stream to its end; the stream is closed even if the caller is cancelled."""
-    collected = _Collected()
-    collected.add(routed.first)
-    try:
-        async for chunk in routed.rest:
-            collected.add(chunk)
-    finally:
-        await routed.rest.aclose()  # type: ignore[attr-defined]  # client gone mid-answer: abort the engine
-    return collected
 
 
 async def complete(
@@ -237,7 +177,7 @@ async def stream(
             if chunk.model:
                 base["model"] = chunk.model
             logprobs = (
-                {"content": [_logprob_entry(i) for i in chunk.logprobs], "refusal": None}
+                {"content": [logprob_entry(i) for i in chunk.logprobs], "refusal": None}
                 if body.logprobs and chunk.logprobs
                 else None
             )
@@ -278,15 +218,3 @@ def _tool_call_delta(call: Any) -> dict[str, Any]:
         out["function"]["name"] = call.name
     return out
 
-
-def _logprob_entry(item: TokenLogprob) -> dict[str, Any]:
-    return {
-        "token": item.token,
-        "logprob": item.logprob,
-        "bytes": item.bytes if item.bytes is not None else list(item.token.encode()),
-        "top_logprobs": [
-            {"token": top.token, "logprob": top.logprob,
-             "bytes": top.bytes if top.bytes is not None else list(top.token.encode())}
-            for top in item.top_logprobs
-        ],
-    }
