@@ -246,7 +246,8 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def test_the_stateful_paths_are_every_route_of_the_files_and_batch_apis() -> None:
-    from server.api import batches, files
+    from server.api.batches import router as batches
+    from server.api.files import router as files
 
     paths = {route.path for module in (files, batches) for route in module.router.routes}  # type: ignore[attr-defined]
     assert paths and all(path.startswith(STATEFUL_PATHS) for path in paths), paths

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from server.cli.router import app
 from server.config import Settings
-from server.routing.cli import app
 from server.routing.outcomes import Outcome, OutcomeStorage, OutcomeStore, open_outcome_store
 from server.routing.outcomes_redis import RedisOutcomeStore
 from server.state.db import StateDB
