@@ -60,9 +60,9 @@ from bench_common import (
     write_json,
 )
 from bench_serving import make_services, shown
-from server.api.captions_service import DEFAULT_MAX_TOKENS, INSTRUCTIONS
-from server.caption_batch import FINAL, _chunks
 
+from server.api.captions.service import DEFAULT_MAX_TOKENS, INSTRUCTIONS
+from server.cli.caption_batch import FINAL, _chunks
 from server.config import load_profile
 
 TARGET = 1.5  # our images/s over `vllm serve`'s, at equal tokens (issue: "Caption a whole library")

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from server.api.captions_service import DEFAULT_MAX_TOKENS, INSTRUCTIONS
 
+from server.api.captions.service import DEFAULT_MAX_TOKENS, INSTRUCTIONS
 from tests.conftest import REPO
 from tests.scripts import load_script
 
