@@ -35,12 +35,12 @@ API (``SpendLedger``; every Azure caller goes through it, escalations, shadow ca
   step, raising ``AzureBlocked`` when either says no; then ``call.observe(chunk)`` for what streams and
   ``call.finish(error, usage)`` exactly once, however the call ends (``server.routing.azure_call``).
 
-``SQLiteSpendLedger`` is the one-box implementation: the day's totals live in the shared state database
-(``server.state``), so a restart or a crash loop cannot reset the cap, and every reservation is one
-``BEGIN IMMEDIATE`` transaction, so processes sharing the folder cannot overspend together either. A
-reservation left open by a process that died is settled *at its reserved amount* when the next ledger opens
-the store: the real cost is unknown, and the reserved amount is the most that call could have cost, so the
-cap errs on the safe side (the day's figure may overstate the spend; it never understates it).
+``SQLiteSpendLedger`` (``server.routing.ledger_sqlite``) is the one-box implementation: the day's totals live in the
+shared state database (``server.state``), so a restart or a crash loop cannot reset the cap, and every reservation
+is one ``BEGIN IMMEDIATE`` transaction, so processes sharing the folder cannot overspend together either. A
+reservation left open by a process that died is settled *at its reserved amount* when the next ledger opens the
+store: the real cost is unknown, and the reserved amount is the most that call could have cost, so the cap errs on
+the safe side (the day's figure may overstate the spend; it never understates it).
 ``RedisSpendLedger`` (``server.routing.ledger_redis``) is the same protocol for N replicas, one Lua script per
 operation; ``open_spend_ledger`` picks it when ``MSSERVE_REDIS_URL`` is set.
 """
@@ -49,12 +49,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import sqlite3
 import threading
-import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, date, datetime
@@ -69,22 +65,6 @@ log = logging.getLogger(__name__)
 
 Purpose = Literal["escalation", "shadow", "judge"]
 PURPOSES: tuple[Purpose, ...] = ("escalation", "shadow", "judge")
-COMPONENT = "azure_spend"
-MIGRATIONS = [
-    # Settled spend per UTC day and purpose; open reservations are rows of their own until settled.
-    """
-    CREATE TABLE azure_spend_days (
-        day TEXT NOT NULL, purpose TEXT NOT NULL,
-        settled_usd REAL NOT NULL DEFAULT 0, calls INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (day, purpose));
-    CREATE TABLE azure_spend_open (
-        id TEXT PRIMARY KEY, day TEXT NOT NULL, purpose TEXT NOT NULL,
-        reserved_usd REAL NOT NULL, owner TEXT NOT NULL, created_at REAL NOT NULL);
-    CREATE INDEX azure_spend_open_day ON azure_spend_open (day)
-    """,
-]
-
-
 class Reservation(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -187,6 +167,8 @@ def open_spend_ledger(settings: Settings) -> SpendLedger:
             shadow_share=settings.router_shadow_budget_share,
             timeout_s=settings.redis_timeout_s,
         )
+    from server.routing.ledger_sqlite import SQLiteSpendLedger  # builds on this module's base class
+
     directory = settings.state_dir or default_state_dir()
     try:
         return SQLiteSpendLedger(
@@ -287,116 +269,3 @@ class QueuedLedger:
             reservation = future.result()
             if self._claim(reservation):
                 self._close(reservation, None)
-
-
-class SQLiteSpendLedger(QueuedLedger):
-    """The ledger in the shared SQLite state database; one writer thread keeps the writes off the event loop."""
-
-    def __init__(
-        self,
-        db: StateDB,
-        *,
-        daily_usd: float | None,
-        shadow_share: float = 0.1,
-        today: Callable[[], date] = utc_today,
-    ) -> None:
-        # One thread: writes happen in the order they were asked for.
-        super().__init__(daily_usd=daily_usd, shadow_share=shadow_share, today=today, workers=1, name="spend-ledger")
-        self.db = db
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        db.migrate(COMPONENT, MIGRATIONS)
-        self._settle_orphans()
-
-    # -- on the writer thread ------------------------------------------------------------------------------------
-    def _reserve(self, usd: float, purpose: Purpose) -> Reservation:
-        day = self._today().isoformat()
-        try:
-            with self.db.transaction() as conn:
-                snapshot = self._totals(conn, day)
-                self._check(snapshot, usd, purpose)
-                reservation = Reservation(id=uuid.uuid4().hex, day=day, purpose=purpose, usd=usd)
-                conn.execute(
-                    "INSERT INTO azure_spend_open (id, day, purpose, reserved_usd, owner, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (reservation.id, day, purpose, usd, self._owner, time.time()),
-                )
-        except BudgetRefused:
-            self._snapshot = snapshot
-            raise
-        except Exception as exc:  # sqlite3 errors, a full disk, a locked database past the busy timeout
-            log.error("Azure spend ledger unavailable: %s", exc)
-            raise LedgerUnavailable(f"the Azure spend ledger is unavailable ({type(exc).__name__})") from exc
-        self._opened(reservation)
-        by_purpose = dict(snapshot.by_purpose)
-        by_purpose[purpose] = by_purpose.get(purpose, 0.0) + usd
-        self._snapshot = snapshot.model_copy(
-            update={"reserved_usd": snapshot.reserved_usd + usd, "by_purpose": by_purpose}
-        )
-        return reservation
-
-    def _check(self, snapshot: SpendSnapshot, usd: float, purpose: Purpose) -> None:
-        refused = refusal(snapshot, usd, purpose, self.daily_usd, self.shadow_share)
-        if refused is not None:
-            raise refused
-
-    def _close(self, reservation: Reservation, usd: float | None) -> None:
-        """Settle (``usd``) or release (None) one reservation; also when a start-up sweep settled it already."""
-        try:
-            with self.db.transaction() as conn:
-                gone = conn.execute("DELETE FROM azure_spend_open WHERE id = ?", (reservation.id,)).rowcount == 0
-                # Swept by another process's start-up: it counted the reserved amount and the call; correct it.
-                delta = (usd or 0.0) - reservation.usd if gone else (usd or 0.0)
-                calls = 0 if gone or usd is None else 1
-                if delta or calls:
-                    conn.execute(
-                        "INSERT INTO azure_spend_days (day, purpose, settled_usd, calls) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT(day, purpose) DO UPDATE SET settled_usd = settled_usd + excluded.settled_usd, "
-                        "calls = calls + excluded.calls",
-                        (reservation.day, reservation.purpose, delta, calls),
-                    )
-            self._refresh()
-        except Exception:
-            # The open row stays: it counts at its reserved amount and the next start-up settles it there.
-            log.exception("could not settle Azure spend reservation %s", reservation.id)
-
-    def _refresh(self) -> SpendSnapshot:
-        with self.db.transaction() as conn:
-            self._snapshot = self._totals(conn, self._today().isoformat())
-        return self._snapshot
-
-    def _totals(self, conn: sqlite3.Connection, day: str) -> SpendSnapshot:
-        snapshot = SpendSnapshot(day=day, daily_usd=self.daily_usd)
-        by_purpose: dict[str, float] = {}
-        for row in conn.execute("SELECT purpose, settled_usd FROM azure_spend_days WHERE day = ?", (day,)):
-            snapshot.settled_usd += row["settled_usd"]
-            by_purpose[row["purpose"]] = by_purpose.get(row["purpose"], 0.0) + row["settled_usd"]
-        for row in conn.execute(
-            "SELECT purpose, SUM(reserved_usd) AS held FROM azure_spend_open WHERE day = ? GROUP BY purpose", (day,)
-        ):
-            snapshot.reserved_usd += row["held"]
-            by_purpose[row["purpose"]] = by_purpose.get(row["purpose"], 0.0) + row["held"]
-        snapshot.by_purpose = by_purpose
-        return snapshot
-
-    def _settle_orphans(self) -> None:
-        """Settle, at their reserved amount, the reservations a process that ended without settling left open."""
-        with self.db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT id, day, purpose, reserved_usd FROM azure_spend_open WHERE owner != ?", (self._owner,)
-            ).fetchall()
-            for row in rows:
-                conn.execute("DELETE FROM azure_spend_open WHERE id = ?", (row["id"],))
-                conn.execute(
-                    "INSERT INTO azure_spend_days (day, purpose, settled_usd, calls) VALUES (?, ?, ?, 1) "
-                    "ON CONFLICT(day, purpose) DO UPDATE SET settled_usd = settled_usd + excluded.settled_usd, "
-                    "calls = calls + 1",
-                    (row["day"], row["purpose"], row["reserved_usd"]),
-                )
-        if rows:
-            log.warning(
-                "settled %d Azure spend reservation(s) ($%.4f) left open by a process that ended without settling "
-                "them, at their reserved amount: the real cost is unknown, so the day's spend may be overstated",
-                len(rows),
-                sum(row["reserved_usd"] for row in rows),
-            )
-        self._refresh()

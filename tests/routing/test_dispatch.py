@@ -14,7 +14,7 @@ import pytest
 from server.errors import EngineUnavailableError, InvalidRequestError, RateLimitError, UpstreamError
 from server.routing.decision import Decision
 from server.routing.dispatch import Dispatcher, Routed
-from server.routing.ledger import SQLiteSpendLedger
+from server.routing.ledger_sqlite import SQLiteSpendLedger
 from server.routing.policy import CircuitBreaker, Prices
 from server.state import StateDB
 from server.types import GenerationChunk, GenerationRequest, Message, TextPart

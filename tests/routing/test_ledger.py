@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from server.config import Settings
-from server.routing.ledger import BudgetRefused, LedgerUnavailable, SQLiteSpendLedger, open_spend_ledger
+from server.routing.ledger import BudgetRefused, LedgerUnavailable, open_spend_ledger
+from server.routing.ledger_sqlite import SQLiteSpendLedger
 from server.state import StateDB
 
 

@@ -10,7 +10,7 @@ import pytest
 from server.config import Settings
 from server.errors import InvalidRequestError, UpstreamError
 from server.routing.azure_call import AzureBlocked
-from server.routing.ledger import SQLiteSpendLedger
+from server.routing.ledger_sqlite import SQLiteSpendLedger
 from server.routing.metering import prompt_tokens
 from server.routing.policy import CircuitBreaker, Permit, Prices, RoutingPolicy, confidence
 from server.state import StateDB

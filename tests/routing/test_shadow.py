@@ -16,7 +16,7 @@ import pytest
 
 from server.routing.dispatch import Dispatcher
 from server.routing.learned import ServingRouter
-from server.routing.ledger import SQLiteSpendLedger
+from server.routing.ledger_sqlite import SQLiteSpendLedger
 from server.routing.outcomes import OutcomeStore
 from server.routing.policy import RoutingPolicy
 from server.routing.router import Router
