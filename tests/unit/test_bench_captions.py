@@ -178,3 +178,42 @@ def test_the_report_makes_one_table_from_the_json_and_a_note_without_it(
     assert "41 ms (40 ms-42 ms) with no batch, 71 ms (70 ms-72 ms) while the Batch API" in text
     assert "`/v1/captions` **unclear: the runs straddle the target**, Batch API **not met**" in text
     assert "3 runs of 200 images (312 MB of JPEG, seed 25)" in text and "Command: `scripts/bench_captions.py`" in text
+    assert "Where the CPU goes" not in text  # a run without intake figures says nothing about them
+
+    payload["intake"] = {"ours_ms": 100.0, "mistral_common_ms": 250.0}
+    (tmp_path / "captions.json").write_text(json.dumps(payload))
+    text = report.captions()
+    assert "takes 100 ms of CPU per image with our intake and 250 ms with mistral_common's" in text
+    # Both sides at 0.5 s of CPU per image; with ours 0.1 s cheaper it would be 0.5 / 0.4 of vLLM's images/s.
+    assert "ours keeps 1.55 and vLLM 1.05 of the 2 CPUs busy" in text
+    assert "would reach about 1.25x vLLM's images/s" in text
+
+
+def test_the_intake_figures_are_per_image_means_of_both_paths(tmp_path: Path) -> None:
+    media = load_script("bench_media")
+    photos = []
+    for size in ((640, 480), (320, 240)):
+        buffer = io.BytesIO()
+        Image.new("RGB", size, (90, 140, 200)).save(buffer, format="JPEG", quality=90)
+        photos.append(buffer.getvalue())
+    found = media.intake_cpu_ms(photos)
+    assert set(found) == {"ours_ms", "mistral_common_ms"}
+    assert all(value > 0 for value in found.values())
+    assert media.intake_cpu_ms([]) == {"ours_ms": 0.0, "mistral_common_ms": 0.0}
+
+
+def test_intake_only_adds_to_a_finished_run_and_refuses_without_one(
+        bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "LARGE_SIZES", ((96, 72), (72, 96)))
+    monkeypatch.setattr(bench, "SMALL_SIZES", ((48, 36),))
+    monkeypatch.setattr(bench, "package_versions", lambda python, names: {})  # no pip subprocess for a unit test
+    out = tmp_path / "captions.json"
+    argv = ["--images", "2", "--image-cache", str(tmp_path / "photos"), "--out", str(out), "--intake-only"]
+    with pytest.raises(SystemExit) as refused:
+        bench.main(argv)
+    assert "there is none" in str(refused.value.code) and not out.exists()
+    out.write_text(json.dumps({"summary": {"kept": True}}))
+    bench.main(argv)
+    written = json.loads(out.read_text())
+    assert written["summary"] == {"kept": True}
+    assert set(written["intake"]) == {"ours_ms", "mistral_common_ms"}
