@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import train_router  # noqa: E402
 
 from server.routing import embed, learn, replay  # noqa: E402
-from server.routing.features import FEATURE_NAMES, extract  # noqa: E402
+from server.routing.features import FEATURE_NAMES, extract, task_of  # noqa: E402
 from server.routing.inputs import request_from_json  # noqa: E402
 
 SOURCES = {  # name in the vendored outcomes -> (label, path under --data)
@@ -177,11 +177,44 @@ def c3_current_then_clusters(seen: Rows, rest: Rows) -> np.ndarray:
     return c1_clusters(seen, rest, corrected_seen, corrected_rest)
 
 
+def task_classes(dense: np.ndarray) -> np.ndarray:
+    """Each row's task class (``task_of``), as an index into TASKS; the counts are log1p of integers, so exact."""
+    column = {name: index for index, name in enumerate(FEATURE_NAMES)}
+    counted = {"tools": "tools_log", "proof": "proof", "code": "code", "math": "math", "quantities": "quantities",
+               "reasoning": "reasoning"}
+    found = []
+    for row in dense:
+        counts = {key: int(round(float(np.expm1(row[column[name]])))) for key, name in counted.items()}
+        flags = {name: bool(row[column[name]] > 0.5) for name in ("writing", "extraction", "chat")}
+        found.append(TASKS.index(task_of(counts, flags)))
+    return np.array(found)
+
+
+TASKS = ["tool use", "proof", "code", "multi-step math", "math", "writing", "text transformation", "small talk",
+         "reasoning", "word problem", "general question"]
+
+
+def c4_task_classes(
+    seen: Rows, rest: Rows, base_seen: np.ndarray | None = None, base_rest: np.ndarray | None = None
+) -> np.ndarray:
+    """Shrunk offsets per task class over the prior (or over ``base``: logits already corrected, for C5)."""
+    p_seen = sigmoid(seen["logit"] if base_seen is None else base_seen)
+    p_rest = sigmoid(rest["logit"] if base_rest is None else base_rest)
+    offsets = shrunk_cluster_offsets(seen["task"], seen["label"] - p_seen, len(TASKS))
+    return p_rest + offsets[rest["task"]]
+
+
+def c5_current_then_task_classes(seen: Rows, rest: Rows) -> np.ndarray:
+    return c4_task_classes(seen, rest, c0_current(seen, seen), c0_current(seen, rest))
+
+
 CANDIDATES: dict[str, Callable[[Rows, Rows], np.ndarray]] = {
     "C0 current": c0_current,
     "C1 clusters": c1_clusters,
     "C2 neighbours": c2_neighbours,
     "C3 current+clusters": c3_current_then_clusters,
+    "C4 task classes": c4_task_classes,
+    "C5 current+task classes": c5_current_then_task_classes,
 }
 
 
@@ -228,7 +261,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--orders", type=int, default=8, help="shuffled orders besides file order")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/msserve-learn-study"))
-    parser.add_argument("--only", default=None, help="one candidate's name")
+    parser.add_argument("--only", default=None, help="comma-separated candidate names (C0 always runs: the reference)")
     parser.add_argument("--diagnose", action="store_true", help="more labels and in-sample ceilings instead")
     args = parser.parse_args()
     table = prepare(args.data, args.cache)
@@ -241,10 +274,10 @@ def main() -> None:
     for source, rows in table.items():
         n = len(rows["logit"])
         revealed = min(300, n // 2)
-        rows = {**rows, "label": labels(rows["weak"], rows["strong"])}
+        rows = {**rows, "label": labels(rows["weak"], rows["strong"]), "task": task_classes(rows["dense"])}
         orders = _orders(n, args.orders)
         for name, candidate in CANDIDATES.items():
-            if args.only and name != args.only:
+            if args.only and name != "C0 current" and name not in args.only.split(","):
                 continue
             per_order = []
             for order in orders:
