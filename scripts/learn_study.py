@@ -184,7 +184,7 @@ def task_classes(dense: np.ndarray) -> np.ndarray:
                "reasoning": "reasoning"}
     found = []
     for row in dense:
-        counts = {key: int(round(float(np.expm1(row[column[name]])))) for key, name in counted.items()}
+        counts = {key: round(float(np.expm1(row[column[name]]))) for key, name in counted.items()}
         flags = {name: bool(row[column[name]] > 0.5) for name in ("writing", "extraction", "chat")}
         found.append(TASKS.index(task_of(counts, flags)))
     return np.array(found)
