@@ -24,7 +24,7 @@ def bench() -> ModuleType:
 
 def test_defaults_are_the_issues_run(bench: ModuleType) -> None:
     args = bench.parse_args([])
-    assert (args.images, args.runs, args.concurrency) == (200, 3, [1, 2, 4, 8])
+    assert (args.images, args.runs, args.concurrency, args.batch_concurrency) == (200, 2, [8, 16], 16)
     assert args.out == REPO / "docs" / "bench-data" / "captions.json"
     smoke = bench.parse_args(["--images", "6", "--runs", "1", "--concurrency", "8, 2,2"])
     assert (smoke.images, smoke.runs, smoke.concurrency) == (6, 1, [2, 8])
@@ -230,5 +230,5 @@ def test_the_run_at_the_default_batch_concurrency_gets_its_own_line(
         "command": "scripts/bench_captions.py --batch-concurrency 2"}))
     line = report.default_batch_share()
     assert line.startswith("At the server's default `MSSERVE_BATCH_CONCURRENCY=2` (1 run, `scripts/bench_captions.py")
-    assert "the Batch API made 1.500 images/s (0.750x vLLM's in the same run)" in line
+    assert "the Batch API made 1.500 images/s, and interactive" in line
     assert "TTFT p50 was 40 ms with no batch and 70 ms while it ran" in line
