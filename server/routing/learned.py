@@ -15,6 +15,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -80,11 +81,14 @@ class ServingRouter(Router):
 
     The outcome row of a request is written after its answer, and needs the prior's features and logit that the
     decision already computed; ``recall`` hands them over instead of scoring the request a second time.
+
+    The memo holds the request weakly: a request carries its decoded images (megabytes each), and an entry that is
+    never read (learning off, a request that failed before its answer) must not keep them alive until it ages out.
     """
 
     def __init__(self, model: RouterModel, **options: object) -> None:
         super().__init__(model, **options)  # type: ignore[arg-type]
-        self._memo: dict[str, tuple[GenerationRequest, PriorView]] = {}
+        self._memo: dict[str, tuple[weakref.ref[GenerationRequest], PriorView]] = {}
         self._memo_lock = threading.Lock()
 
     @property
@@ -93,7 +97,7 @@ class ServingRouter(Router):
 
     def _remember(self, request: GenerationRequest, view: PriorView) -> None:
         with self._memo_lock:
-            self._memo[request.request_id] = (request, view)
+            self._memo[request.request_id] = (weakref.ref(request), view)
             if len(self._memo) > _REMEMBERED:  # never read (e.g. learning off for that request): oldest first
                 del self._memo[next(iter(self._memo))]
 
@@ -101,7 +105,7 @@ class ServingRouter(Router):
         """The prior's view of this very request's decision, once (None: not decided by this router)."""
         with self._memo_lock:
             entry = self._memo.pop(request.request_id, None)
-        return entry[1] if entry is not None and entry[0] is request else None
+        return entry[1] if entry is not None and entry[0]() is request else None
 
     def score(self, request: GenerationRequest) -> tuple[Features, Scored]:
         features, scored = Router.score(self, request)

@@ -7,12 +7,15 @@ events, not a clock, shows the shadow call never delays the client.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from server.routing.dispatch import Dispatcher
 from server.routing.learned import ServingRouter
@@ -22,7 +25,7 @@ from server.routing.policy import RoutingPolicy
 from server.routing.router import Router
 from server.routing.shadow import LearningService
 from server.state.db import StateDB
-from server.types import GenerationRequest, Message, TextPart
+from server.types import GenerationRequest, ImagePart, Message, TextPart
 from tests.conftest import free_port
 from tests.fakes.fake_azure import FakeAzure, Reply, ServerError
 from tests.fakes.scripted_engine import ScriptedEngine, answer
@@ -224,6 +227,22 @@ async def test_the_outcome_row_reuses_the_decisions_prior_view(
     other = _request()
     router.score(other)
     assert router.recall(_request()) is None  # same id, another request: not this decision's view
+
+
+def test_the_memo_of_decisions_does_not_keep_a_request_or_its_images_alive() -> None:
+    router = ServingRouter.from_weights(threshold=1.0)
+    photo = Image.new("RGB", (64, 48))
+    request = GenerationRequest(request_id="req-photo", messages=[Message(role="user", content=[
+        TextPart(text="Caption this photo."), ImagePart(image=photo, source="data-url")])])
+    router.score(request)
+    kept = router.recall(request)
+    assert kept is not None and kept[1].logit == router.score(request)[1].logit  # recalled while it lives
+    request_alive, photo_alive = weakref.ref(request), weakref.ref(photo)
+    del request, photo
+    gc.collect()
+    # The entry the second score left is never read (as with learning off): it must not hold the pixels.
+    assert request_alive() is None and photo_alive() is None
+    assert router.recall(_request()) is None
 
 
 async def test_an_answer_the_client_left_is_stored_but_not_shadowed(tmp_path: Path, fake: FakeAzure) -> None:
