@@ -56,6 +56,7 @@ from bench_common import (
     package_versions,
     percentile,
     ratio,
+    resident_mib,
     run_load,
     wait_ready,
     write_json,
@@ -179,7 +180,8 @@ def measured(service: Service, specs: list[RequestSpec], concurrency: int, settl
     time.sleep(settle_s)  # the other server's engine polls for ~1 s after its last step (see bench_serving.py)
     before = cpu_seconds(service.process.pid, tree=True)
     results, wall = asyncio.run(run_load(specs, concurrency, timeout_s=1800))
-    return pass_summary(results, wall, cpu_seconds(service.process.pid, tree=True) - before)
+    summary = pass_summary(results, wall, cpu_seconds(service.process.pid, tree=True) - before)
+    return {**summary, "api_rss_mib": resident_mib(service.process.pid)}
 
 
 # -- the Batch API ----------------------------------------------------------------------------------------------
@@ -318,7 +320,7 @@ def one_run(number: int, args: argparse.Namespace, images: list[tuple[str, bytes
                                    poll_s=args.poll))
     cpu = cpu_seconds(ours.process.pid, tree=True) - before  # probes included: a few short requests
     run["batch"] = {**pass_summary(found["results"], found["wall_s"], cpu), "concurrency": args.batch_concurrency,
-                    "statuses": found["statuses"]}
+                    "statuses": found["statuses"], "api_rss_mib": resident_mib(ours.process.pid)}
     run["ttft"] = {"idle_ms": idle, "under_batch_ms": found["ttft_ms"], "idle_p50_ms": percentile(idle, 50),
                    "under_batch_p50_ms": percentile(found["ttft_ms"], 50)}
     print(f"  run {number} batch    {run['batch']['images_per_s']:.3f} images/s  CPU "

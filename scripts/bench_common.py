@@ -264,6 +264,16 @@ def cpu_seconds(pid: int, *, tree: bool = False) -> float:
     return sum(cpu for p, (_, cpu) in stats.items() if p in wanted)
 
 
+def resident_mib(pid: int) -> float:
+    """Resident memory (RSS) of process ``pid`` alone, in MiB; NaN once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return float("nan")
+    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return kib / 1024
+
+
 def py_spy(pid: int, out: Path, during: Callable[[], object], *, rate: int = 200) -> Path:
     """Run ``during()`` while py-spy samples process ``pid`` (collapsed stacks, one line per stack, to ``out``).
 

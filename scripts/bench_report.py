@@ -236,6 +236,23 @@ def intake_share(summary: dict[str, Any], intake: dict[str, float], cpus: object
     )
 
 
+def memory_line(runs: list[dict[str, Any]]) -> str:
+    """The API processes' resident memory after the passes (the engine process not counted), when recorded."""
+    def largest(run: dict[str, Any], sides: tuple[str, ...]) -> float:
+        found = [p.get("api_rss_mib", float("nan")) for side in sides for p in run["sweep"].get(side, {}).values()]
+        if "batch" in sides:
+            found.append(run["batch"].get("api_rss_mib", float("nan")))
+        return max(found) if found else float("nan")
+
+    ours = [largest(run, ("captions", "batch")) for run in runs]
+    theirs = [largest(run, ("vllm",)) for run in runs]
+    if any(v != v for v in ours + theirs):  # not recorded by the run that wrote the JSON
+        return ""
+    gib = [{"median": percentile(v, 50) / 1024, "min": min(v) / 1024, "max": max(v) / 1024} for v in (ours, theirs)]
+    return (f"API process resident memory, the most seen after any pass of a run (the engine process not counted): "
+            f"ours {spread(gib[0], '{:.2f} GiB')}, `vllm serve` {spread(gib[1], '{:.2f} GiB')}.\n\n")
+
+
 def default_batch_share() -> str:
     """The same benchmark at the server's default batch concurrency, when that run is published: the fairness knob."""
     path = DATA / "captions-batch2.json"
@@ -291,6 +308,7 @@ def captions() -> str:
         f"({'equal on every image' if target['equal_tokens'] else 'the token counts differ'}): "
         f"`/v1/captions` **{target['captions_verdict']}**, Batch API **{target['batch_verdict']}**.\n\n"
         f"{intake_share(summary, intake, machine.get('cpus')) if intake else ''}"
+        f"{memory_line(found['runs'])}"
         f"{default_batch_share()}"
         f"{plural(runs)} of {images['count']} images ({images['jpeg_mb']:.0f} MB of JPEG, seed {images['seed']}), "
         f"medians with the runs' range. Machine: {machine.get('cpu', '?')}, {machine.get('cpus')} CPUs, "
