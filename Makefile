@@ -14,7 +14,7 @@ PORT ?= 8000
 PROFILE ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-main test-vllm test-bench deploy-check bench-serving bench-gateway bench-captions lint typecheck tiny-model docs clean
+.PHONY: serve test test-main test-vllm test-bench deploy-check bench-serving bench-gateway bench-captions bench-caption-memory lint typecheck tiny-model docs clean
 
 # The serving venv and the test venv: the same recipe, each with its own extras.
 $(VENV)/.installed: EXTRAS = hf,learn
@@ -73,6 +73,10 @@ bench-gateway: tiny-model
 ## bench-captions: /v1/captions and the Batch API vs vllm serve on 200 photos (docs/bench-data/captions.json)
 bench-captions: tiny-model $(VLLM_VENV)/.project-installed
 	$(VLLM_VENV)/bin/python scripts/bench_captions.py
+
+## bench-caption-memory: our API process's memory after each of a series of caption and batch passes
+bench-caption-memory: tiny-model $(VLLM_VENV)/.project-installed
+	$(VLLM_VENV)/bin/python scripts/bench_caption_memory.py
 
 ## docs: regenerate docs/configuration.md (from Settings) and docs/BENCHMARKS.md's tables (from docs/bench-data)
 docs: $(TEST_VENV)/.installed

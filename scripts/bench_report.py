@@ -239,14 +239,15 @@ def intake_share(summary: dict[str, Any], intake: dict[str, float], cpus: object
 def memory_line(runs: list[dict[str, Any]]) -> str:
     """The API processes' resident memory after the passes (the engine process not counted), when recorded."""
     def largest(run: dict[str, Any], sides: tuple[str, ...]) -> float:
-        found = [p.get("api_rss_mib", float("nan")) for side in sides for p in run["sweep"].get(side, {}).values()]
+        sweep = run.get("sweep", {})
+        found = [p.get("api_rss_mib", float("nan")) for side in sides for p in sweep.get(side, {}).values()]
         if "batch" in sides:
             found.append(run["batch"].get("api_rss_mib", float("nan")))
-        return max(found) if found else float("nan")
+        return max(found) if found and all(v == v for v in found) else float("nan")  # NaN: not recorded
 
     ours = [largest(run, ("captions", "batch")) for run in runs]
     theirs = [largest(run, ("vllm",)) for run in runs]
-    if any(v != v for v in ours + theirs):  # not recorded by the run that wrote the JSON
+    if any(v != v for v in ours + theirs):
         return ""
     gib = [{"median": percentile(v, 50) / 1024, "min": min(v) / 1024, "max": max(v) / 1024} for v in (ours, theirs)]
     return (f"API process resident memory, the most seen after any pass of a run (the engine process not counted): "
@@ -318,6 +319,23 @@ def captions() -> str:
     )
 
 
+def captions_memory() -> str:
+    """bench_caption_memory.py's series: the API process's resident memory after each pass."""
+    path = DATA / "captions-memory.json"
+    if not path.exists():
+        return "No published run yet: `make bench-caption-memory` writes docs/bench-data/captions-memory.json.\n"
+    found = json.loads(path.read_text())
+    rows = [[number, "`/v1/captions`" if p["kind"] == "captions" else "Batch API",
+             p["concurrency"] or f"{found['batch_concurrency']} lines", f"{p['images_per_s']:.2f}", p["errors"],
+             f"{p['api_rss_mib'] / 1024:.2f} GiB"] for number, p in enumerate(found["passes"])]
+    machine = found["machine"]
+    return table(["pass", "through", "in flight", "images/s", "errors", "API process memory after"], rows, right=2) + (
+        f"\n{found['images']} photos per pass, each pass its own variant of the set; {found['ready_mib'] / 1024:.2f} "
+        f"GiB when ready. Machine: {machine.get('cpu', '?')}, {machine.get('cpus')} CPUs, "
+        f"{machine.get('mem_gib')} GiB, commit {machine.get('commit') or '?'}. Command: `{found['command']}`.\n"
+    )
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "serving-verdict": serving_verdict,
     "serving-ceiling": serving_ceiling,
@@ -328,6 +346,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "router-quality": router_quality,
     "gateway": gateway,
     "captions": captions,
+    "captions-memory": captions_memory,
 }
 
 
