@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_captions import CAPTION_STYLE, batch_pass, caption_specs, data_urls, make_images, measured
+from bench_captions import CAPTION_STYLE, batch_pass, caption_specs, data_urls, make_images, measured, pass_summary
 from bench_common import REPO, machine_info, resident_mib, wait_ready, write_json
 from bench_serving import make_services
 
@@ -59,13 +59,11 @@ def one_pass(kind: str, concurrency: int, service: Any, urls: Sequence[tuple[str
     max_tokens = DEFAULT_MAX_TOKENS[CAPTION_STYLE]
     if kind == "captions":
         found = measured(service, caption_specs(service.base_url, list(urls), max_tokens), concurrency, 0)
-        rate, errors = found["images_per_s"], found["errors"]
     else:
         got = asyncio.run(batch_pass(service, urls, max_tokens, model=model, probe_every_s=10.0, poll_s=0.5))
-        rate = sum(r.ok for r in got["results"]) / got["wall_s"]
-        errors = sum(not r.ok for r in got["results"])
+        found = pass_summary(got["results"], got["wall_s"], cpu_s=0.0)  # CPU is not this benchmark's question
     time.sleep(settle_s)
-    return {"kind": kind, "concurrency": concurrency, "images_per_s": rate, "errors": errors,
+    return {"kind": kind, "concurrency": concurrency, "images_per_s": found["images_per_s"], "errors": found["errors"],
             "api_rss_mib": resident_mib(service.process.pid)}
 
 

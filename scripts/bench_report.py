@@ -238,16 +238,16 @@ def intake_share(summary: dict[str, Any], intake: dict[str, float], cpus: object
 
 def memory_line(runs: list[dict[str, Any]]) -> str:
     """The API processes' resident memory after the passes (the engine process not counted), when recorded."""
-    def largest(run: dict[str, Any], sides: tuple[str, ...]) -> float:
-        sweep = run.get("sweep", {})
-        found = [p.get("api_rss_mib", float("nan")) for side in sides for p in sweep.get(side, {}).values()]
-        if "batch" in sides:
-            found.append(run["batch"].get("api_rss_mib", float("nan")))
-        return max(found) if found and all(v == v for v in found) else float("nan")  # NaN: not recorded
+    def most(passes: list[dict[str, Any]]) -> float | None:
+        readings = [p.get("api_rss_mib") for p in passes]
+        return None if not readings or None in readings else max(readings)  # None: not recorded in that run
 
-    ours = [largest(run, ("captions", "batch")) for run in runs]
-    theirs = [largest(run, ("vllm",)) for run in runs]
-    if any(v != v for v in ours + theirs):
+    def swept(run: dict[str, Any], side: str) -> list[dict[str, Any]]:
+        return list(run.get("sweep", {}).get(side, {}).values())
+
+    ours = [most([*swept(run, "captions"), run.get("batch", {})]) for run in runs]
+    theirs = [most(swept(run, "vllm")) for run in runs]
+    if None in ours + theirs:
         return ""
     gib = [{"median": percentile(v, 50) / 1024, "min": min(v) / 1024, "max": max(v) / 1024} for v in (ours, theirs)]
     return (f"API process resident memory, the most seen after any pass of a run (the engine process not counted): "
